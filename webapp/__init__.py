@@ -1,0 +1,38 @@
+"""Automation Console: `create_app` wires config, extensions and each subpackage."""
+import logging
+import os
+
+from flask import Flask
+
+
+def create_app(test_config=None):
+    app = Flask(
+        __name__,
+        instance_path=os.environ.get("INSTANCE_PATH") or os.path.join(os.getcwd(), "instance"),
+        template_folder="../templates",
+        static_folder="../static",
+    )
+    os.makedirs(app.instance_path, exist_ok=True)
+    from .config import load_config
+    app.config.update(load_config(app.instance_path))
+    if test_config:
+        app.config.update(test_config)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+    from .extensions import csrf, db, login_manager, migrate, sock
+    db.init_app(app)
+    migrate.init_app(app, db, render_as_batch=True, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
+    csrf.init_app(app)
+    sock.init_app(app)
+    login_manager.init_app(app)
+
+    from . import auth, api, cli, redis_conn, web, media
+    redis_conn.init_app(app)
+    auth.init_app(app)
+    api.init_app(app)
+    web.init_app(app)
+    media.init_app(app)
+    cli.init_app(app)
+    return app

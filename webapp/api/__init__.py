@@ -1,0 +1,13 @@
+"""JSON API under /api/v1/ (SPEC §6). Views are thin: they parse, call a service, wrap."""
+from flask import Blueprint
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def init_app(app):
+    from ..extensions import csrf
+    from . import auth_routes, automation, errors, openapi, planner, sites  # noqa: F401  (register routes)
+    # Bearer calls need no CSRF; session calls are checked in context.authenticate().
+    csrf.exempt(bp)
+    errors.register(app)
+    app.register_blueprint(bp)

@@ -1,0 +1,131 @@
+"""/api/v1/automation/<action>/ (SPEC §6): thin views over AutomationService."""
+from flask import g, request
+
+from ..automation.service import AutomationService
+from ..errors import AppError
+from . import bp
+from .context import api_auth, int_param, json_body
+from .errors import ApiError, ok
+
+
+def service():
+    return AutomationService(g.account_id, actor=g.actor)
+
+
+def action(name, methods):
+    """Register /automation/<name> and /automation/<name>/ for `methods`."""
+    def deco(fn):
+        wrapped = api_auth(_translate(fn))
+        bp.add_url_rule(f"/automation/{name}", f"automation_{name}", wrapped, methods=methods)
+        bp.add_url_rule(f"/automation/{name}/", f"automation_{name}_slash", wrapped, methods=methods)
+        return fn
+    return deco
+
+
+def _translate(fn):
+    from functools import wraps
+
+    @wraps(fn)
+    def inner(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except AppError as e:
+            raise ApiError(e.message, e.status)
+    return inner
+
+
+def _reason():
+    if request.mimetype == "application/json" and request.get_data():
+        data = request.get_json(silent=True)
+        if not isinstance(data, dict):
+            raise ApiError("Malformed JSON body.", 400)
+        reason = data.get("reason")
+    else:
+        reason = request.values.get("reason")
+    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
+        raise ApiError("'reason' must be a string of at most 500 characters.", 400)
+    return reason or None
+
+
+@action("config", ["GET"])
+def config():
+    svc = service()
+    return ok(svc.config_dict(svc.config(int_param("site_id"))))
+
+
+@action("update_config", ["PUT"])
+def update_config():
+    site_id = int_param("site_id")
+    data = json_body()
+    svc = service()
+    return ok(svc.config_dict(svc.update_config(site_id, data)))
+
+
+@action("run_now", ["POST"])
+def run_now():
+    site_id = int_param("site_id")
+    run = service().start(site_id, trigger_type="manual" if g.actor.startswith("user:") else "api", reason=_reason())
+    return ok({"run_id": run.id, "status": run.status}, 201)
+
+
+@action("current_run", ["GET"])
+def current_run():
+    svc = service()
+    run = svc.active_run(svc.site(int_param("site_id")).id)
+    return ok({"run": run.to_dict() if run else None})
+
+
+@action("history", ["GET"])
+def history():
+    return ok({"runs": [r.summary() for r in service().history(int_param("site_id"))]})
+
+
+@action("logs", ["GET"])
+def logs():
+    run_id = int_param("run_id")
+    lines = int_param("lines", required=False, maximum=5000, default=100)
+    return ok({"run_id": run_id, "lines": service().log_lines(run_id, lines)})
+
+
+@action("estimate", ["GET"])
+def estimate():
+    return ok(service().estimate(int_param("site_id")))
+
+
+@action("pipeline_overview", ["GET"])
+def pipeline_overview():
+    return ok({"stages": service().pipeline_overview(int_param("site_id"))})
+
+
+@action("current_processing", ["GET"])
+def current_processing():
+    site_id, run_id = int_param("site_id"), int_param("run_id")
+    return ok({"state": service().current_processing(site_id, run_id)})
+
+
+@action("pause", ["POST"])
+def pause():
+    run = service().pause(int_param("run_id"), reason=_reason())
+    return ok({"run_id": run.id, "status": run.status})
+
+
+@action("resume", ["POST"])
+def resume():
+    run = service().resume(int_param("run_id"), reason=_reason())
+    return ok({"run_id": run.id, "status": run.status})
+
+
+@action("cancel", ["POST"])
+def cancel():
+    run = service().cancel(int_param("run_id"), reason=_reason())
+    return ok({"run_id": run.id, "status": run.status})
+
+
+@action("run", ["GET"])
+def run_detail():
+    """One run by id with its audit trail (supporting route for run detail pages)."""
+    svc = service()
+    run = svc.run(int_param("run_id"))
+    d = run.to_dict()
+    d["events"] = [e.to_dict() for e in svc.events(run)]
+    return ok({"run": d})

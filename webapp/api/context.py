@@ -1,0 +1,68 @@
+"""Who is calling the API: bearer token or browser session (+ CSRF on state changes)."""
+from functools import wraps
+
+from flask import g, request
+from flask_login import current_user
+from flask_wtf.csrf import CSRFError, validate_csrf
+
+from ..auth.tokens import touch, user_for_bearer
+from .errors import ApiError
+
+SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
+
+
+def authenticate():
+    header = request.headers.get("Authorization")
+    if header:
+        user, token = user_for_bearer(header)
+        if user is None:
+            raise ApiError("Invalid or revoked API token.", 401)
+        touch(token)
+        g.user, g.account_id, g.actor = user, user.account_id, f"token:{token.id} ({user.email})"
+        return
+    if current_user.is_authenticated:
+        if request.method not in SAFE_METHODS:
+            try:
+                validate_csrf(request.headers.get("X-CSRFToken") or request.form.get("csrf_token"))
+            except (CSRFError, Exception) as e:  # ValidationError carries the reason
+                raise ApiError(f"CSRF token missing or invalid: {e}", 400)
+        g.user, g.account_id, g.actor = current_user, current_user.account_id, f"user:{current_user.email}"
+        return
+    raise ApiError("Authentication required: send 'Authorization: Bearer <token>' or log in.", 401)
+
+
+def api_auth(fn):
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        authenticate()
+        return fn(*args, **kwargs)
+    return wrapper
+
+
+def int_param(name, required=True, source=None, minimum=1, maximum=None, default=None):
+    """A positive integer query parameter, or a 400 naming it."""
+    source = request.args if source is None else source
+    raw = source.get(name)
+    if raw is None or str(raw).strip() == "":
+        if required:
+            raise ApiError(f"'{name}' is required.", 400)
+        return default
+    try:
+        value = int(str(raw).strip())
+    except ValueError:
+        raise ApiError(f"'{name}' must be an integer, got {str(raw)[:50]!r}.", 400)
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        raise ApiError(f"'{name}' must be {bound}.", 400)
+    return value
+
+
+def json_body(required=True):
+    if request.mimetype != "application/json":
+        raise ApiError("Content-Type must be application/json.", 415)
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError("Malformed JSON body.", 400)
+    if not isinstance(data, dict):
+        raise ApiError("JSON body must be an object.", 400)
+    return data

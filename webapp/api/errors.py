@@ -1,0 +1,66 @@
+"""The one JSON error helper: every /api/ error is {"success": false, "error": msg}."""
+import logging
+import uuid
+
+from flask import jsonify, request
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    def __init__(self, message, status=400):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def ok(data, status=200):
+    return jsonify({"success": True, "data": data}), status
+
+
+def error(message, status):
+    return jsonify({"success": False, "error": message}), status
+
+
+_MESSAGES = {
+    401: "Authentication required.",
+    404: "Not found.",
+    405: "Method not allowed.",
+    413: "Request body too large.",
+}
+
+
+def is_api_request():
+    return request.path.startswith("/api/")
+
+
+def register(app):
+    @app.errorhandler(ApiError)
+    def _api_error(e):
+        return error(e.message, e.status)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e):
+        if not is_api_request():
+            from flask import render_template
+            return render_template("error.html", code=e.code, message=e.description), e.code
+        msg = _MESSAGES.get(e.code) or e.description or e.name
+        if e.code == 400 and e.description:
+            msg = e.description
+        resp = error(msg, e.code)
+        if e.code == 405 and e.valid_methods:
+            resp[0].headers["Allow"] = ", ".join(e.valid_methods)
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(e):
+        # Logged with a request id that the client also sees; no stack trace leaves the server.
+        rid = uuid.uuid4().hex[:12]
+        log.exception("unhandled error request_id=%s path=%s", rid, request.path)
+        from ..extensions import db
+        db.session.rollback()
+        if is_api_request():
+            return error(f"Internal server error (request id {rid}).", 500)
+        from flask import render_template
+        return render_template("error.html", code=500, message=f"Something went wrong (request id {rid})."), 500

@@ -1,0 +1,274 @@
+"""AutomationService: the one owner of the run lifecycle, for the API, the UI, the CLI and
+the scheduler alike. Every lookup is scoped by the caller's account: another account's
+site or run is a NotFound, indistinguishable from a missing one."""
+import uuid
+
+from flask import current_app
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from ..errors import BadRequest, NotFound, Unavailable
+from ..extensions import db
+from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
+                      Site)
+from ..models.automation import FINISHED_STATUSES
+from ..models.base import utcnow
+from ..redis_conn import get_redis
+from . import costs, jobs, schedule
+from .config_schema import validate_update
+from .locks import site_lock
+from .logger import AutomationLogger, run_log_path, tail
+from .stages import STAGES, pending_count
+from .state import publish_state, read_state
+
+HISTORY_LIMIT = 20
+PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
+
+
+def site_lock_ttl(app=None):
+    return max(30, (app or current_app).config["STALE_RUN_SECONDS"] * 2)
+
+
+def run_logger(run):
+    try:
+        client = get_redis()
+    except RuntimeError:
+        client = None
+    return AutomationLogger(current_app.config["LOG_DIR"], run, client)
+
+
+class AutomationService:
+    def __init__(self, account_id, actor="system"):
+        self.account_id = int(account_id)
+        self.actor = actor
+
+    # -- lookups ------------------------------------------------------------------
+    def site(self, site_id):
+        site = db.session.execute(
+            select(Site).where(Site.id == site_id, Site.account_id == self.account_id)).scalar_one_or_none()
+        if site is None:
+            raise NotFound(f"Site {site_id} not found.")
+        return site
+
+    def run(self, run_id):
+        run = db.session.execute(select(AutomationRun).where(
+            AutomationRun.id == run_id, AutomationRun.account_id == self.account_id)).scalar_one_or_none()
+        if run is None:
+            raise NotFound(f"Run {run_id} not found.")
+        return run
+
+    def account(self):
+        return db.session.get(Account, self.account_id)
+
+    # -- config -------------------------------------------------------------------
+    def config(self, site_id):
+        site = self.site(site_id)
+        cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one_or_none()
+        if cfg is None:
+            cfg = AutomationConfig(account_id=site.account_id, site_id=site.id)
+            db.session.add(cfg)
+            try:
+                db.session.commit()
+            except IntegrityError:  # created by a concurrent first read
+                db.session.rollback()
+                cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one()
+        return cfg
+
+    def config_dict(self, cfg):
+        d = cfg.to_dict()
+        site = db.session.get(Site, cfg.site_id)
+        d["timezone"] = site.timezone
+        d["next_runs"] = [schedule_iso(t) for t in self.upcoming_slots(cfg, site)] if cfg.is_enabled else []
+        return d
+
+    def upcoming_slots(self, cfg, site, n=5):
+        return schedule.next_slots(utcnow(), cfg.frequency, cfg.scheduled_time, site.timezone, cfg.scheduled_day, n)
+
+    def update_config(self, site_id, data):
+        cfg = self.config(site_id)
+        site = db.session.get(Site, cfg.site_id)
+        clean = validate_update(data)
+        freq = clean.get("frequency", cfg.frequency)
+        day = clean.get("scheduled_day", cfg.scheduled_day)
+        if day is not None and freq == "weekly" and not 0 <= day <= 6:
+            raise BadRequest("'scheduled_day' must be 0 (Monday) to 6 (Sunday) for a weekly schedule.")
+        if day is not None and freq == "monthly" and not 1 <= day <= 31:
+            raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
+        schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
+        for k, v in clean.items():
+            setattr(cfg, k, v)
+        if schedule_changed:
+            if cfg.is_enabled:
+                if cfg.scheduled_day is None and cfg.frequency != "daily":
+                    cfg.scheduled_day = schedule.default_day(cfg.frequency, utcnow(), site.timezone)
+                cfg.next_run_at = schedule.next_slot(utcnow(), cfg.frequency, cfg.scheduled_time,
+                                                     site.timezone, cfg.scheduled_day)
+            else:
+                cfg.next_run_at = None
+        db.session.commit()
+        return cfg
+
+    # -- counts and estimate ------------------------------------------------------------
+    def pending_counts(self, site_id):
+        counts = {n: pending_count(stage, site_id) for n, stage in STAGES.items()}
+        sizes = db.session.execute(
+            select(func.count(Keyword.id)).join(Cluster, Keyword.cluster_id == Cluster.id)
+            .where(Cluster.site_id == site_id, Cluster.ideas_generated.is_(False)).group_by(Cluster.id)
+        ).scalars().all()
+        return counts, {
+            "keywords": counts[1], "clusters": counts[2],
+            "ideas_from_clusters": sum(costs.ideas_for_cluster(n) for n in sizes),
+            "ideas": counts[3], "tasks": counts[4], "drafts": counts[5], "images": counts[6],
+        }
+
+    def estimate(self, site_id):
+        site = self.site(site_id)
+        _, p = self.pending_counts(site.id)
+        est = costs.estimate(p)
+        balance = self.account().credits
+        return {"estimated_credits": est, "required_credits": costs.required_for_start(est),
+                "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
+
+    def pipeline_overview(self, site_id):
+        site = self.site(site_id)
+        counts, _ = self.pending_counts(site.id)
+        return [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
+                 "item_type": s.item_type} for n, s in STAGES.items()]
+
+    # -- runs ---------------------------------------------------------------------------
+    def active_run(self, site_id):
+        return db.session.execute(select(AutomationRun).where(
+            AutomationRun.site_id == site_id, AutomationRun.account_id == self.account_id,
+            AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
+
+    def history(self, site_id, limit=HISTORY_LIMIT):
+        site = self.site(site_id)
+        return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site.id)
+                                  .order_by(AutomationRun.id.desc()).limit(limit)).scalars().all()
+
+    def events(self, run):
+        return db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
+
+    def start(self, site_id, trigger_type="manual", reason=None):
+        site = self.site(site_id)
+        self.config(site.id)  # exists, with defaults, before any run reads it
+        try:
+            r = get_redis()
+            lock = site_lock(r, site.id, site_lock_ttl())
+            got = lock.acquire()
+        except Exception as e:  # redis down: refuse cleanly rather than race
+            raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
+        if not got:
+            active = self.active_run(site.id)
+            if active:
+                raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
+            raise BadRequest("A run is already starting for this site; try again in a moment.")
+        try:
+            run = self._create_run(site, trigger_type, reason)
+        except BaseException:
+            lock.release()
+            raise
+        lock.retoken(f"run:{run.id}")
+        run_logger(run).log(f"Run started ({trigger_type}) by {self.actor}" + (f": {reason}" if reason else ""))
+        jobs.enqueue_step(r, run.id, run.job_token, first=True)
+        return run
+
+    def _create_run(self, site, trigger_type, reason):
+        active = self.active_run(site.id)
+        if active:
+            raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
+        counts, p = self.pending_counts(site.id)
+        if not any(counts.values()):
+            raise BadRequest("Nothing to process: no stage has pending items (import keywords first).")
+        est = costs.estimate(p)
+        required = costs.required_for_start(est)
+        balance = self.account().credits
+        if balance < required:
+            raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), available {balance}.")
+        now = utcnow()
+        run = AutomationRun(account_id=site.account_id, site_id=site.id, status="running", trigger_type=trigger_type,
+                            current_stage=1, started_at=now, heartbeat_at=now, started_by=self.actor,
+                            job_token=uuid.uuid4().hex)
+        db.session.add(run)
+        try:
+            db.session.flush()
+            db.session.add(RunEvent(account_id=site.account_id, site_id=site.id, run_id=run.id, action="start",
+                                    actor=self.actor, reason=reason))
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            raise BadRequest("A run is already active for this site.")
+        return run
+
+    def _transition(self, run_id, action, allowed_from, values, reason=None):
+        run = self.run(run_id)
+        verb = PAST[action]
+        if run.status not in allowed_from:
+            raise BadRequest(f"Run {run.id} is {run.status} and cannot be {verb}.")
+        # Conditional: a worker that finished the run a moment ago wins, and we report it.
+        res = db.session.execute(update(AutomationRun).where(
+            AutomationRun.id == run.id, AutomationRun.status == run.status).values(**values))
+        if res.rowcount != 1:
+            db.session.rollback()
+            db.session.refresh(run)
+            raise BadRequest(f"Run {run.id} changed state to {run.status} meanwhile; try again.")
+        db.session.add(RunEvent(account_id=run.account_id, site_id=run.site_id, run_id=run.id, action=action,
+                                actor=self.actor, reason=reason))
+        db.session.commit()
+        db.session.refresh(run)
+        run_logger(run).log(f"Run {verb} by {self.actor}" + (f": {reason}" if reason else ""))
+        return run
+
+    def pause(self, run_id, reason=None):
+        now = utcnow()
+        return self._transition(run_id, "pause", ("running",),
+                                {"status": "paused", "paused_at": now, "pause_reason": reason or "paused by user"},
+                                reason)
+
+    def resume(self, run_id, reason=None):
+        token = uuid.uuid4().hex
+        run = self._transition(run_id, "resume", ("paused",),
+                               {"status": "running", "resumed_at": utcnow(), "heartbeat_at": utcnow(),
+                                "pause_reason": None, "error_message": None, "job_token": token,
+                                "recovery_attempts": 0}, reason)
+        r = get_redis()
+        site_lock(r, run.site_id, site_lock_ttl(), run_id=run.id).force()
+        jobs.enqueue_step(r, run.id, token)
+        return run
+
+    def cancel(self, run_id, reason=None):
+        run = self._transition(run_id, "cancel", ACTIVE_STATUSES,
+                               {"status": "cancelled", "cancelled_at": utcnow(), "job_token": None}, reason)
+        finish_side_effects(run)
+        return run
+
+    # -- logs and live state ----------------------------------------------------------------
+    def log_lines(self, run_id, lines):
+        run = self.run(run_id)
+        return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
+
+    def current_processing(self, site_id, run_id):
+        site = self.site(site_id)
+        run = self.run(run_id)
+        if run.site_id != site.id:
+            raise NotFound(f"Run {run_id} not found.")
+        if run.status != "running":
+            return None
+        return read_state(get_redis(), run.id)
+
+
+def finish_side_effects(run):
+    """A run ended (completed, failed, cancelled): free its site and clear its live state."""
+    try:
+        r = get_redis()
+        site_lock(r, run.site_id, 1, run_id=run.id).release()
+        publish_state(r, run.id, None)
+    except Exception:  # redis down: the lock has a TTL and the state expires
+        current_app.logger.warning("could not release live state for run %s", run.id)
+
+
+def schedule_iso(dt):
+    return dt.isoformat() + "Z"
+
+
+assert set(FINISHED_STATUSES).isdisjoint(ACTIVE_STATUSES)

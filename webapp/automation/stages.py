@@ -1,0 +1,225 @@
+"""The seven stages (SPEC §4). Each is one small unit with the same shape:
+
+    pending(site_id)            -> a SELECT of the items waiting for this stage
+    label(item)                 -> what the UI shows as "currently processing"
+    process(ctx, unit)          -> do the work for one unit inside the caller's transaction,
+                                   return the number of rows created
+
+A unit is one item, except stage 1 where one AI call clusters a whole batch of keywords.
+Pending is always derived from the data (never from a cursor), so after a crash or a pause
+the next batch simply picks up what is still pending; conditional updates (`... WHERE
+status = 'new'`) and unique constraints make doing an item twice impossible.
+"""
+from pathlib import Path
+
+from sqlalchemy import and_, exists, func, select, update
+
+from ..ai.text import terms
+from ..extensions import db
+from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
+from .costs import credits_for
+
+
+class AlreadyDone(Exception):
+    """Another worker got there first: roll back, nothing to charge."""
+
+
+def _guarded(stmt, expected=1):
+    res = db.session.execute(stmt)
+    if res.rowcount != expected:
+        raise AlreadyDone()
+
+
+class Stage:
+    number = 0
+    name = ""
+    model = None
+    function = None  # AI function name (None = no AI)
+    item_type = ""
+    batched = False
+
+    def pending(self, site_id):
+        raise NotImplementedError
+
+    def label(self, item):
+        raise NotImplementedError
+
+    def units(self, items):
+        return [items] if self.batched else [[i] for i in items]
+
+    def unit_id(self, unit):
+        return unit[0].id
+
+
+class KeywordsToClusters(Stage):
+    number, name, model, function, item_type, batched = 1, "Keywords → Clusters", Keyword, "auto_cluster", "keyword", True
+
+    def pending(self, site_id):
+        return select(Keyword).where(Keyword.site_id == site_id, Keyword.cluster_id.is_(None))
+
+    def label(self, item):
+        return item.keyword
+
+    def process(self, ctx, unit):
+        run = ctx.run
+        words = sorted({t for k in unit for t in terms(k.keyword)})
+        existing = db.session.execute(
+            select(Cluster.name, Cluster.terms).where(Cluster.site_id == run.site_id, Cluster.terms.in_(words))
+        ).all() if words else []
+        result = ctx.provider.cluster_keywords([k.keyword for k in unit], [tuple(e) for e in existing])
+        by_text = {k.keyword: k for k in unit}
+        created = 0
+        for c in result.data:
+            cluster = db.session.execute(
+                select(Cluster).where(Cluster.site_id == run.site_id, Cluster.name == c["name"])
+            ).scalar_one_or_none()
+            if cluster is None:
+                cluster = Cluster(account_id=run.account_id, site_id=run.site_id, name=c["name"], terms=c["terms"])
+                db.session.add(cluster)
+                db.session.flush()
+                created += 1
+            ids = [by_text[k].id for k in c["keywords"] if k in by_text]
+            _guarded(update(Keyword).where(Keyword.id.in_(ids), Keyword.cluster_id.is_(None))
+                     .values(cluster_id=cluster.id), expected=len(ids))
+        ctx.charge(self, unit[0].id, credits_for(self.function, len(unit), result.tokens), result)
+        return created
+
+
+class ClustersToIdeas(Stage):
+    number, name, model, function, item_type = 2, "Clusters → Ideas", Cluster, "generate_ideas", "cluster"
+
+    def pending(self, site_id):
+        return select(Cluster).where(Cluster.site_id == site_id, Cluster.ideas_generated.is_(False))
+
+    def label(self, item):
+        return item.name
+
+    def process(self, ctx, unit):
+        cluster = unit[0]
+        _guarded(update(Cluster).where(Cluster.id == cluster.id, Cluster.ideas_generated.is_(False))
+                 .values(ideas_generated=True))
+        kws = db.session.execute(select(Keyword.keyword).where(Keyword.cluster_id == cluster.id)
+                                 .order_by(Keyword.id)).scalars().all()
+        result = ctx.provider.generate_ideas(cluster.name, list(kws))
+        seen = set()
+        for idea in result.data:
+            if idea["title"] in seen:
+                continue
+            seen.add(idea["title"])
+            db.session.add(ContentIdea(account_id=cluster.account_id, site_id=cluster.site_id, cluster_id=cluster.id,
+                                       title=idea["title"], outline=idea["outline"],
+                                       keywords=", ".join(idea["keywords"])))
+        ctx.charge(self, cluster.id, credits_for(self.function, 1, result.tokens), result)
+        return len(seen)
+
+
+class IdeasToTasks(Stage):
+    number, name, model, item_type = 3, "Ideas → Tasks", ContentIdea, "idea"
+
+    def pending(self, site_id):
+        return select(ContentIdea).where(ContentIdea.site_id == site_id, ContentIdea.status == "new")
+
+    def label(self, item):
+        return item.title
+
+    def process(self, ctx, unit):
+        idea = unit[0]
+        _guarded(update(ContentIdea).where(ContentIdea.id == idea.id, ContentIdea.status == "new")
+                 .values(status="queued"))
+        db.session.add(Task(account_id=idea.account_id, site_id=idea.site_id, idea_id=idea.id, title=idea.title))
+        return 1
+
+
+class TasksToContent(Stage):
+    number, name, model, function, item_type = 4, "Tasks → Content", Task, "generate_content", "task"
+
+    def pending(self, site_id):
+        return select(Task).where(Task.site_id == site_id, Task.status == "queued")
+
+    def label(self, item):
+        return item.title
+
+    def process(self, ctx, unit):
+        task = unit[0]
+        _guarded(update(Task).where(Task.id == task.id, Task.status == "queued").values(status="completed"))
+        idea = task.idea
+        kws = [k.strip() for k in idea.keywords.split(",") if k.strip()]
+        result = ctx.provider.generate_content(task.title, idea.outline, kws, ctx.article_words)
+        db.session.add(Content(account_id=task.account_id, site_id=task.site_id, task_id=task.id, title=task.title,
+                               body=result.data["body"], word_count=result.data["word_count"]))
+        ctx.charge(self, task.id, credits_for(self.function, 1, result.tokens), result)
+        return 1
+
+
+class ContentToPrompts(Stage):
+    number, name, model, function, item_type = 5, "Content → Image prompts", Content, "generate_image_prompts", "content"
+
+    def pending(self, site_id):
+        return select(Content).where(Content.site_id == site_id, Content.status == "draft",
+                                     Content.prompts_generated.is_(False))
+
+    def label(self, item):
+        return item.title
+
+    def process(self, ctx, unit):
+        content = unit[0]
+        _guarded(update(Content).where(Content.id == content.id, Content.prompts_generated.is_(False))
+                 .values(prompts_generated=True))
+        result = ctx.provider.generate_image_prompts(content.title, content.body)
+        for pos, prompt in enumerate(result.data):
+            db.session.add(Image(account_id=content.account_id, site_id=content.site_id, content_id=content.id,
+                                 position=pos, kind="featured" if pos == 0 else "in_article", prompt=prompt))
+        ctx.charge(self, content.id, credits_for(self.function, 1, result.tokens), result)
+        return len(result.data)
+
+
+class PromptsToImages(Stage):
+    number, name, model, function, item_type = 6, "Image prompts → Images", Image, "generate_image", "image"
+
+    def pending(self, site_id):
+        return select(Image).where(Image.site_id == site_id, Image.status == "pending")
+
+    def label(self, item):
+        return f"image {item.position + 1} of content {item.content_id}"
+
+    def process(self, ctx, unit):
+        image = unit[0]
+        result = ctx.provider.generate_image(image.prompt)
+        # Path from integer ids only. Written before commit: if the commit fails the file is
+        # simply overwritten by the retry; a committed row always has its file.
+        rel = Path(str(int(image.account_id))) / str(int(image.site_id)) / f"{int(image.id)}.png"
+        dest = Path(ctx.media_dir) / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_suffix(f".{ctx.run.id}.tmp")
+        tmp.write_bytes(result.data)
+        tmp.replace(dest)
+        _guarded(update(Image).where(Image.id == image.id, Image.status == "pending")
+                 .values(status="generated", file_path=str(rel)))
+        ctx.charge(self, image.id, credits_for(self.function, 1, result.tokens), result)
+        return 1
+
+
+class ReviewGate(Stage):
+    number, name, model, item_type = 7, "Review gate", Content, "content"
+
+    def pending(self, site_id):
+        unfinished = exists().where(and_(Image.content_id == Content.id, Image.status != "generated"))
+        return select(Content).where(Content.site_id == site_id, Content.status == "draft",
+                                     Content.prompts_generated.is_(True), ~unfinished)
+
+    def label(self, item):
+        return item.title
+
+    def process(self, ctx, unit):
+        content = unit[0]
+        _guarded(update(Content).where(Content.id == content.id, Content.status == "draft").values(status="review"))
+        return 1
+
+
+STAGES = {s.number: s for s in (KeywordsToClusters(), ClustersToIdeas(), IdeasToTasks(), TasksToContent(),
+                                ContentToPrompts(), PromptsToImages(), ReviewGate())}
+
+
+def pending_count(stage, site_id):
+    sub = stage.pending(site_id).with_only_columns(stage.model.id).subquery()
+    return db.session.execute(select(func.count()).select_from(sub)).scalar()

@@ -1,0 +1,302 @@
+"""RQ tasks: `run_automation_task(run_id)` and `resume_automation_task(run_id)`.
+
+Each job executes one batch of the run's current stage under the run's exec lock, then
+queues the next batch, so any worker can continue any run and a killed worker loses at
+most the item it was processing (every item commits on its own).
+"""
+import logging
+import signal
+import time
+from contextlib import nullcontext
+
+from flask import current_app, has_app_context
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from ..ai import ItemError, ProviderUnavailable, get_provider
+from ..extensions import db
+from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
+from ..models.base import iso, utcnow
+from ..redis_conn import get_redis
+from . import jobs
+from .billing import InsufficientCredits, charge
+from .locks import TTLLock, exec_lock_key, site_lock
+from .stages import STAGES, AlreadyDone, pending_count
+from .state import build_state, publish_state
+
+log = logging.getLogger(__name__)
+UP_NEXT = 3
+STAGE_7_BATCH = 50
+_APP = None
+_shutdown_requested = False
+
+
+def request_shutdown(*_):
+    """SIGTERM in a worker: finish the item in flight, hand the rest of the batch back."""
+    global _shutdown_requested
+    _shutdown_requested = True
+
+
+def _app_context():
+    global _APP
+    if has_app_context():
+        return nullcontext()
+    if _APP is None:
+        from .. import create_app
+        _APP = create_app()
+    return _APP.app_context()
+
+
+def run_automation_task(run_id, token=None):
+    return _execute(run_id, token)
+
+
+def resume_automation_task(run_id, token=None):
+    return _execute(run_id, token)
+
+
+def _execute(run_id, token):
+    with _app_context():
+        try:
+            return RunExecutor(run_id, token).step()
+        finally:
+            db.session.remove()
+
+
+class Stop(Exception):
+    """The run left `running` (paused, cancelled, taken over): stop at this boundary."""
+
+
+class StageContext:
+    def __init__(self, run, provider, app):
+        self.run, self.provider = run, provider
+        self.media_dir = app.config["MEDIA_DIR"]
+        self.article_words = app.config["AI_ARTICLE_WORDS"]
+        self.unit_credits = 0
+
+    def charge(self, stage, item_id, credits, result):
+        charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model)
+        self.unit_credits += credits
+
+
+class RunExecutor:
+    def __init__(self, run_id, token):
+        self.app = current_app._get_current_object()
+        self.run_id, self.token = int(run_id), token
+        self.r = get_redis()
+        self.stale_seconds = self.app.config["STALE_RUN_SECONDS"]
+        self.max_attempts = max(1, self.app.config["ITEM_MAX_ATTEMPTS"])
+
+    # -- control --------------------------------------------------------------------
+    def _status(self):
+        row = db.session.execute(select(AutomationRun.status, AutomationRun.job_token)
+                                 .where(AutomationRun.id == self.run_id)).first()
+        db.session.commit()  # end the read transaction: the next read sees other writers
+        return row
+
+    def ok_to_continue(self):
+        row = self._status()
+        return row is not None and row.status == "running" and (self.token is None or row.job_token == self.token)
+
+    def sleep(self, seconds):
+        """An interruptible delay: returns False as soon as the run is paused or cancelled."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
+            if not self.ok_to_continue() or _shutdown_requested:
+                return False
+        return True
+
+    def heartbeat(self):
+        if not self.exec_lock.renew():
+            # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
+            if not self.exec_lock.acquire():
+                raise Stop("exec lock lost")
+        site_lock(self.r, self.run.site_id, max(30, self.stale_seconds * 2), run_id=self.run_id).force()
+
+    # -- the step ----------------------------------------------------------------------
+    def step(self):
+        from .service import run_logger
+        if not self.ok_to_continue():
+            return "not running"
+        self.exec_lock = TTLLock(self.r, exec_lock_key(self.run_id), max(5, self.stale_seconds))
+        deadline = time.monotonic() + min(10, self.stale_seconds)
+        while not self.exec_lock.acquire():
+            if time.monotonic() > deadline:
+                log.info("run %s: another job holds the exec lock; leaving it", self.run_id)
+                return "locked"
+            time.sleep(0.1)
+        try:
+            self.run = db.session.get(AutomationRun, self.run_id)
+            self.logger = run_logger(self.run)
+            self.cfg = db.session.execute(select(AutomationConfig).where(
+                AutomationConfig.site_id == self.run.site_id)).scalar_one()
+            self.provider = get_provider(self.app.config)
+            return self._step()
+        except Stop:
+            return "stopped"
+        finally:
+            try:
+                self.exec_lock.release()
+            except Exception:  # redis down: the lock expires by itself
+                pass
+
+    def _step(self):
+        run, n = self.run, self.run.current_stage
+        stage = STAGES[n]
+        res = self.res = dict(run.stage_result(n) or {})
+        if not res:
+            total = pending_count(stage, run.site_id)
+            res = {"status": "running", "items_total": total, "items_processed": 0, "items_created": 0,
+                   "items_failed": 0, "credits_used": 0, "started_at": iso(utcnow()), "finished_at": None,
+                   "failures": []}
+            self._save(n, res)
+            db.session.commit()
+            self.res = res
+            self.logger.log(f"Stage {n} ({stage.name}) started: {total} pending", stage=n)
+        failed = select(RunItemFailure.item_id).where(RunItemFailure.run_id == run.id, RunItemFailure.stage == n)
+        bs = self.cfg.batch_size(n) if n <= 6 else STAGE_7_BATCH
+        items = db.session.execute(stage.pending(run.site_id).where(stage.model.id.not_in(failed))
+                                   .order_by(stage.model.id).limit(bs + UP_NEXT)).scalars().all()
+        batch, upcoming = items[:bs], items[bs:]
+        if not batch:
+            return self._finish_stage(n, stage, self.res)
+        res = self.res
+        remaining = max(0, res["items_total"] - res["items_processed"] - res["items_failed"])
+        up_next = [stage.label(i) for i in upcoming]
+        for unit in stage.units(batch):
+            if _shutdown_requested or not self.ok_to_continue():
+                break
+            labels = [stage.label(i) for i in unit]
+            publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
+                                                      self.res["items_processed"], labels, up_next, remaining))
+            outcome = self._process_unit(n, stage, unit)
+            if outcome == "stop":
+                publish_state(self.r, run.id, None)
+                return "paused"
+            remaining = max(0, remaining - len(unit))
+            self.heartbeat()
+        publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
+                                                  self.res["items_processed"], [], up_next, remaining))
+        if not self.ok_to_continue():
+            publish_state(self.r, run.id, None)
+            return "stopped"
+        if _shutdown_requested:
+            jobs.enqueue_step(self.r, run.id, self.token)  # hand the rest back to another worker
+            return "handed back"
+        if upcoming and self.cfg.within_stage_delay and not self.sleep(self.cfg.within_stage_delay):
+            return "stopped"
+        jobs.enqueue_step(self.r, run.id, self.token)
+        return "batch done"
+
+    def _process_unit(self, n, stage, unit):
+        ids = [i.id for i in unit]
+        labels = [stage.label(i) for i in unit]
+        last_error = None
+        for attempt in range(1, self.max_attempts + 1):
+            ctx = StageContext(self.run, self.provider, self.app)
+            try:
+                created = stage.process(ctx, unit)
+                new = self._count(self.res, len(unit), created, ctx.unit_credits)
+                self._save(n, new, credits=ctx.unit_credits)
+                db.session.commit()
+                self.res = new
+                self.logger.log(f"{stage.item_type} {ids[0]}{'+' + str(len(ids) - 1) if len(ids) > 1 else ''} "
+                                f"'{labels[0][:80]}': ok, {created} created, {ctx.unit_credits} credits", stage=n)
+                return "ok"
+            except AlreadyDone:
+                db.session.rollback()
+                self.logger.log(f"{stage.item_type} {ids[0]}: already processed elsewhere, skipped", stage=n)
+                return "ok"
+            except InsufficientCredits as e:
+                db.session.rollback()
+                self._pause(f"insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
+                            f"available {e.available}). Top up and resume.")
+                return "stop"
+            except ProviderUnavailable as e:
+                db.session.rollback()
+                last_error = str(e)
+                if attempt == self.max_attempts:
+                    self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
+                    return "stop"
+                self.logger.log(f"{stage.item_type} {ids[0]}: provider unavailable ({e}), retry {attempt}", stage=n)
+                if not self.sleep(min(2 ** attempt * 0.5, 10)):
+                    raise Stop()
+            except DBAPIError as e:
+                if isinstance(e, IntegrityError):
+                    db.session.rollback()
+                    last_error = f"conflict: {e.orig.__class__.__name__}"
+                    continue
+                raise  # the database itself is failing: let RQ record it; recovery continues the run
+            except Exception as e:  # ItemError or a bad output for this item only
+                db.session.rollback()
+                last_error = f"{e.__class__.__name__}: {e}" if not isinstance(e, ItemError) else str(e)
+                log.warning("run %s stage %s item %s attempt %s failed: %s", self.run_id, n, ids[0], attempt, last_error)
+                self.logger.log(f"{stage.item_type} {ids[0]}: attempt {attempt} failed: {last_error[:200]}", stage=n)
+        # Out of attempts: record the failure and go on with the next item.
+        for item_id in ids:
+            db.session.add(RunItemFailure(account_id=self.run.account_id, site_id=self.run.site_id,
+                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000]))
+        res = dict(self.res)
+        res["items_failed"] += len(ids)
+        res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": last_error[:300]}]
+        self._save(n, res)
+        db.session.commit()
+        self.res = res
+        self.logger.log(f"{stage.item_type} {ids[0]}: FAILED after {self.max_attempts} attempts: {last_error[:200]}", stage=n)
+        return "failed"
+
+    def _count(self, res, processed, created, credits):
+        res = dict(res)
+        res["items_processed"] += processed
+        res["items_created"] += created
+        res["credits_used"] += credits
+        return res
+
+    def _save(self, n, res, credits=0, **extra):
+        """Write stage n's result (and the heartbeat) inside the current transaction."""
+        values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
+        if credits:
+            values["total_credits_used"] = AutomationRun.total_credits_used + credits
+        db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id).values(**values))
+
+    def _pause(self, reason, message):
+        db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
+                           .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
+        db.session.commit()
+        self.logger.log(message)
+
+    def _finish_stage(self, n, stage, res):
+        res = dict(res)
+        # Per-stage credits are the AITaskLog rows' sum: the ledger is the truth.
+        res["credits_used"] = db.session.execute(select(func.coalesce(func.sum(AITaskLog.credits), 0)).where(
+            AITaskLog.run_id == self.run_id, AITaskLog.stage == n)).scalar()
+        res["status"] = "skipped" if res["items_processed"] == 0 and res["items_failed"] == 0 else "completed"
+        res["finished_at"] = iso(utcnow())
+        if n == 7:
+            self._save(n, res)
+            done = db.session.execute(update(AutomationRun).where(
+                AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
+                status="completed", completed_at=utcnow(), job_token=None))
+            db.session.commit()
+            self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
+            if done.rowcount:
+                from .service import finish_side_effects
+                self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
+                db.session.refresh(self.run)
+                finish_side_effects(self.run)
+            return "completed"
+        self._save(n, res, current_stage=n + 1)
+        db.session.commit()
+        self.logger.log(f"Stage {n} ({stage.name}) {res['status']}: {res['items_processed']} processed, "
+                        f"{res['items_created']} created, {res['items_failed']} failed, "
+                        f"{res['credits_used']} credits", stage=n)
+        publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
+        if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
+            return "stopped"
+        jobs.enqueue_step(self.r, self.run_id, self.token)
+        return "stage done"
+
+
+def install_signal_handlers():
+    signal.signal(signal.SIGTERM, request_shutdown)

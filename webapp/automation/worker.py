@@ -1,0 +1,16 @@
+"""The RQ worker class for pipeline jobs.
+
+SimpleWorker runs each job in the worker process itself: no fork per batch (cheaper, and
+the DB pool is never shared across a fork), and a SIGKILL stops the work at once, which
+is what the recovery logic is built and tested for. SIGTERM is a warm shutdown: RQ lets
+the current job end, and our job stops after the item in flight and re-queues the rest.
+"""
+from rq.worker import SimpleWorker
+
+from . import tasks
+
+
+class AutomationWorker(SimpleWorker):
+    def request_stop(self, signum, frame):
+        tasks.request_shutdown()
+        return super().request_stop(signum, frame)

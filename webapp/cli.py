@@ -1,0 +1,180 @@
+"""CLI commands of SPEC §7. Bad input: one line on stderr and exit code 1, never a traceback."""
+import csv
+import io
+from pathlib import Path
+
+import click
+from flask import current_app
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+
+from .extensions import db
+from .models import Account, ApiToken, Site, User
+
+
+def fail(message):
+    click.echo(f"Error: {message}", err=True)
+    raise SystemExit(1)
+
+
+def _int(value, name, minimum=None):
+    try:
+        n = int(str(value).strip())
+    except ValueError:
+        fail(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and n < minimum:
+        fail(f"{name} must be >= {minimum}")
+    return n
+
+
+def _account(name):
+    acc = db.session.execute(select(Account).where(Account.name == name)).scalar_one_or_none()
+    if acc is None:
+        fail(f"unknown account {name!r}")
+    return acc
+
+
+def init_app(app):
+    @app.cli.command("init-db")
+    def init_db():
+        """Create or upgrade the database schema to the latest migration."""
+        from flask_migrate import upgrade
+        upgrade()
+        click.echo("Database is at the latest schema.")
+
+    @app.cli.command("create-account")
+    @click.argument("name")
+    @click.option("--credits", "credits_", default="0", show_default=True)
+    def create_account(name, credits_):
+        """Create an account with a credit balance."""
+        name = name.strip()
+        if not name or len(name) > 120:
+            fail("account name must be 1-120 characters")
+        credits_ = _int(credits_, "--credits", minimum=0)
+        acc = Account(name=name, credits=0)
+        db.session.add(acc)
+        try:
+            db.session.flush()
+        except IntegrityError:
+            db.session.rollback()
+            fail(f"account {name!r} already exists")
+        if credits_:
+            from .automation.billing import top_up
+            top_up(acc, credits_, reason="initial credits")
+        db.session.commit()
+        click.echo(f"Created account {name!r} (id {acc.id}) with {credits_} credits.")
+        click.echo(acc.id)
+
+    @app.cli.command("add-credits")
+    @click.argument("account")
+    @click.argument("amount")
+    def add_credits(account, amount):
+        """Top up an account's credits."""
+        amount = _int(amount, "AMOUNT", minimum=1)
+        from .automation.billing import top_up
+        balance = top_up(_account(account), amount)
+        db.session.commit()
+        click.echo(f"Balance is now {balance}.")
+
+    @app.cli.command("create-user")
+    @click.argument("email")
+    @click.option("--password", required=True)
+    @click.option("--account", "account_name", required=True)
+    def create_user(email, password, account_name):
+        """Create a user in an account."""
+        email = email.strip().lower()
+        if "@" not in email or len(email) > 255:
+            fail(f"invalid email {email!r}")
+        if len(password) < 8:
+            fail("password must be at least 8 characters")
+        acc = _account(account_name)
+        user = User(email=email, account_id=acc.id)
+        user.set_password(password)
+        db.session.add(user)
+        try:
+            db.session.commit()
+        except IntegrityError:
+            db.session.rollback()
+            fail(f"a user with email {email!r} already exists")
+        click.echo(f"Created user {email} in account {acc.name!r}.")
+
+    @app.cli.command("create-site")
+    @click.argument("name")
+    @click.option("--account", "account_name", required=True)
+    @click.option("--domain", default=None)
+    @click.option("--timezone", "tz", default="UTC", show_default=True)
+    def create_site(name, account_name, domain, tz):
+        """Create a site; prints its id alone on the last line."""
+        from .sites import create_site as _create
+        from .errors import AppError
+        acc = _account(account_name)
+        try:
+            site = _create(acc.id, name, domain, tz)
+        except AppError as e:
+            fail(e.message)
+        click.echo(f"Created site {site.name!r} in account {acc.name!r}.")
+        click.echo(site.id)
+
+    @app.cli.command("create-token")
+    @click.argument("email")
+    @click.option("--name", default="cli")
+    def create_token(email, name):
+        """Issue an API token; prints it alone on the last line (only shown once)."""
+        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+        if user is None:
+            fail(f"unknown user {email!r}")
+        _tok, raw = ApiToken.issue(user, name=name)
+        db.session.commit()
+        click.echo(f"Token for {user.email} (store it now; it is not shown again):")
+        click.echo(raw)
+
+    @app.cli.command("revoke-token")
+    @click.argument("token_id")
+    def revoke_token(token_id):
+        token_id = _int(token_id, "TOKEN_ID", minimum=1)
+        """Revoke an API token by id."""
+        from .models.base import utcnow
+        tok = db.session.get(ApiToken, token_id)
+        if tok is None:
+            fail(f"unknown token id {token_id}")
+        tok.revoked_at = utcnow()
+        db.session.commit()
+        click.echo(f"Revoked token {token_id}.")
+
+    @app.cli.command("import-keywords")
+    @click.argument("site_id")
+    @click.argument("file")
+    def import_keywords(site_id, file):
+        """Import keywords from a CSV (keyword[,volume,difficulty])."""
+        site_id = _int(site_id, "SITE_ID", minimum=1)
+        from .planner import import_rows, parse_csv
+        from .errors import AppError
+        site = db.session.get(Site, site_id)
+        if site is None:
+            fail(f"unknown site id {site_id}")
+        try:
+            text = Path(file).read_bytes().decode("utf-8-sig")
+        except OSError as e:
+            fail(f"cannot read {file}: {e.strerror or e}")
+        except UnicodeDecodeError:
+            fail(f"{file} is not UTF-8 text")
+        try:
+            rows = parse_csv(text)
+            report = import_rows(site, rows)
+        except AppError as e:
+            fail(e.message)
+        click.echo(f"Imported {report['created']} keywords, skipped {report['duplicates']} duplicates, "
+                   f"{len(report['errors'])} invalid rows.")
+        for err in report["errors"][:20]:
+            click.echo(f"  row {err['row']}: {err['error']}")
+
+    @app.cli.command("seed-demo")
+    @click.option("--if-empty", is_flag=True, help="do nothing when the database already has users")
+    def seed_demo(if_empty):
+        """Create the demo account, login and site with keywords."""
+        from .demo import DEMO_EMAIL, DEMO_PASSWORD, seed
+        if if_empty and db.session.execute(select(User.id).limit(1)).first():
+            click.echo("Database already has users; demo not seeded.")
+            return
+        site = seed()
+        click.echo(f"Demo login: {DEMO_EMAIL} / {DEMO_PASSWORD} (site {site.id}: {site.name})")

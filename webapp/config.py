@@ -1,0 +1,69 @@
+"""Configuration: parsed from the environment in one place, when the app is created.
+
+Nothing here runs at import time; `load_config(instance_path)` is called by
+`create_app` (and by `worker.py`) so tests can build apps with their own settings.
+"""
+import os
+import secrets
+from pathlib import Path
+
+
+def _int(env, name, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SystemExit(f"config error: {name} must be an integer, got {raw!r}")
+
+
+def persistent_secret_key(instance_path):
+    """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
+    so sessions survive restarts and every process of one install shares it."""
+    path = Path(instance_path) / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    # O_EXCL: two processes starting together agree on the first writer's key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key)
+    return key
+
+
+def load_config(instance_path, env=None):
+    env = os.environ if env is None else env
+    instance_path = Path(instance_path)
+    db_url = env.get("DATABASE_URL") or f"sqlite:///{instance_path / 'automation.db'}"
+    if db_url.startswith("postgres://"):  # Heroku-style URLs
+        db_url = "postgresql://" + db_url[len("postgres://"):]
+    return {
+        "SECRET_KEY": env.get("SECRET_KEY") or persistent_secret_key(instance_path),
+        "SQLALCHEMY_DATABASE_URI": db_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # None means "embedded": see webapp/redis_conn.py.
+        "REDIS_URL": env.get("REDIS_URL") or None,
+        "LOG_DIR": env.get("LOG_DIR") or str(instance_path / "logs"),
+        "MEDIA_DIR": env.get("MEDIA_DIR") or str(instance_path / "media"),
+        "AI_PROVIDER": env.get("AI_PROVIDER", "local"),
+        "AI_LOCAL_LATENCY_MS": _int(env, "AI_LOCAL_LATENCY_MS", 0),
+        "AI_ARTICLE_WORDS": _int(env, "AI_ARTICLE_WORDS", 600),
+        "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+        "OPENAI_API_KEY": env.get("OPENAI_API_KEY", ""),
+        "OPENAI_CHAT_MODEL": env.get("OPENAI_CHAT_MODEL", "gpt-4o-mini"),
+        "OPENAI_IMAGE_MODEL": env.get("OPENAI_IMAGE_MODEL", "dall-e-3"),
+        "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
+        "STALE_RUN_SECONDS": _int(env, "STALE_RUN_SECONDS", 90),
+        "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
+        "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
+        "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
+        "WTF_CSRF_TIME_LIMIT": None,
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+    }

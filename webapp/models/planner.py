@@ -1,0 +1,45 @@
+from ..extensions import db
+from .base import TenantMixin, utcnow
+
+
+class Keyword(TenantMixin, db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    keyword = db.Column(db.String(255), nullable=False)
+    volume = db.Column(db.Integer)
+    difficulty = db.Column(db.Integer)
+    cluster_id = db.Column(db.Integer, db.ForeignKey("cluster.id", ondelete="SET NULL"))
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    __table_args__ = (
+        db.UniqueConstraint("site_id", "keyword", name="uq_keyword_site_keyword"),
+        # Stage 1 pending = (site, cluster_id IS NULL): one index answers it at 1M rows.
+        db.Index("ix_keyword_site_cluster", "site_id", "cluster_id", "id"),
+    )
+
+
+class Cluster(TenantMixin, db.Model):
+    id = db.Column(db.Integer, primary_key=True)
+    name = db.Column(db.String(255), nullable=False)
+    terms = db.Column(db.String(255), nullable=False, default="")  # space-separated key terms
+    ideas_generated = db.Column(db.Boolean, nullable=False, default=False)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    keywords = db.relationship(Keyword, backref="cluster", order_by=Keyword.id)
+    __table_args__ = (
+        db.UniqueConstraint("site_id", "name", name="uq_cluster_site_name"),
+        db.Index("ix_cluster_site_ideas", "site_id", "ideas_generated", "id"),
+    )
+
+
+class ContentIdea(TenantMixin, db.Model):
+    __tablename__ = "content_idea"
+    id = db.Column(db.Integer, primary_key=True)
+    cluster_id = db.Column(db.Integer, db.ForeignKey("cluster.id", ondelete="CASCADE"), nullable=False, index=True)
+    title = db.Column(db.String(255), nullable=False)
+    outline = db.Column(db.Text, nullable=False, default="")
+    keywords = db.Column(db.Text, nullable=False, default="")  # comma-separated target keywords
+    status = db.Column(db.String(16), nullable=False, default="new")  # new | queued
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    cluster = db.relationship(Cluster)
+    __table_args__ = (
+        db.UniqueConstraint("cluster_id", "title", name="uq_idea_cluster_title"),
+        db.Index("ix_idea_site_status", "site_id", "status", "id"),
+    )

@@ -1,0 +1,55 @@
+"""Periodic jobs, declared as data with stable ids and reconciled when the scheduler starts
+(restarting it, or running two, never registers a job twice; rq-scheduler's own lock makes
+only one of them enqueue)."""
+import logging
+from datetime import datetime, timezone
+
+from redis import Redis
+from rq_scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+CONTROL_QUEUE = "automation-control"
+
+PERIODIC_JOBS = [
+    {"id": "periodic:check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task", "interval": 60},
+]
+
+
+def reconcile(scheduler, periodic=PERIODIC_JOBS):
+    """Make the scheduled periodic jobs exactly `periodic`: add the missing, drop the unknown
+    `periodic:*` ones and any whose definition changed. Returns the ids (re)registered."""
+    wanted = {p["id"]: p for p in periodic}
+    have = {}
+    for job in scheduler.get_jobs():
+        if not job.id.startswith("periodic:"):
+            continue
+        spec = wanted.get(job.id)
+        if spec is None or job.func_name != spec["func"] or job.meta.get("interval") != spec["interval"]:
+            scheduler.cancel(job)
+        else:
+            have[job.id] = job
+    added = []
+    for pid, spec in wanted.items():
+        if pid in have:
+            continue
+        scheduler.schedule(
+            scheduled_time=datetime.now(timezone.utc), func=spec["func"], interval=spec["interval"],
+            repeat=None, id=pid, queue_name=CONTROL_QUEUE,
+            # A result that expires before the next run makes rq-scheduler drop the job:
+            # keep results far longer than the interval.
+            result_ttl=spec["interval"] * 10, ttl=spec["interval"] * 10, timeout=300,
+        )
+        added.append(pid)
+    return added
+
+
+def make_scheduler(app, interval=5):
+    conn = Redis.from_url(app.config["REDIS_URL"])
+    return Scheduler(queue_name=CONTROL_QUEUE, connection=conn, interval=interval)
+
+
+def run_scheduler(app):
+    scheduler = make_scheduler(app)
+    added = reconcile(scheduler)
+    log.info("periodic jobs registered: %s", added or "none new")
+    scheduler.run()

@@ -1,0 +1,68 @@
+"""Background processes.
+
+    python worker.py              an RQ worker on the pipeline queue
+    python worker.py --scheduler  rq-scheduler with the periodic jobs registered
+
+Both honour REDIS_URL / DATABASE_URL; with REDIS_URL unset they use the embedded Redis
+started by `make run` (or start it if none is running).
+"""
+import argparse
+import logging
+import os
+import sys
+
+from webapp import create_app
+from webapp.redis_conn import embedded_url, start_embedded
+
+
+def _redis_url(app):
+    url = app.config.get("REDIS_URL") or embedded_url(app.instance_path)
+    if not url:
+        url, _proc = start_embedded(app.instance_path)  # lives as long as this process group
+        logging.getLogger("worker").info("started embedded redis at %s", url)
+    app.config["REDIS_URL"] = url
+    return url
+
+
+def run_worker(app, burst=False):
+    from redis import Redis
+    from rq import Queue
+    from webapp.automation.worker import AutomationWorker
+    conn = Redis.from_url(_redis_url(app))
+    with app.app_context():
+        from webapp.automation.recovery import check_stale_runs
+        try:
+            recovered = check_stale_runs()
+            if recovered:
+                logging.getLogger("worker").info("at start: %s", recovered)
+        finally:
+            from webapp.extensions import db
+            db.session.remove()
+        from webapp.scheduling import CONTROL_QUEUE
+        queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
+        w = AutomationWorker(queues, connection=conn)
+        w.work(burst=burst, with_scheduler=False, logging_level="INFO")
+
+
+def run_scheduler(app):
+    from webapp.scheduling import run_scheduler as _run
+    _redis_url(app)
+    with app.app_context():
+        _run(app)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="Automation Console background processes")
+    p.add_argument("--scheduler", action="store_true", help="run rq-scheduler with the periodic jobs")
+    p.add_argument("--burst", action="store_true", help="worker: exit when the queue is empty")
+    args = p.parse_args(argv)
+    app = create_app()
+    if args.scheduler:
+        run_scheduler(app)
+    else:
+        run_worker(app, burst=args.burst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
