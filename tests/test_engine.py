@@ -83,3 +83,223 @@ def test_nothing_pending_is_refused(app, factory):
     site = factory.site(acc)
     with pytest.raises(BadRequest, match="Nothing to process"):
         AutomationService(acc.id).start(site.id)
+
+
+def _twin_sites(factory, n_keywords=40, **cfg):
+    """Two accounts, each with a site holding the same keywords (the local provider is
+    deterministic, so an interrupted and an uninterrupted run must produce the same)."""
+    out = []
+    for name in ("Alpha", "Beta"):
+        acc, _ = factory.account(name=name, credits=100_000)
+        site = factory.site(acc, keywords=n_keywords)
+        factory.fast_config(site, **cfg)
+        out.append((acc.id, site.id))
+    return out
+
+
+def _step_until(app, run_id, predicate, limit=500):
+    for _ in range(limit):
+        run = db.session.get(AutomationRun, run_id)
+        db.session.refresh(run)
+        if predicate(run):
+            return run
+        drain(app, max_jobs=1)
+    raise AssertionError("run never reached the wanted point")
+
+
+def _credits(run_id):
+    return db.session.execute(select(func.coalesce(func.sum(AITaskLog.credits), 0)).where(
+        AITaskLog.run_id == run_id)).scalar()
+
+
+def _no_duplicates(site_id):
+    for model, col in ((Task, Task.idea_id), (Content, Content.task_id)):
+        dup = db.session.execute(select(col).where(model.site_id == site_id).group_by(col)
+                                 .having(func.count() > 1)).all()
+        assert dup == [], model
+    dup = db.session.execute(select(AITaskLog.function, AITaskLog.item_id).group_by(
+        AITaskLog.function, AITaskLog.item_id).having(func.count() > 1)).all()
+    assert dup == []
+
+
+def test_pause_mid_stage_then_resume_equals_uninterrupted(app, factory):
+    (a_acc, a_site), (b_acc, b_site) = _twin_sites(factory, stage_4_batch_size=2, stage_2_batch_size=2)
+    ref = AutomationService(a_acc).start(a_site).id
+    drain(app)
+    svc = AutomationService(b_acc, actor="user:beta@example.com")
+    run_id = svc.start(b_site).id
+    run = _step_until(app, run_id, lambda r: r.current_stage == 4 and (r.stage_4_result or {}).get("items_processed", 0) >= 2)
+    svc.pause(run_id, reason="checking drafts")
+    drain(app)  # queued jobs see the pause and do nothing
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "paused" and run.paused_at and run.current_stage == 4
+    processed_at_pause = run.stage_4_result["items_processed"]
+    assert 0 < processed_at_pause < count(Task, site_id=b_site)
+    with pytest.raises(BadRequest, match="cannot be paused"):
+        svc.pause(run_id)
+    svc.resume(run_id)
+    with pytest.raises(BadRequest, match="cannot be resumed"):
+        svc.resume(run_id)
+    drain(app)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "completed" and run.resumed_at
+    a, b = outputs(a_site), outputs(b_site)
+    assert a == b
+    assert _credits(ref) == _credits(run_id) == run.total_credits_used
+    _no_duplicates(b_site)
+    actions = [(e.action, e.actor, e.reason) for e in svc.events(run)]
+    assert actions == [("start", "user:beta@example.com", None), ("pause", "user:beta@example.com", "checking drafts"),
+                       ("resume", "user:beta@example.com", None)]
+    for n in range(1, 8):
+        assert run.stage_result(n)["status"] == "completed"
+    # Finished runs refuse every control.
+    for action in (svc.pause, svc.resume, svc.cancel):
+        with pytest.raises(BadRequest):
+            action(run_id)
+
+
+def test_cancel_mid_stage_keeps_partial_results_and_frees_site(app, factory):
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=40)
+    factory.fast_config(site, stage_4_batch_size=2)
+    site_id, acc_id = site.id, acc.id
+    svc = AutomationService(acc_id, actor="user:x")
+    run_id = svc.start(site_id).id
+    _step_until(app, run_id, lambda r: r.current_stage == 4 and (r.stage_4_result or {}).get("items_processed", 0) >= 2)
+    svc.cancel(run_id, reason="wrong keywords")
+    drain(app)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "cancelled" and run.cancelled_at and run.completed_at is None
+    drafts = count(Content, site_id=site_id)
+    assert drafts == run.stage_4_result["items_processed"] >= 2   # partial results kept
+    assert count(Task, site_id=site_id, status="queued") > 0        # the rest still pending
+    from webapp.automation.locks import site_lock_key
+    from webapp.redis_conn import get_redis
+    assert not get_redis().exists(site_lock_key(site_id))
+    # A new run can start and finishes the rest without redoing anything.
+    run2 = svc.start(site_id).id
+    drain(app)
+    assert db.session.get(AutomationRun, run2).status == "completed"
+    assert count(Content, site_id=site_id) == count(Task, site_id=site_id)
+    _no_duplicates(site_id)
+
+
+def test_concurrent_starts_one_run(app, factory):
+    import threading
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=20)
+    acc_id, site_id = acc.id, site.id
+    barrier = threading.Barrier(20)
+    results = []
+
+    def start():
+        with app.app_context():
+            barrier.wait()
+            try:
+                results.append(AutomationService(acc_id).start(site_id).id)
+            except BadRequest as e:
+                results.append(e.message)
+            finally:
+                db.session.remove()
+
+    threads = [threading.Thread(target=start) for _ in range(20)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    ids = [r for r in results if isinstance(r, int)]
+    assert len(ids) == 1, results
+    assert all("already" in r for r in results if isinstance(r, str))
+    assert count(AutomationRun, site_id=site_id) == 1
+
+
+def test_insufficient_credits_at_start(app, factory):
+    acc, _ = factory.account(credits=10)
+    site = factory.site(acc, keywords=20)
+    svc = AutomationService(acc.id)
+    est = svc.estimate(site.id)
+    assert est["sufficient"] is False and est["current_balance"] == 10
+    with pytest.raises(BadRequest) as e:
+        svc.start(site.id)
+    assert "Insufficient credits" in e.value.message and f"available 10" in e.value.message
+    assert f"required {est['required_credits']}" in e.value.message
+    assert count(AutomationRun) == 0
+
+
+def test_credits_run_out_mid_run_then_top_up_and_resume(app, factory):
+    from webapp.automation.billing import top_up
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=30)
+    factory.fast_config(site)
+    acc_id, site_id = acc.id, site.id
+    svc = AutomationService(acc_id)
+    run_id = svc.start(site_id).id
+    # Spend the balance down after the start check: the run must pause, not go negative.
+    _step_until(app, run_id, lambda r: r.current_stage >= 2)
+    account = db.session.get(Account, acc_id)
+    account.credits = 7
+    db.session.commit()
+    drain(app)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "paused" and run.pause_reason == "insufficient credits"
+    assert "insufficient credits" in run.error_message.lower() and "Top up" in run.error_message
+    assert db.session.get(Account, acc_id).credits >= 0
+    top_up(db.session.get(Account, acc_id), 100_000)
+    db.session.commit()
+    svc.resume(run_id)
+    drain(app)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "completed" and run.error_message is None
+    assert count(Content, site_id=site_id, status="review") == count(Task, site_id=site_id) > 0
+    _no_duplicates(site_id)
+
+
+def test_failed_item_is_recorded_and_run_goes_on(app, factory):
+    """A draft whose prompts cannot be generated fails after its retries; the rest complete."""
+    from webapp.ai.local import LocalProvider
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=12)
+    factory.fast_config(site)
+    acc_id, site_id = acc.id, site.id
+    original = LocalProvider.generate_image_prompts
+    calls = []
+
+    def flaky(self, title, body):
+        calls.append(title)
+        if title == first_title[0]:
+            from webapp.ai import ItemError
+            raise ItemError("prompt model refused this article")
+        return original(self, title, body)
+
+    first_title = [None]
+    run_id = AutomationService(acc_id).start(site_id).id
+    run = _step_until(app, run_id, lambda r: r.current_stage == 5)
+    first_title[0] = db.session.execute(select(Content.title).where(Content.site_id == site_id)
+                                        .order_by(Content.id)).scalars().first()
+    LocalProvider.generate_image_prompts = flaky
+    try:
+        drain(app)
+    finally:
+        LocalProvider.generate_image_prompts = original
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "completed"
+    r5 = run.stage_5_result
+    assert r5["items_failed"] == 1 and "refused" in r5["failures"][0]["reason"]
+    assert calls.count(first_title[0]) == app.config["ITEM_MAX_ATTEMPTS"]
+    assert count(Content, site_id=site_id, status="review") == count(Content, site_id=site_id) - 1
+    log = "\n".join(AutomationService(acc_id).log_lines(run_id, 5000))
+    assert "FAILED after 3 attempts" in log
+
+
+def test_stage_with_nothing_pending_is_skipped(app, factory):
+    """Only tasks pending: stages 1-3 are skipped, not errors."""
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    factory.fast_config(site)
+    acc_id, site_id = acc.id, site.id
+    run1 = AutomationService(acc_id).start(site_id).id
+    _step_until(app, run1, lambda r: r.current_stage == 4)
+    AutomationService(acc_id).cancel(run1)
+    run2 = AutomationService(acc_id).start(site_id).id
+    drain(app)
+    run = db.session.get(AutomationRun, run2)
+    assert run.status == "completed"
+    assert [run.stage_result(n)["status"] for n in range(1, 8)] == ["skipped"] * 3 + ["completed"] * 4

@@ -22,7 +22,13 @@ def create_app(test_config=None):
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
     from .extensions import csrf, db, login_manager, migrate, sock
+    if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
+        # Web, worker and scheduler share one SQLite file: wait for the write lock instead
+        # of failing, and let readers work while a worker writes (WAL).
+        opts = app.config.setdefault("SQLALCHEMY_ENGINE_OPTIONS", {})
+        opts.setdefault("connect_args", {})["timeout"] = 30
     db.init_app(app)
+    _sqlite_pragmas()
     migrate.init_app(app, db, render_as_batch=True, directory=os.path.join(os.path.dirname(__file__), "..", "migrations"))
     csrf.init_app(app)
     sock.init_app(app)
@@ -36,3 +42,21 @@ def create_app(test_config=None):
     media.init_app(app)
     cli.init_app(app)
     return app
+
+
+def _sqlite_pragmas():
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    if getattr(_sqlite_pragmas, "done", False):
+        return
+    _sqlite_pragmas.done = True
+
+    @event.listens_for(Engine, "connect")
+    def _on_connect(dbapi_conn, _record):
+        if type(dbapi_conn).__module__.startswith("sqlite3"):
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()

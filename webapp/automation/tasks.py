@@ -119,7 +119,7 @@ class RunExecutor:
         from .service import run_logger
         if not self.ok_to_continue():
             return "not running"
-        self.exec_lock = TTLLock(self.r, exec_lock_key(self.run_id), max(5, self.stale_seconds))
+        self.exec_lock = TTLLock(self.r, exec_lock_key(self.run_id), max(2, self.stale_seconds))
         deadline = time.monotonic() + min(10, self.stale_seconds)
         while not self.exec_lock.acquire():
             if time.monotonic() > deadline:
