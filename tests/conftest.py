@@ -209,7 +209,7 @@ def drain(app, max_jobs=10_000):
 
 
 def start_worker(app_env, *args, extra_env=None):
-    env = dict(os.environ, **app_env, **(extra_env or {}))
+    env = {**os.environ, **app_env, **(extra_env or {})}
     return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), *args], cwd=str(ROOT), env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
 

@@ -1,0 +1,104 @@
+"""Crash and parallelism with real `worker.py` subprocesses."""
+import os
+import signal
+import time
+
+from sqlalchemy import func, select
+
+from webapp.automation.service import AutomationService
+from webapp.extensions import db
+from webapp.models import AITaskLog, AutomationRun, Content, CreditTransaction, RunEvent, Task
+
+from conftest import drain, start_worker, wait_for
+from test_engine import _credits, _no_duplicates, _twin_sites, outputs
+
+
+def _run(run_id):
+    db.session.remove()
+    return db.session.get(AutomationRun, run_id)
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_sigkill_in_stage_4_is_recovered_with_same_outputs(app, app_env, factory):
+    (a_acc, a_site), (b_acc, b_site) = _twin_sites(factory, n_keywords=30, stage_4_batch_size=3)
+    ref = AutomationService(a_acc).start(a_site).id
+    drain(app)
+    env = {"STALE_RUN_SECONDS": "2", "AI_LOCAL_LATENCY_MS": "40"}
+    run_id = AutomationService(b_acc).start(b_site).id
+    w1 = start_worker(app_env, extra_env=env)
+    try:
+        wait_for(lambda: (_run(run_id).stage_4_result or {}).get("items_processed", 0) >= 2, timeout=60,
+                 message="stage 4 in progress")
+        os.killpg(w1.pid, signal.SIGKILL)
+        w1.wait(5)
+        killed_at = _run(run_id)
+        assert killed_at.status == "running" and killed_at.current_stage == 4
+        time.sleep(3)  # heartbeat and exec lock (TTL = STALE_RUN_SECONDS) expire
+        w2 = start_worker(app_env, extra_env=env)  # its start-up stale check recovers the run
+        try:
+            wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")
+        finally:
+            _stop(w2)
+    finally:
+        _stop(w1)
+    run = _run(run_id)
+    assert outputs(a_site) == outputs(b_site)
+    assert _credits(ref) == _credits(run_id) == run.total_credits_used
+    ledger = db.session.execute(select(func.sum(CreditTransaction.amount)).where(
+        CreditTransaction.run_id == run_id)).scalar()
+    assert -ledger == run.total_credits_used
+    _no_duplicates(b_site)
+    events = [e.action for e in db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id)).scalars()]
+    assert events.count("recover") == 1
+    log = "\n".join(AutomationService(b_acc).log_lines(run_id, 5000))
+    assert "Worker lost" in log
+
+
+def test_two_workers_run_two_sites_in_parallel(app, app_env, factory):
+    (a_acc, a_site), (b_acc, b_site) = _twin_sites(factory, n_keywords=20)
+    env = {"AI_LOCAL_LATENCY_MS": "20"}
+    runs = [AutomationService(a_acc).start(a_site).id, AutomationService(b_acc).start(b_site).id]
+    workers = [start_worker(app_env, extra_env=env) for _ in range(2)]
+    try:
+        wait_for(lambda: all(_run(r).status == "completed" for r in runs), timeout=120, message="both runs")
+    finally:
+        for w in workers:
+            _stop(w)
+    # Both sites' runs overlapped in time: each was worked on while the other was running.
+    a, b = _run(runs[0]), _run(runs[1])
+    assert a.started_at < b.completed_at and b.started_at < a.completed_at
+    assert outputs(a_site) == outputs(b_site)
+
+
+def test_sigterm_lets_worker_finish_item_and_hand_back(app, app_env, factory):
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=20)
+    factory.fast_config(site, stage_1_batch_size=1, stage_2_batch_size=50)
+    acc_id, site_id = acc.id, site.id
+    env = {"AI_LOCAL_LATENCY_MS": "150"}
+    run_id = AutomationService(acc_id).start(site_id).id
+    w1 = start_worker(app_env, extra_env=env)
+    wait_for(lambda: _run(run_id).current_stage == 2 and (_run(run_id).stage_2_result or {}).get("items_processed", 0) >= 1,
+             timeout=60, message="stage 2 running")
+    os.killpg(w1.pid, signal.SIGTERM)
+    assert w1.wait(20) == 0
+    out = w1.stdout.read().decode()
+    mid = _run(run_id)
+    assert mid.status == "running" and "Traceback" not in out
+    w2 = start_worker(app_env, extra_env=env)  # no stale wait: the rest was handed back to the queue
+    try:
+        wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="completed")
+    finally:
+        _stop(w2)
+    assert db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.run_id == run_id)).scalar() \
+        == db.session.execute(select(func.count()).select_from(CreditTransaction).where(CreditTransaction.run_id == run_id)).scalar()
+    _no_duplicates(site_id)
