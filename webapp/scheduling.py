@@ -11,17 +11,17 @@ log = logging.getLogger(__name__)
 CONTROL_QUEUE = "automation-control"
 
 PERIODIC_JOBS = [
-    {"id": "periodic:check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task", "interval": 60},
+    {"id": "periodic-check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task", "interval": 60},
 ]
 
 
 def reconcile(scheduler, periodic=PERIODIC_JOBS):
     """Make the scheduled periodic jobs exactly `periodic`: add the missing, drop the unknown
-    `periodic:*` ones and any whose definition changed. Returns the ids (re)registered."""
+    `periodic-*` ones and any whose definition changed. Returns the ids (re)registered."""
     wanted = {p["id"]: p for p in periodic}
     have = {}
     for job in scheduler.get_jobs():
-        if not job.id.startswith("periodic:"):
+        if not job.id.startswith("periodic-"):
             continue
         spec = wanted.get(job.id)
         if spec is None or job.func_name != spec["func"] or job.meta.get("interval") != spec["interval"]:

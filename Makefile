@@ -1,0 +1,28 @@
+# The two commands of the README: `make run` and `make test`. Needs make and Python >= 3.11.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: run test install install-dev
+
+run: $(VENV)/.deps
+	$(PY) scripts/run.py
+
+test: $(VENV)/.deps-dev
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+install: $(VENV)/.deps
+install-dev: $(VENV)/.deps-dev
+
+$(VENV)/bin/python:
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python >= 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+$(VENV)/.deps: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements.txt
+	@touch $@
+
+$(VENV)/.deps-dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
+	$(PY) -m pip install -q -r requirements-dev.txt
+	@touch $@ $(VENV)/.deps
