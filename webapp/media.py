@@ -1,20 +1,33 @@
-"""Serving generated images: looked up by id and account; the path on disk comes from the
-row (built from ids by stage 6), never from the URL."""
+"""Serving generated images: looked up by id and the caller's account (browser session or
+bearer token); the path on disk comes from the row (built from ids by stage 6), never
+from the URL."""
 from pathlib import Path
 
-from flask import abort, current_app, send_file
-from flask_login import current_user, login_required
+from flask import abort, current_app, redirect, request, send_file, url_for
+from flask_login import current_user
 from sqlalchemy import select
 
+from .auth.tokens import user_for_bearer
 from .extensions import db
 from .models import Image
 
 
+def caller_account_id():
+    if request.headers.get("Authorization"):
+        user, _tok = user_for_bearer(request.headers["Authorization"])
+        return user.account_id if user else None
+    return current_user.account_id if current_user.is_authenticated else None
+
+
 def init_app(app):
     @app.get("/media/images/<int:image_id>.png")
-    @login_required
     def media_image(image_id):
-        img = db.session.execute(select(Image).where(Image.id == image_id, Image.account_id == current_user.account_id,
+        account_id = caller_account_id()
+        if account_id is None:
+            if request.headers.get("Authorization"):
+                abort(401)
+            return redirect(url_for("auth.login", next=request.path))
+        img = db.session.execute(select(Image).where(Image.id == image_id, Image.account_id == account_id,
                                                      Image.file_path.is_not(None))).scalar_one_or_none()
         if img is None:
             abort(404)
