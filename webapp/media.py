@@ -20,7 +20,7 @@ def caller_account_id():
 
 
 def init_app(app):
-    @app.get("/media/images/<int:image_id>.png")
+    @app.get("/media/images/<int(max=2147483647):image_id>.png")
     def media_image(image_id):
         account_id = caller_account_id()
         if account_id is None:

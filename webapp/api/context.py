@@ -39,7 +39,10 @@ def api_auth(fn):
     return wrapper
 
 
-def int_param(name, required=True, source=None, minimum=1, maximum=None, default=None):
+MAX_ID = 2**31 - 1  # the database's INTEGER range; larger ids cannot exist
+
+
+def int_param(name, required=True, source=None, minimum=1, maximum=MAX_ID, default=None):
     """A positive integer query parameter, or a 400 naming it."""
     source = request.args if source is None else source
     raw = source.get(name)
@@ -52,7 +55,9 @@ def int_param(name, required=True, source=None, minimum=1, maximum=None, default
     except ValueError:
         raise ApiError(f"'{name}' must be an integer, got {str(raw)[:50]!r}.", 400)
     if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+        bound = f"between {minimum} and {maximum}" if maximum != MAX_ID else f">= {minimum}"
+        if value > maximum and maximum == MAX_ID:
+            raise ApiError(f"'{name}' is out of range.", 400)
         raise ApiError(f"'{name}' must be {bound}.", 400)
     return value
 

@@ -10,7 +10,7 @@ from .errors import ok  # noqa: F401
 NULL_STR = {"type": ["string", "null"]}
 NULL_INT = {"type": ["integer", "null"]}
 TS = {"type": ["string", "null"], "format": "date-time"}
-ID = {"type": "integer", "minimum": 1}
+ID = {"type": "integer", "minimum": 1, "maximum": 2**31 - 1}
 
 
 def _err(desc):
@@ -48,6 +48,8 @@ PROCESSING = {"type": ["object", "null"], "properties": {
     "processed_items": {"type": "integer"}, "percentage": {"type": "number"},
     "currently_processing": {"type": "array"}, "up_next": {"type": "array"}, "remaining_count": {"type": "integer"}}}
 RUN_STATUS = _obj({"run_id": {"type": "integer"}, "status": {"type": "string"}})
+IMPORT = _obj({"created": {"type": "integer"}, "duplicates": {"type": "integer"}, "errors": {"type": "array"},
+               "rows": {"type": "integer"}})
 PAGE = _obj({"items": {"type": "array", "items": {"type": "object"}}, "page": {"type": "integer"},
              "per_page": {"type": "integer"}, "total": {"type": "integer"}})
 
@@ -98,16 +100,15 @@ def build_spec():
                         "type": "object", "required": ["name"], "additionalProperties": False,
                         "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 120},
                                        "domain": {"type": "string", "maxLength": 255}, "timezone": {"type": "string"}}})},
-        "/planner/keywords/bulk/": {"post": _op("Import keywords (JSON or CSV)", [site], _obj({
-            "created": {"type": "integer"}, "duplicates": {"type": "integer"}, "errors": {"type": "array"},
-            "rows": {"type": "integer"}}), status="201", body={"type": "object", "required": ["keywords"], "properties": {
+        "/planner/keywords/bulk/": {"post": _op("Import keywords (JSON or CSV); 200 when nothing new", [site], IMPORT,
+                                                status="201", body={"type": "object", "required": ["keywords"], "properties": {
                 "keywords": {"type": "array", "items": {"type": "object", "required": ["keyword"], "properties": {
                     "keyword": {"type": "string"}, "volume": {"type": "integer"}, "difficulty": {"type": "integer"}}}}}},
-            extra={"409": _err("Concurrent import")})},
+            extra={"409": _err("Concurrent import"), "200": _ok(IMPORT, "Nothing new imported")})},
     }
     for action in ("pause", "resume", "cancel"):
         paths[f"/automation/{action}/"] = {"post": _op(f"{action.title()} a run", [run], RUN_STATUS)}
-    paging = [site, _param("page", False), _param("per_page", False, {"type": "integer", "minimum": 1, "maximum": 200})]
+    paging = [site, _param("page", False, {"type": "integer", "minimum": 1, "maximum": 1_000_000}), _param("per_page", False, {"type": "integer", "minimum": 1, "maximum": 200})]
     for path in ("/planner/keywords/", "/planner/clusters/", "/planner/ideas/", "/writer/tasks/", "/writer/content/",
                  "/writer/images/"):
         paths[path] = {"get": _op(f"List {path.strip('/').split('/')[-1]}", paging, PAGE)}

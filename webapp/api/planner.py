@@ -53,7 +53,7 @@ def keywords_bulk():
 
 
 def _page(query, model, serialize):
-    page = int_param("page", required=False, default=1)
+    page = int_param("page", required=False, default=1, maximum=1_000_000)
     per_page = int_param("per_page", required=False, default=50, maximum=MAX_PER_PAGE)
     total = db.session.execute(select(func.count()).select_from(query.with_only_columns(model.id).subquery())).scalar()
     rows = db.session.execute(query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
@@ -99,8 +99,8 @@ _list_route("/writer/content", Content, content_dict)
 _list_route("/writer/images", Image, image_dict)
 
 
-@bp.get("/writer/content/<int:content_id>")
-@bp.get("/writer/content/<int:content_id>/")
+@bp.get("/writer/content/<int(max=2147483647):content_id>")
+@bp.get("/writer/content/<int(max=2147483647):content_id>/")
 @api_auth
 def content_detail(content_id):
     c = db.session.execute(select(Content).where(Content.id == content_id, Content.account_id == g.account_id)).scalar_one_or_none()
