@@ -11,6 +11,8 @@ log = logging.getLogger(__name__)
 CONTROL_QUEUE = "automation-control"
 
 PERIODIC_JOBS = [
+    {"id": "periodic-check_scheduled_automations",
+     "func": "webapp.automation.scheduled.check_scheduled_automations_task", "interval": 60},
     {"id": "periodic-check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task", "interval": 60},
 ]
 

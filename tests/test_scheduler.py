@@ -1,0 +1,173 @@
+"""Scheduled runs: the tick with a frozen clock, skips with reasons, catch-up, a real
+rq-scheduler process, and 1,000 due sites in one tick."""
+import os
+import signal
+import time
+from datetime import datetime, timedelta
+
+from sqlalchemy import event, func, select
+
+from webapp.automation.scheduled import check_scheduled_automations
+from webapp.automation.service import AutomationService
+from webapp.extensions import db
+from webapp.models import Account, AutomationConfig, AutomationRun, RunEvent
+
+from conftest import drain, start_worker, wait_for
+
+
+def enable(site_id, account_id, **fields):
+    svc = AutomationService(account_id, actor="user:test")
+    svc.update_config(site_id, {"is_enabled": True, "frequency": "daily", "scheduled_time": "03:00", **fields})
+    return db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site_id)).scalar_one()
+
+
+def set_next(site_id, when):
+    cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site_id)).scalar_one()
+    cfg.next_run_at = when
+    db.session.commit()
+
+
+def runs(site_id):
+    return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site_id)).scalars().all()
+
+
+def test_enable_sets_next_run_and_disable_clears(app, factory):
+    acc, _ = factory.account()
+    site = factory.site(acc, timezone="Europe/Berlin")
+    cfg = enable(site.id, acc.id)
+    assert cfg.next_run_at is not None and cfg.next_run_at > datetime.utcnow()
+    d = AutomationService(acc.id).config_dict(cfg)
+    assert len(d["next_runs"]) == 5 and d["next_runs"][0] == d["next_run_at"]
+    AutomationService(acc.id).update_config(site.id, {"is_enabled": False})
+    assert db.session.get(AutomationConfig, cfg.id).next_run_at is None
+
+
+def test_tick_starts_due_sites_only_and_advances(app, factory):
+    acc, _ = factory.account(credits=100_000)
+    due = factory.site(acc, "Due", keywords=6)
+    later = factory.site(acc, "Later", keywords=6)
+    off = factory.site(acc, "Off", keywords=6)
+    due_id, later_id, off_id, acc_id = due.id, later.id, off.id, acc.id
+    now = datetime(2026, 6, 1, 3, 0, 30)
+    enable(due_id, acc_id)
+    enable(later_id, acc_id)
+    set_next(due_id, datetime(2026, 6, 1, 3, 0))
+    set_next(later_id, datetime(2026, 6, 2, 3, 0))
+    set_next(off_id, datetime(2026, 6, 1, 3, 0))  # disabled: never due
+    queued = check_scheduled_automations(now=now)
+    assert [s for s, _ in queued] == [due_id]
+    assert check_scheduled_automations(now=now) == []  # already advanced: a second tick starts nothing
+    drain(app, max_jobs=2)
+    cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == due_id)).scalar_one()
+    assert cfg.next_run_at == datetime(2026, 6, 2, 3, 0) and cfg.last_run_at is not None
+    (run,) = runs(due_id)
+    assert run.trigger_type == "scheduled" and run.started_by == "scheduler"
+    assert runs(later_id) == [] and runs(off_id) == []
+
+
+def test_skips_are_recorded_with_reason_and_still_advance(app, factory):
+    acc, _ = factory.account(name="Poor", credits=1)
+    poor = factory.site(acc, "Poor site", keywords=6)
+    rich_acc, _ = factory.account(name="Rich", credits=100_000)
+    empty = factory.site(rich_acc, "Empty")
+    busy = factory.site(rich_acc, "Busy", keywords=6)
+    ids = {"poor": (poor.id, acc.id), "empty": (empty.id, rich_acc.id), "busy": (busy.id, rich_acc.id)}
+    AutomationService(rich_acc.id).start(busy.id)  # a run already active
+    now = datetime(2026, 6, 1, 3, 1)
+    for site_id, account_id in ids.values():
+        enable(site_id, account_id)
+        set_next(site_id, datetime(2026, 6, 1, 3, 0))
+    assert len(check_scheduled_automations(now=now)) == 3
+    # Only the scheduled starts: run them in this process.
+    from rq import Queue, SimpleWorker
+    from webapp.redis_conn import get_redis
+    q = Queue(app.config["RQ_QUEUE"], connection=get_redis())
+    for job in q.jobs:
+        if job.func_name.endswith("start_scheduled_run"):
+            job.perform()
+    reasons = {e.site_id: e.reason for e in db.session.execute(
+        select(RunEvent).where(RunEvent.action == "scheduled_skip")).scalars()}
+    assert "Insufficient credits" in reasons[ids["poor"][0]]
+    assert "Nothing to process" in reasons[ids["empty"][0]]
+    assert "already active" in reasons[ids["busy"][0]]
+    for site_id, _ in ids.values():
+        cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site_id)).scalar_one()
+        assert cfg.next_run_at == datetime(2026, 6, 2, 3, 0)
+    assert len(runs(ids["busy"][0])) == 1 and runs(ids["poor"][0]) == []
+
+
+def test_long_gap_gives_one_catch_up_then_normal_cadence(app, factory):
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    site_id = site.id
+    enable(site_id, acc.id)
+    set_next(site_id, datetime(2026, 5, 20, 3, 0))  # scheduler was down for 12 days
+    now = datetime(2026, 6, 1, 12, 0)
+    assert len(check_scheduled_automations(now=now)) == 1
+    assert check_scheduled_automations(now=now + timedelta(minutes=1)) == []
+    drain(app, max_jobs=1)
+    assert len(runs(site_id)) == 1
+    cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == site_id)).scalar_one()
+    assert cfg.next_run_at == datetime(2026, 6, 2, 3, 0)
+
+
+def test_thousand_due_sites_one_tick_without_query_storm(app, factory):
+    acc, _ = factory.account(credits=10_000_000)
+    from webapp.models import Site
+    sites = [Site(account_id=acc.id, name=f"s{i}", timezone="UTC") for i in range(1000)]
+    db.session.add_all(sites)
+    db.session.flush()
+    when = datetime(2026, 6, 1, 3, 0)
+    db.session.add_all([AutomationConfig(account_id=acc.id, site_id=s.id, is_enabled=True, next_run_at=when,
+                                         scheduled_time="03:00") for s in sites])
+    db.session.commit()
+    statements = []
+    listener = lambda *a: statements.append(a[2])  # noqa: E731
+    event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        queued = check_scheduled_automations(now=when + timedelta(seconds=5))
+    finally:
+        event.remove(db.engine, "before_cursor_execute", listener)
+    assert len(queued) == 1000
+    assert len(statements) <= 5, statements  # one select, one executemany update (+ transaction noise)
+    from rq import Queue
+    from webapp.redis_conn import get_redis
+    assert Queue(app.config["RQ_QUEUE"], connection=get_redis()).count == 1000
+    assert db.session.execute(select(func.count()).select_from(AutomationConfig).where(
+        AutomationConfig.next_run_at == datetime(2026, 6, 2, 3, 0))).scalar() == 1000
+
+
+def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, factory):
+    from rq_scheduler import Scheduler
+    from webapp.redis_conn import get_redis
+    from webapp.scheduling import CONTROL_QUEUE, PERIODIC_JOBS
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    factory.fast_config(site)
+    site_id = site.id
+    enable(site_id, acc.id)
+    set_next(site_id, datetime.utcnow() - timedelta(minutes=1))
+    sched = Scheduler(queue_name=CONTROL_QUEUE, connection=get_redis())
+    for _ in range(2):  # start, stop, start again: still one registration each
+        p = start_worker(app_env, "--scheduler")
+        wait_for(lambda: len([j for j in sched.get_jobs() if j.id.startswith("periodic-")]) == len(PERIODIC_JOBS),
+                 timeout=30, message="periodic jobs registered")
+        time.sleep(1)
+        os.killpg(p.pid, signal.SIGTERM)
+        p.wait(20)
+    ids = sorted(j.id for j in sched.get_jobs())
+    assert ids == sorted(j["id"] for j in PERIODIC_JOBS)
+    p = start_worker(app_env, "--scheduler")
+    w = start_worker(app_env)
+    try:
+        wait_for(lambda: db.session.execute(select(func.count()).select_from(AutomationRun).where(
+            AutomationRun.site_id == site_id)).scalar() >= 1 and not db.session.remove(), timeout=60,
+            message="scheduled run started")
+        time.sleep(2)
+        db.session.remove()
+        assert len(runs(site_id)) == 1
+        assert runs(site_id)[0].trigger_type == "scheduled"
+    finally:
+        for proc in (p, w):
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(20)
