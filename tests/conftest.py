@@ -206,6 +206,10 @@ def drain(app, max_jobs=10_000):
     w = SimpleWorker(queues, connection=r)
     w.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
     db.session.remove()
+    # The test shares one app context with its test-client requests; the jobs ended the
+    # session, so drop Flask-Login's cached (now detached) user: the next request reloads it.
+    from flask import g
+    g.pop("_login_user", None)
 
 
 def start_worker(app_env, *args, extra_env=None):

@@ -40,12 +40,14 @@ def test_make_run_serves_demo_login_and_stops_cleanly(tmp_path):
         assert f"http://localhost:{port}/" in text, text
         email, password = re.search(r"Demo login: (\S+) / (\S+)", text).groups()
         s = requests.Session()
-        for _ in range(100):
+        page = None
+        deadline = time.time() + 60
+        while page is None and time.time() < deadline and proc.poll() is None:
             try:
-                page = s.get(f"http://127.0.0.1:{port}/login", timeout=2)
-                break
+                page = s.get(f"http://127.0.0.1:{port}/login", timeout=5)
             except requests.ConnectionError:
                 time.sleep(0.2)
+        assert page is not None and page.status_code == 200, "the web server never answered"
         token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text).group(1)
         r = s.post(f"http://127.0.0.1:{port}/login", data={"email": email, "password": password, "csrf_token": token})
         assert r.status_code == 200 and email in r.text and "Outdoor &amp; Home Blog" in r.text

@@ -1,0 +1,167 @@
+"""Websockets (flask-sock): the run log tail and the processing state.
+
+The log file is the source of truth; Redis pub/sub only wakes the follower up, so any web
+process can stream any run, and a missed message (or a Redis restart) delays a line by at
+most POLL seconds instead of losing it. Access: the session cookie, or a bearer token
+header; otherwise closed with 4401 (not logged in) or 4404 (not found / another account's).
+"""
+import fcntl
+import json
+import time
+
+import redis
+from flask import current_app, request
+from flask_login import current_user
+from sqlalchemy import select
+
+from ..auth.tokens import user_for_bearer
+from ..automation.logger import log_channel, run_log_path
+from ..automation.state import read_state, state_channel
+from ..extensions import db, sock
+from ..models import AutomationRun
+from ..redis_conn import get_redis
+
+POLL = 1.0
+INITIAL_LINES = 100
+
+
+def _authorised_run(ws, run_id):
+    account_id = None
+    if request.headers.get("Authorization"):
+        user, _ = user_for_bearer(request.headers["Authorization"])
+        account_id = user.account_id if user else None
+    elif current_user.is_authenticated:
+        account_id = current_user.account_id
+    if account_id is None:
+        ws.close(4401, "not logged in")
+        return None
+    run = db.session.execute(select(AutomationRun).where(AutomationRun.id == run_id,
+                                                         AutomationRun.account_id == account_id)).scalar_one_or_none()
+    if run is None:
+        ws.close(4404, "run not found")
+        return None
+    return run
+
+
+class LogFollower:
+    """Reads complete new lines from a growing file, numbering them from 1."""
+
+    def __init__(self, path, after=None):
+        self.path, self.offset, self.number = path, 0, 0
+        if after is None:
+            self._seek_last(INITIAL_LINES)
+        else:
+            self._skip(max(0, after))
+
+    def _skip(self, n):
+        try:
+            with open(self.path, "rb") as fh:
+                for _ in range(n):
+                    line = fh.readline()
+                    if not line.endswith(b"\n"):
+                        break
+                    self.offset += len(line)
+                    self.number += 1
+        except FileNotFoundError:
+            pass
+
+    def _seek_last(self, n):
+        # Count lines once under the writer's lock, then start n lines before the end.
+        try:
+            with open(self.path, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_SH)
+                total = sum(1 for _ in fh)
+                fcntl.flock(fh, fcntl.LOCK_UN)
+        except FileNotFoundError:
+            return
+        self._skip(max(0, total - n))
+
+    def read_new(self):
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                data = fh.read()
+        except FileNotFoundError:
+            return []
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        chunk = data[:end + 1]
+        self.offset += len(chunk)
+        out = []
+        for raw in chunk.split(b"\n")[:-1]:
+            self.number += 1
+            out.append((self.number, raw.decode("utf-8", errors="replace")))
+        return out
+
+
+def _subscribe(channel):
+    try:
+        ps = get_redis().pubsub(ignore_subscribe_messages=True)
+        ps.subscribe(channel)
+        return ps
+    except redis.RedisError:
+        return None
+
+
+def _wait(ps, timeout):
+    """Block until a pub/sub message or the timeout; True when woken by a message."""
+    if ps is None:
+        time.sleep(timeout)
+        return False
+    try:
+        return ps.get_message(timeout=timeout) is not None
+    except redis.RedisError:
+        time.sleep(timeout)
+        return False
+
+
+@sock.route("/ws/runs/<int:run_id>/logs")
+def ws_logs(ws, run_id):
+    run = _authorised_run(ws, run_id)
+    if run is None:
+        return
+    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+    after = request.args.get("after", type=int)
+    db.session.remove()  # do not hold a DB connection for the life of the socket
+    ps = _subscribe(log_channel(run_id))  # subscribe before reading: no line falls in between
+    follower = LogFollower(path, after)
+    try:
+        while ws.connected:
+            for _n, line in follower.read_new():
+                ws.send(line)
+            _wait(ps, POLL)
+    finally:
+        if ps is not None:
+            try:
+                ps.close()
+            except redis.RedisError:
+                pass
+
+
+@sock.route("/ws/runs/<int:run_id>/processing")
+def ws_processing(ws, run_id):
+    run = _authorised_run(ws, run_id)
+    if run is None:
+        return
+    db.session.remove()
+    ps = _subscribe(state_channel(run_id))
+    last = object()
+    try:
+        while ws.connected:
+            try:
+                state = read_state(get_redis(), run_id)
+            except redis.RedisError:
+                state = last
+            if state != last:
+                ws.send(json.dumps(state))
+                last = state
+            _wait(ps, POLL)
+    finally:
+        if ps is not None:
+            try:
+                ps.close()
+            except redis.RedisError:
+                pass
+
+
