@@ -28,8 +28,9 @@ def duration(run):
 
 
 def init_app(app):
-    from . import live  # noqa: F401  (websocket routes)
+    from . import live
     app.register_blueprint(bp)
+    app.register_blueprint(live.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
 

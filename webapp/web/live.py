@@ -10,7 +10,7 @@ import json
 import time
 
 import redis
-from flask import current_app, request
+from flask import Blueprint, current_app, request
 from flask_login import current_user
 from sqlalchemy import select
 
@@ -21,6 +21,8 @@ from ..extensions import db, sock
 from ..models import AutomationRun
 from ..redis_conn import get_redis
 
+# Routes on our own blueprint: registered on every app create_app builds (tests build many).
+bp = Blueprint("live", __name__)
 POLL = 1.0
 INITIAL_LINES = 100
 
@@ -116,7 +118,7 @@ def _wait(ps, timeout):
         return False
 
 
-@sock.route("/ws/runs/<int:run_id>/logs")
+@sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
 def ws_logs(ws, run_id):
     run = _authorised_run(ws, run_id)
     if run is None:
@@ -139,7 +141,7 @@ def ws_logs(ws, run_id):
                 pass
 
 
-@sock.route("/ws/runs/<int:run_id>/processing")
+@sock.route("/ws/runs/<int:run_id>/processing", bp=bp)
 def ws_processing(ws, run_id):
     run = _authorised_run(ws, run_id)
     if run is None:

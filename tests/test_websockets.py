@@ -1,0 +1,111 @@
+"""Websockets with a real client against a real HTTP server of the app: lines arrive in
+order after they are written, a reconnect with ?after=N resumes without loss or repeat,
+and unauthorised or foreign connections are closed with 4401 / 4404."""
+import json
+import re
+import threading
+import time
+
+import pytest
+import requests
+import websocket
+from werkzeug.serving import make_server
+
+from webapp.automation.logger import AutomationLogger
+from webapp.automation.service import AutomationService
+from webapp.automation.state import build_state, publish_state
+from webapp.extensions import db
+from webapp.models import AutomationRun
+from webapp.redis_conn import get_redis
+
+
+@pytest.fixture
+def server(app):
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
+@pytest.fixture
+def setup(app, factory):
+    acc, user = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=5)
+    run = AutomationService(acc.id, actor="user:t").start(site.id)
+    other, _ = factory.account(name="Other", credits=100_000)
+    osite = factory.site(other, keywords=5)
+    orun = AutomationService(other.id).start(osite.id)
+    return {"token": factory.token(user), "run_id": run.id, "other_run": orun.id,
+            "run": db.session.get(AutomationRun, run.id)}
+
+
+def session_cookie(server):
+    s = requests.Session()
+    page = s.get(f"http://{server}/login")
+    token = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', page.text).group(1)
+    s.post(f"http://{server}/login", data={"email": "acme@example.com", "password": "password123", "csrf_token": token})
+    return "; ".join(f"{c.name}={c.value}" for c in s.cookies)
+
+
+def recv_lines(ws, n, timeout=5):
+    out = []
+    ws.settimeout(timeout)
+    while len(out) < n:
+        out.append(ws.recv())
+    return out
+
+
+def test_log_tail_live_in_order_and_resume(app, server, setup):
+    logger = AutomationLogger(app.config["LOG_DIR"], setup["run"], get_redis())
+    run_id = setup["run_id"]
+    ws = websocket.create_connection(f"ws://{server}/ws/runs/{run_id}/logs",
+                                     header=[f"Authorization: Bearer {setup['token']}"])
+    first = recv_lines(ws, 1)
+    assert "Run started" in first[0]  # the last lines of the file come first
+    for i in range(20):
+        logger.log(f"line {i} ✓", stage=4)
+    got = recv_lines(ws, 20)
+    assert [g.split("] ", 1)[1] for g in got] == [f"line {i} ✓" for i in range(20)]
+    ws.close()
+    # Client saw lines 1..21; lines written while it is away arrive on resume, none repeated.
+    for i in range(20, 25):
+        logger.log(f"line {i}", stage=4)
+    ws = websocket.create_connection(f"ws://{server}/ws/runs/{run_id}/logs?after=21",
+                                     header=[f"Authorization: Bearer {setup['token']}"])
+    got = recv_lines(ws, 5)
+    assert [g.split("] ", 1)[1] for g in got] == [f"line {i}" for i in range(20, 25)]
+    logger.log("after resume", stage=5)
+    assert recv_lines(ws, 1)[0].endswith("after resume")
+    ws.settimeout(1.5)
+    with pytest.raises(websocket.WebSocketTimeoutException):
+        ws.recv()  # nothing repeated
+    ws.close()
+
+
+def test_session_cookie_and_processing_state(app, server, setup):
+    cookie = session_cookie(server)
+    run_id = setup["run_id"]
+    ws = websocket.create_connection(f"ws://{server}/ws/runs/{run_id}/processing", cookie=cookie)
+    ws.settimeout(5)
+    assert json.loads(ws.recv()) is None
+    state = build_state(4, "Tasks → Content", 10, 3, ["Guide to tents"], ["Next one"], 6)
+    publish_state(get_redis(), run_id, state)
+    assert json.loads(ws.recv()) == state
+    ws.close()
+
+
+@pytest.mark.parametrize("path", ["logs", "processing"])
+def test_refused_connections(server, setup, path):
+    for headers, run_id, code in (([], setup["run_id"], 4401),
+                                  ([f"Authorization: Bearer {setup['token']}"], setup["other_run"], 4404),
+                                  ([f"Authorization: Bearer {setup['token']}"], 999999, 4404),
+                                  (["Authorization: Bearer revoked-or-wrong"], setup["run_id"], 4401)):
+        ws = websocket.create_connection(f"ws://{server}/ws/runs/{run_id}/{path}", header=headers)
+        ws.settimeout(5)
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == code, (headers, run_id)
+        try:
+            ws.close()
+        except Exception:
+            pass
