@@ -48,6 +48,21 @@ def _rng(*parts):
     return random.Random(int(seed[:16], 16))
 
 
+_LEADING = ("how to choose ", "how to ", "beginner guide ", "best ", "cheap ", "top ", "what is ")
+
+
+def _topic(keyword):
+    """The subject of a search phrase: 'how to choose garden soil' -> 'garden soil'."""
+    k = keyword.strip()
+    changed = True
+    while changed:
+        changed = False
+        for lead in _LEADING:
+            if k.lower().startswith(lead) and len(k) > len(lead) + 2:
+                k, changed = k[len(lead):], True
+    return k
+
+
 def _cap(s):
     return s[:1].upper() + s[1:]
 
@@ -101,8 +116,8 @@ class LocalProvider(Provider):
         ideas = []
         for i in range(n):
             targets = keywords[i * 2:i * 2 + 2] or keywords[:1]
-            k = targets[0]
-            r = _rng(cluster_name, k, i)
+            k = _topic(targets[0])
+            r = _rng(cluster_name, targets[0], i)
             title = _TITLES[i % len(_TITLES)].format(k=k, K=_cap(k), n=r.randint(5, 9))
             sections = r.sample(_SECTIONS, 4)
             outline = "\n".join(f"## {_cap(s.format(k=targets[j % len(targets)]))}" for j, s in enumerate(sections))

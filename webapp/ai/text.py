@@ -2,7 +2,8 @@
 import re
 
 STOPWORDS = frozenset("""
-a an and are as at be best buy by can cheap do does for from get good how i in is it my near
+a an and are as at be best beginner buy by can cheap choose choosing do does for from get good guide how i
+in is it my near
 of on or the to top vs what when where which who why with without you your near me online
 """.split())
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")

@@ -201,8 +201,9 @@ class RunExecutor:
                 self._save(n, new, credits=ctx.unit_credits)
                 db.session.commit()
                 self.res = new
-                self.logger.log(f"{stage.item_type} {ids[0]}{'+' + str(len(ids) - 1) if len(ids) > 1 else ''} "
-                                f"'{labels[0][:80]}': ok, {created} created, {ctx.unit_credits} credits", stage=n)
+                what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
+                        else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
+                self.logger.log(f"{what}: ok, {created} created, {ctx.unit_credits} credits", stage=n)
                 return "ok"
             except AlreadyDone:
                 db.session.rollback()
