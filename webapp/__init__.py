@@ -34,12 +34,13 @@ def create_app(test_config=None):
     sock.init_app(app)
     login_manager.init_app(app)
 
-    from . import auth, api, cli, redis_conn, web, media
+    from . import auth, api, cli, health, media, redis_conn, web
     redis_conn.init_app(app)
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)
     media.init_app(app)
+    health.init_app(app)
     cli.init_app(app)
     return app
 
