@@ -140,7 +140,7 @@ def test_thousand_due_sites_one_tick_without_query_storm(app, factory):
 def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, factory):
     from rq_scheduler import Scheduler
     from webapp.redis_conn import get_redis
-    from webapp.scheduling import CONTROL_QUEUE, PERIODIC_JOBS
+    from webapp.scheduling import CONTROL_QUEUE, periodic_jobs
     acc, _ = factory.account(credits=100_000)
     site = factory.site(acc, keywords=6)
     factory.fast_config(site)
@@ -150,13 +150,13 @@ def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, 
     sched = Scheduler(queue_name=CONTROL_QUEUE, connection=get_redis())
     for _ in range(2):  # start, stop, start again: still one registration each
         p = start_worker(app_env, "--scheduler")
-        wait_for(lambda: len([j for j in sched.get_jobs() if j.id.startswith("periodic-")]) == len(PERIODIC_JOBS),
+        wait_for(lambda: len([j for j in sched.get_jobs() if j.id.startswith("periodic-")]) == len(periodic_jobs()),
                  timeout=30, message="periodic jobs registered")
         time.sleep(1)
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(20)
     ids = sorted(j.id for j in sched.get_jobs())
-    assert ids == sorted(j["id"] for j in PERIODIC_JOBS)
+    assert ids == sorted(j["id"] for j in periodic_jobs())
     p = start_worker(app_env, "--scheduler")
     w = start_worker(app_env)
     try:

@@ -2,25 +2,35 @@
 (restarting it, or running two, never registers a job twice; rq-scheduler's own lock makes
 only one of them enqueue)."""
 import logging
+import os
+import time
 from datetime import datetime, timezone
 
+import redis
 from redis import Redis
 from rq_scheduler import Scheduler
 
 log = logging.getLogger(__name__)
 CONTROL_QUEUE = "automation-control"
 
-PERIODIC_JOBS = [
-    {"id": "periodic-check_scheduled_automations",
-     "func": "webapp.automation.scheduled.check_scheduled_automations_task", "interval": 60},
-    {"id": "periodic-check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task", "interval": 60},
-]
+
+def periodic_jobs():
+    # STALE_CHECK_INTERVAL lets a chaos run (or an impatient operator) check more often.
+    stale_every = int(os.environ.get("STALE_CHECK_INTERVAL", "60"))
+    return [
+        {"id": "periodic-check_scheduled_automations",
+         "func": "webapp.automation.scheduled.check_scheduled_automations_task", "interval": 60},
+        {"id": "periodic-check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task",
+         "interval": stale_every},
+    ]
 
 
-def reconcile(scheduler, periodic=PERIODIC_JOBS):
+
+
+def reconcile(scheduler, periodic=None):
     """Make the scheduled periodic jobs exactly `periodic`: add the missing, drop the unknown
     `periodic-*` ones and any whose definition changed. Returns the ids (re)registered."""
-    wanted = {p["id"]: p for p in periodic}
+    wanted = {p["id"]: p for p in (periodic or periodic_jobs())}
     have = {}
     for job in scheduler.get_jobs():
         if not job.id.startswith("periodic-"):
@@ -45,13 +55,30 @@ def reconcile(scheduler, periodic=PERIODIC_JOBS):
     return added
 
 
+class ReconcilingScheduler(Scheduler):
+    """Re-checks the periodic jobs on every pass: if Redis lost them (a restart without
+    persistence), they are back within one scheduler interval."""
+
+    def enqueue_jobs(self):
+        added = reconcile(self)
+        if added:
+            log.info("periodic jobs (re)registered: %s", added)
+        return super().enqueue_jobs()
+
+
 def make_scheduler(app, interval=5):
     conn = Redis.from_url(app.config["REDIS_URL"])
-    return Scheduler(queue_name=CONTROL_QUEUE, connection=conn, interval=interval)
+    return ReconcilingScheduler(queue_name=CONTROL_QUEUE, connection=conn, interval=interval)
 
 
 def run_scheduler(app):
-    scheduler = make_scheduler(app)
-    added = reconcile(scheduler)
-    log.info("periodic jobs registered: %s", added or "none new")
-    scheduler.run()
+    """Runs until SIGTERM/SIGINT; survives Redis restarts by reconnecting."""
+    while True:
+        try:
+            scheduler = make_scheduler(app)
+            log.info("periodic jobs registered: %s", reconcile(scheduler) or "none new")
+            scheduler.run()
+            return
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            log.warning("lost Redis (%s); reconnecting in 1 s", e.__class__.__name__)
+            time.sleep(1)
