@@ -8,8 +8,10 @@ started by `make run` (or start it if none is running).
 """
 import argparse
 import logging
-import os
 import sys
+import time
+
+import redis
 
 from webapp import create_app
 from webapp.redis_conn import embedded_url, start_embedded
@@ -31,17 +33,44 @@ def run_worker(app, burst=False):
     conn = Redis.from_url(_redis_url(app))
     with app.app_context():
         from webapp.automation.recovery import check_stale_runs
+        from sqlalchemy.exc import DBAPIError
         try:
             recovered = check_stale_runs()
             if recovered:
                 logging.getLogger("worker").info("at start: %s", recovered)
+        except DBAPIError as e:
+            sys.exit(f"Error: database not ready ({e.orig.__class__.__name__}); "
+                     "run `flask --app wsgi init-db` and check DATABASE_URL")
         finally:
             from webapp.extensions import db
             db.session.remove()
         from webapp.scheduling import CONTROL_QUEUE
-        queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
-        w = AutomationWorker(queues, connection=conn)
-        w.work(burst=burst, with_scheduler=False, logging_level="INFO")
+        log = logging.getLogger("worker")
+        # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
+        # as soon as Redis answers again, until a stop is requested.
+        while True:
+            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
+            w = AutomationWorker(queues, connection=conn)
+            try:
+                w.work(burst=burst, with_scheduler=False, logging_level="INFO")
+            except (redis.ConnectionError, redis.TimeoutError) as e:
+                log.warning("worker loop lost Redis: %s", e.__class__.__name__)
+            if w.stop_signalled or burst:
+                return
+            log.warning("worker loop ended without a stop request; restarting when Redis answers")
+            _wait_for_redis(conn)
+
+
+def _wait_for_redis(conn, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if conn.ping():
+                return
+        except redis.RedisError:
+            pass
+        time.sleep(0.5)
+    sys.exit("Redis did not come back within 5 minutes")
 
 
 def run_scheduler(app):

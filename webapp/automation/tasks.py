@@ -9,6 +9,7 @@ import signal
 import time
 from contextlib import nullcontext
 
+import redis
 from flask import current_app, has_app_context
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -108,11 +109,16 @@ class RunExecutor:
         return True
 
     def heartbeat(self):
-        if not self.exec_lock.renew():
-            # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
-            if not self.exec_lock.acquire():
-                raise Stop("exec lock lost")
-        site_lock(self.r, self.run.site_id, max(30, self.stale_seconds * 2), run_id=self.run_id).force()
+        try:
+            if not self.exec_lock.renew():
+                # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
+                if not self.exec_lock.acquire():
+                    raise Stop("exec lock lost")
+            site_lock(self.r, self.run.site_id, max(30, self.stale_seconds * 2), run_id=self.run_id).force()
+        except redis.RedisError as e:
+            # Redis is down: keep going on the database (the truth, with its guarded updates
+            # and the job token); the lock is taken again once Redis answers.
+            log.warning("run %s: heartbeat could not reach Redis (%s)", self.run_id, e.__class__.__name__)
 
     # -- the step ----------------------------------------------------------------------
     def step(self):
@@ -140,6 +146,15 @@ class RunExecutor:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
                 pass
+
+    def enqueue_next(self):
+        try:
+            jobs.enqueue_step(self.r, self.run_id, self.token)
+            return True
+        except redis.RedisError as e:
+            # The chain breaks here; the stale-run check continues the run once Redis is back.
+            log.warning("run %s: could not queue the next batch (%s)", self.run_id, e.__class__.__name__)
+            return False
 
     def _step(self):
         run, n = self.run, self.run.current_stage
@@ -182,11 +197,11 @@ class RunExecutor:
             publish_state(self.r, run.id, None)
             return "stopped"
         if _shutdown_requested:
-            jobs.enqueue_step(self.r, run.id, self.token)  # hand the rest back to another worker
+            self.enqueue_next()  # hand the rest back to another worker
             return "handed back"
         if upcoming and self.cfg.within_stage_delay and not self.sleep(self.cfg.within_stage_delay):
             return "stopped"
-        jobs.enqueue_step(self.r, run.id, self.token)
+        self.enqueue_next()
         return "batch done"
 
     def _process_unit(self, n, stage, unit):
@@ -295,7 +310,7 @@ class RunExecutor:
         publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
         if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
             return "stopped"
-        jobs.enqueue_step(self.r, self.run_id, self.token)
+        self.enqueue_next()
         return "stage done"
 
 

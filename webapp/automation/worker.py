@@ -11,6 +11,11 @@ from . import tasks
 
 
 class AutomationWorker(SimpleWorker):
+    # RQ records a stop request only when a job is running; worker.py needs to know in
+    # every case whether its loop ended on purpose (signal) or because Redis went away.
+    stop_signalled = False
+
     def request_stop(self, signum, frame):
+        self.stop_signalled = True
         tasks.request_shutdown()
         return super().request_stop(signum, frame)
