@@ -87,6 +87,8 @@ class RunExecutor:
         self.r = get_redis()
         self.stale_seconds = self.app.config["STALE_RUN_SECONDS"]
         self.max_attempts = max(1, self.app.config["ITEM_MAX_ATTEMPTS"])
+        self.renew_every = min(1.0, max(2, self.stale_seconds) / 3)
+        self.last_renew = 0.0
 
     # -- control --------------------------------------------------------------------
     def _status(self):
@@ -109,6 +111,12 @@ class RunExecutor:
         return True
 
     def heartbeat(self):
+        # Redis locks are renewed at most every `renew_every` seconds (well inside their TTL);
+        # the DB heartbeat is written with every item's own transaction (see _save).
+        now = time.monotonic()
+        if now - self.last_renew < self.renew_every:
+            return
+        self.last_renew = now
         try:
             if not self.exec_lock.renew():
                 # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
@@ -132,6 +140,10 @@ class RunExecutor:
                 log.info("run %s: another job holds the exec lock; leaving it", self.run_id)
                 return "locked"
             time.sleep(0.1)
+        # Objects this job loaded stay usable after each item's commit: every write goes
+        # through guarded SQL updates, so nothing relies on reloading them (one SELECT less
+        # per attribute per item). The session is removed when the job ends.
+        db.session().expire_on_commit = False
         try:
             self.run = db.session.get(AutomationRun, self.run_id)
             self.logger = run_logger(self.run)
@@ -298,8 +310,8 @@ class RunExecutor:
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:
                 from .service import finish_side_effects
-                self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
                 db.session.refresh(self.run)
+                self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
                 finish_side_effects(self.run)
             return "completed"
         self._save(n, res, current_stage=n + 1)
