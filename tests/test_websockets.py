@@ -109,3 +109,39 @@ def test_refused_connections(server, setup, path):
             ws.close()
         except Exception:
             pass
+
+
+def test_sigterm_to_gunicorn_closes_websockets_cleanly(app, app_env, setup):
+    """A web restart: open sockets get a 1001 close frame promptly, not a cut connection."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, **app_env}
+    web = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "wsgi:app"],
+                           cwd=root, env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/runs/{setup['run_id']}/logs",
+                                                 header=[f"Authorization: Bearer {setup['token']}"])
+                break
+            except (ConnectionRefusedError, websocket.WebSocketException, OSError):
+                time.sleep(0.2)
+        assert "Run started" in ws.recv()
+        t = time.time()
+        os.killpg(web.pid, signal.SIGTERM)
+        ws.settimeout(10)
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
+        assert time.time() - t < 4  # before gunicorn's 5 s graceful timeout
+        assert web.wait(15) == 0
+    finally:
+        if web.poll() is None:
+            os.killpg(web.pid, signal.SIGKILL)

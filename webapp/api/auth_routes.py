@@ -4,7 +4,15 @@ from ..extensions import db
 from ..models import ApiToken
 from ..auth.tokens import check_credentials
 from . import bp
+from .context import api_auth
 from .errors import ApiError, ok
+
+
+@bp.get("/ping")
+@api_auth
+def ping():
+    """The smallest authenticated route: the baseline of the API load benchmark."""
+    return ok({"pong": True})
 
 
 @bp.post("/auth/token")

@@ -114,6 +114,7 @@ def build_spec():
         paths[path] = {"get": _op(f"List {path.strip('/').split('/')[-1]}", paging, PAGE)}
     paths["/writer/content/{content_id}/"] = {"get": _op("One article with body and images",
                                                          [_param("content_id", where="path")], _obj({"content": {"type": "object"}}))}
+    paths["/ping"] = {"get": _op("Authenticated no-op (health of the API path)", [], _obj({"pong": {"type": "boolean"}}))}
     paths["/auth/token/"] = {"post": {"summary": "Exchange email + password for an API token", "security": [],
                                       "requestBody": {"required": True, "content": {"application/json": {"schema": {
                                           "type": "object", "required": ["email", "password"],

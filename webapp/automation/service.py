@@ -109,8 +109,13 @@ class AutomationService:
         return cfg
 
     # -- counts and estimate ------------------------------------------------------------
+    def stage_counts(self, site_id):
+        """Pending items per stage: one indexed COUNT each."""
+        return {n: pending_count(stage, site_id) for n, stage in STAGES.items()}
+
     def pending_counts(self, site_id):
-        counts = {n: pending_count(stage, site_id) for n, stage in STAGES.items()}
+        """Stage counts plus what the estimate needs (ideas the pending clusters will yield)."""
+        counts = self.stage_counts(site_id)
         sizes = db.session.execute(
             select(func.count(Keyword.id)).join(Cluster, Keyword.cluster_id == Cluster.id)
             .where(Cluster.site_id == site_id, Cluster.ideas_generated.is_(False)).group_by(Cluster.id)
@@ -131,7 +136,7 @@ class AutomationService:
 
     def pipeline_overview(self, site_id):
         site = self.site(site_id)
-        counts, _ = self.pending_counts(site.id)
+        counts = self.stage_counts(site.id)
         return [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
                  "item_type": s.item_type} for n, s in STAGES.items()]
 

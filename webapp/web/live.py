@@ -7,6 +7,7 @@ header; otherwise closed with 4401 (not logged in) or 4404 (not found / another 
 """
 import fcntl
 import json
+import threading
 import time
 
 import redis
@@ -24,6 +25,9 @@ from ..redis_conn import get_redis
 # Routes on our own blueprint: registered on every app create_app builds (tests build many).
 bp = Blueprint("live", __name__)
 POLL = 1.0
+# Set by the gunicorn hook (gunicorn.conf.py) on SIGTERM: open sockets close with 1001
+# ("going away") at once instead of being cut at the graceful timeout; clients reconnect.
+SHUTDOWN = threading.Event()
 INITIAL_LINES = 100
 
 
@@ -129,10 +133,12 @@ def ws_logs(ws, run_id):
     ps = _subscribe(log_channel(run_id))  # subscribe before reading: no line falls in between
     follower = LogFollower(path, after)
     try:
-        while ws.connected:
+        while ws.connected and not SHUTDOWN.is_set():
             for _n, line in follower.read_new():
                 ws.send(line)
             _wait(ps, POLL)
+        if SHUTDOWN.is_set():
+            ws.close(1001, "server restarting")
     finally:
         if ps is not None:
             try:
@@ -150,7 +156,7 @@ def ws_processing(ws, run_id):
     ps = _subscribe(state_channel(run_id))
     last = object()
     try:
-        while ws.connected:
+        while ws.connected and not SHUTDOWN.is_set():
             try:
                 state = read_state(get_redis(), run_id)
             except redis.RedisError:
@@ -159,6 +165,8 @@ def ws_processing(ws, run_id):
                 ws.send(json.dumps(state))
                 last = state
             _wait(ps, POLL)
+        if SHUTDOWN.is_set():
+            ws.close(1001, "server restarting")
     finally:
         if ps is not None:
             try:

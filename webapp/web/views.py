@@ -58,7 +58,7 @@ def dashboard():
     rows = []
     for s in sites:
         cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == s.id)).scalar_one_or_none()
-        counts, _ = svc.pending_counts(s.id)
+        counts = svc.stage_counts(s.id)
         rows.append({"site": s, "run": svc.active_run(s.id), "config": cfg, "pending": sum(counts.values()),
                      "keywords_pending": counts[1]})
     return render_template("dashboard.html", rows=rows)
