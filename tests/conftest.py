@@ -118,6 +118,17 @@ def runner(app):
     return app.test_cli_runner()
 
 
+@pytest.fixture
+def live_server(app):
+    """The app on a real threaded HTTP server (websockets work too): its base URL."""
+    import threading
+    from werkzeug.serving import make_server
+    srv = make_server("127.0.0.1", 0, app, threaded=True)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_port}"
+    srv.shutdown()
+
+
 def csrf_from(html):
     m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or re.search(
         r'name="csrf-token" content="([^"]+)"', html)

@@ -4,12 +4,10 @@ Resume, Cancel, see the history row. UPDATE_SCREENSHOTS=1 refreshes docs/screens
 import os
 import shutil
 import signal
-import threading
 import time
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from conftest import start_worker
 
@@ -35,12 +33,6 @@ def browser(tmp_path):
     driver.quit()
 
 
-@pytest.fixture
-def live(app):
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_port}"
-    srv.shutdown()
 
 
 def shot(driver, name, tmp_path):
@@ -64,7 +56,8 @@ def wait(driver, predicate, timeout=30, message=""):
     raise AssertionError(f"timed out: {message}\n{driver.page_source[-3000:]}")
 
 
-def test_full_browser_flow(app, app_env, factory, browser, live, tmp_path):
+def test_full_browser_flow(app, app_env, factory, browser, live_server, tmp_path):
+    live = live_server
     from selenium.webdriver.common.by import By
     acc, user = factory.account(credits=100_000)
     site = factory.site(acc, name="Garden Journal")

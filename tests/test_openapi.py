@@ -3,11 +3,9 @@ HTTP server of the app, bounded in examples so the suite stays fast."""
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
-from werkzeug.serving import make_server
 
 from conftest import drain
 
@@ -23,13 +21,6 @@ def test_openapi_document_shape(client):
     assert client.get("/api/v1/docs").status_code == 200
 
 
-@pytest.fixture
-def live_server(app):
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def test_schemathesis_no_500_and_responses_match_schema(app, factory, live_server, tmp_path):

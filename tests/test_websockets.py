@@ -9,7 +9,6 @@ import time
 import pytest
 import requests
 import websocket
-from werkzeug.serving import make_server
 
 from webapp.automation.logger import AutomationLogger
 from webapp.automation.service import AutomationService
@@ -19,12 +18,11 @@ from webapp.models import AutomationRun
 from webapp.redis_conn import get_redis
 
 
+
+
 @pytest.fixture
-def server(app):
-    srv = make_server("127.0.0.1", 0, app, threaded=True)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"127.0.0.1:{srv.server_port}"
-    srv.shutdown()
+def server(live_server):
+    return live_server.removeprefix("http://")
 
 
 @pytest.fixture

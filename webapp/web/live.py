@@ -122,20 +122,14 @@ def _wait(ps, timeout):
         return False
 
 
-@sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
-def ws_logs(ws, run_id):
-    run = _authorised_run(ws, run_id)
-    if run is None:
-        return
-    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-    after = request.args.get("after", type=int)
-    db.session.remove()  # do not hold a DB connection for the life of the socket
-    ps = _subscribe(log_channel(run_id))  # subscribe before reading: no line falls in between
-    follower = LogFollower(path, after)
+def _stream(ws, channel, produce):
+    """Send what produce() returns, now and after every wake-up (a pub/sub message on
+    `channel`, or POLL seconds), until the client leaves or the server shuts down."""
+    ps = _subscribe(channel)
     try:
         while ws.connected and not SHUTDOWN.is_set():
-            for _n, line in follower.read_new():
-                ws.send(line)
+            for message in produce():
+                ws.send(message)
             _wait(ps, POLL)
         if SHUTDOWN.is_set():
             ws.close(1001, "server restarting")
@@ -145,6 +139,17 @@ def ws_logs(ws, run_id):
                 ps.close()
             except redis.RedisError:
                 pass
+
+
+@sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
+def ws_logs(ws, run_id):
+    run = _authorised_run(ws, run_id)
+    if run is None:
+        return
+    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+    db.session.remove()  # do not hold a DB connection for the life of the socket
+    follower = LogFollower(path, request.args.get("after", type=int))
+    _stream(ws, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
 
 
 @sock.route("/ws/runs/<int:run_id>/processing", bp=bp)
@@ -153,25 +158,16 @@ def ws_processing(ws, run_id):
     if run is None:
         return
     db.session.remove()
-    ps = _subscribe(state_channel(run_id))
-    last = object()
-    try:
-        while ws.connected and not SHUTDOWN.is_set():
-            try:
-                state = read_state(get_redis(), run_id)
-            except redis.RedisError:
-                state = last
-            if state != last:
-                ws.send(json.dumps(state))
-                last = state
-            _wait(ps, POLL)
-        if SHUTDOWN.is_set():
-            ws.close(1001, "server restarting")
-    finally:
-        if ps is not None:
-            try:
-                ps.close()
-            except redis.RedisError:
-                pass
+    last = [object()]
 
+    def changed_state():
+        try:
+            state = read_state(get_redis(), run_id)
+        except redis.RedisError:
+            return []
+        if state == last[0]:
+            return []
+        last[0] = state
+        return [json.dumps(state)]
 
+    _stream(ws, state_channel(run_id), changed_state)
