@@ -4,6 +4,7 @@ import signal
 worker_class = "gthread"
 threads = 32  # each open websocket holds one thread
 graceful_timeout = 5
+keepalive = 5  # > the UI's 2-3 s polling interval, so polling browsers keep their connection
 
 
 def post_worker_init(worker):

@@ -48,23 +48,29 @@ async def browsers(host, port, paths, token, n=200, period=2.0, duration=20.0):
     async def browser(i):
         nonlocal errors
         await asyncio.sleep(period * i / n)  # spread the browsers over the period
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            while time.monotonic() < end:
-                tick = time.monotonic()
-                for path in paths:
-                    t = time.perf_counter()
+        reader = writer = None
+        while time.monotonic() < end:
+            tick = time.monotonic()
+            for path in paths:
+                t = time.perf_counter()
+                try:
+                    if writer is None:  # (re)connect, as a browser does when keep-alive ends
+                        reader, writer = await asyncio.open_connection(host, port)
                     writer.write((f"GET {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {token}\r\n"
                                   "Connection: keep-alive\r\n\r\n").encode())
                     await writer.drain()
                     head = await reader.readuntil(b"\r\n\r\n")
                     length = int(re.search(rb"Content-Length: (\d+)", head, re.I).group(1))
                     await reader.readexactly(length)
-                    latencies.append((time.perf_counter() - t) * 1000)
-                    if not head.startswith(b"HTTP/1.1 200"):
-                        errors += 1
-                await asyncio.sleep(max(0.0, period - (time.monotonic() - tick)))
-        finally:
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    errors += 1
+                    writer = None
+                    continue
+                latencies.append((time.perf_counter() - t) * 1000)
+                if not head.startswith(b"HTTP/1.1 200"):
+                    errors += 1
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - tick)))
+        if writer is not None:
             writer.close()
 
     await asyncio.gather(*(browser(i) for i in range(n)))

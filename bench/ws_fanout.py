@@ -58,12 +58,16 @@ def main():
     time.sleep(3)
     delays, lock = [], threading.Lock()
     ready = threading.Barrier(args.clients + 1)
+    warm = threading.Semaphore(0)
     stop = threading.Event()
 
     def client():
         ws = websocket.create_connection(f"ws://127.0.0.1:{port}/ws/runs/{run_id}/logs?after=1000000",
                                          header=[f"Authorization: Bearer {token}"], timeout=30)
         ready.wait()
+        while "warm-up" not in ws.recv():  # the server side is subscribed and streaming
+            pass
+        warm.release()
         got = 0
         while got < args.lines and not stop.is_set():
             try:
@@ -81,6 +85,14 @@ def main():
     for t in threads:
         t.start()
     ready.wait()
+    # Warm-up: write until every client has received a line, so only steady state is measured.
+    with app.app_context():
+        seen = 0
+        while seen < args.clients:
+            logger.log("warm-up", stage=4)
+            time.sleep(0.1)
+            while warm.acquire(blocking=False):
+                seen += 1
     proc = psutil.Process(web.pid)
     workers = [proc] + proc.children(recursive=True)
     cpu0 = sum(w.cpu_times().user + w.cpu_times().system for w in workers)

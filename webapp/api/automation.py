@@ -70,8 +70,7 @@ def run_now():
 
 @action("current_run", ["GET"])
 def current_run():
-    svc = service()
-    run = svc.active_run(svc.site(int_param("site_id")).id)
+    run = service().current_run(int_param("site_id"))
     return ok({"run": run.to_dict() if run else None})
 
 

@@ -18,7 +18,8 @@ from . import costs, jobs, schedule
 from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, run_log_path, tail
-from .stages import STAGES, pending_count
+from .stages import STAGES
+from .stages import pending_counts as stage_pending_counts
 from .state import publish_state, read_state
 
 HISTORY_LIMIT = 20
@@ -111,7 +112,7 @@ class AutomationService:
     # -- counts and estimate ------------------------------------------------------------
     def stage_counts(self, site_id):
         """Pending items per stage: one indexed COUNT each."""
-        return {n: pending_count(stage, site_id) for n, stage in STAGES.items()}
+        return stage_pending_counts(site_id)
 
     def pending_counts(self, site_id):
         """Stage counts plus what the estimate needs (ideas the pending clusters will yield)."""
@@ -135,12 +136,23 @@ class AutomationService:
                 "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
 
     def pipeline_overview(self, site_id):
-        site = self.site(site_id)
-        counts = self.stage_counts(site.id)
+        counts = stage_pending_counts(site_id, account_id=self.account_id)
+        if counts is None:
+            raise NotFound(f"Site {site_id} not found.")
         return [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
                  "item_type": s.item_type} for n, s in STAGES.items()]
 
     # -- runs ---------------------------------------------------------------------------
+    def current_run(self, site_id):
+        """The site's active run or None; one query on the common path (a status route
+        polled by every open page), the site check only when there is no active run."""
+        run = db.session.execute(select(AutomationRun).where(
+            AutomationRun.site_id == site_id, AutomationRun.account_id == self.account_id,
+            AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
+        if run is None:
+            self.site(site_id)
+        return run
+
     def active_run(self, site_id):
         return db.session.execute(select(AutomationRun).where(
             AutomationRun.site_id == site_id, AutomationRun.account_id == self.account_id,
@@ -253,9 +265,11 @@ class AutomationService:
         return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
 
     def current_processing(self, site_id, run_id):
-        site = self.site(site_id)
-        run = self.run(run_id)
-        if run.site_id != site.id:
+        run = db.session.execute(select(AutomationRun).where(
+            AutomationRun.id == run_id, AutomationRun.site_id == site_id,
+            AutomationRun.account_id == self.account_id)).scalar_one_or_none()
+        if run is None:
+            self.site(site_id)  # a missing site is reported as such
             raise NotFound(f"Run {run_id} not found.")
         if run.status != "running":
             return None
