@@ -101,44 +101,81 @@ class LogFollower:
         return out
 
 
-def _subscribe(channel):
-    try:
-        ps = get_redis().pubsub(ignore_subscribe_messages=True)
-        ps.subscribe(channel)
-        return ps
-    except redis.RedisError:
-        return None
+class Hub:
+    """One Redis pub/sub connection per web process, fanned out to the sockets waiting on
+    each channel (a connection per socket would exhaust the client's pool at ~100 sockets
+    and cost Redis a connection per browser tab)."""
+
+    PATTERN = "automation:run:*"
+
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.waiters = {}  # channel -> set of threading.Event
+        self.thread = None
+
+    def register(self, channel):
+        ev = threading.Event()
+        with self.lock:
+            self.waiters.setdefault(channel, set()).add(ev)
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._listen, name="live-hub", daemon=True)
+                self.thread.start()
+        return ev
+
+    def unregister(self, channel, ev):
+        with self.lock:
+            evs = self.waiters.get(channel)
+            if evs:
+                evs.discard(ev)
+                if not evs:
+                    del self.waiters[channel]
+
+    def _listen(self):
+        while True:
+            try:
+                with self.app.app_context():
+                    ps = get_redis().pubsub(ignore_subscribe_messages=True)
+                ps.psubscribe(self.PATTERN)
+                for msg in ps.listen():
+                    if msg.get("type") != "pmessage":
+                        continue
+                    channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
+                    with self.lock:
+                        evs = list(self.waiters.get(channel, ()))
+                    for ev in evs:
+                        ev.set()
+            except redis.RedisError:
+                time.sleep(1)  # Redis away: sockets fall back to polling the file meanwhile
 
 
-def _wait(ps, timeout):
-    """Block until a pub/sub message or the timeout; True when woken by a message."""
-    if ps is None:
-        time.sleep(timeout)
-        return False
-    try:
-        return ps.get_message(timeout=timeout) is not None
-    except redis.RedisError:
-        time.sleep(timeout)
-        return False
+def hub():
+    app = current_app._get_current_object()
+    h = app.extensions.get("live_hub")
+    if h is None:
+        with _HUB_LOCK:
+            h = app.extensions.setdefault("live_hub", Hub(app))
+    return h
+
+
+_HUB_LOCK = threading.Lock()
 
 
 def _stream(ws, channel, produce):
     """Send what produce() returns, now and after every wake-up (a pub/sub message on
     `channel`, or POLL seconds), until the client leaves or the server shuts down."""
-    ps = _subscribe(channel)
+    h = hub()
+    ev = h.register(channel)
     try:
         while ws.connected and not SHUTDOWN.is_set():
             for message in produce():
                 ws.send(message)
-            _wait(ps, POLL)
+            ev.wait(POLL)
+            ev.clear()  # cleared before the next read: a line written meanwhile sets it again
         if SHUTDOWN.is_set():
             ws.close(1001, "server restarting")
     finally:
-        if ps is not None:
-            try:
-                ps.close()
-            except redis.RedisError:
-                pass
+        h.unregister(channel, ev)
 
 
 @sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
