@@ -32,11 +32,16 @@ def test_sigkill_in_stage_4_is_recovered_with_same_outputs(app, app_env, factory
     (a_acc, a_site), (b_acc, b_site) = _twin_sites(factory, n_keywords=30, stage_4_batch_size=3)
     ref = AutomationService(a_acc).start(a_site).id
     drain(app)
-    env = {"STALE_RUN_SECONDS": "2", "AI_LOCAL_LATENCY_MS": "40"}
+    env = {"STALE_RUN_SECONDS": "2", "AI_LOCAL_LATENCY_MS": "100"}
     run_id = AutomationService(b_acc).start(b_site).id
     w1 = start_worker(app_env, extra_env=env)
     try:
-        wait_for(lambda: (_run(run_id).stage_4_result or {}).get("items_processed", 0) >= 2, timeout=60,
+        from webapp.automation.locks import exec_lock_key
+        from webapp.redis_conn import get_redis
+        # Kill while a job is mid-item (holding the run's exec lock), not between two jobs
+        # (then the next job is still queued and no recovery is needed).
+        wait_for(lambda: (_run(run_id).stage_4_result or {}).get("items_processed", 0) >= 2
+                 and get_redis().exists(exec_lock_key(run_id)), timeout=60, interval=0.02,
                  message="stage 4 in progress")
         os.killpg(w1.pid, signal.SIGKILL)
         w1.wait(5)

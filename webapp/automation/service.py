@@ -1,6 +1,7 @@
 """AutomationService: the one owner of the run lifecycle, for the API, the UI, the CLI and
 the scheduler alike. Every lookup is scoped by the caller's account: another account's
 site or run is a NotFound, indistinguishable from a missing one."""
+import json
 import uuid
 
 from flask import current_app
@@ -23,6 +24,7 @@ from .stages import pending_counts as stage_pending_counts
 from .state import publish_state, read_state
 
 HISTORY_LIMIT = 20
+OVERVIEW_TTL = 1.0
 PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
 
@@ -136,11 +138,25 @@ class AutomationService:
                 "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
 
     def pipeline_overview(self, site_id):
+        """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
+        open page polls it, and on a 1M-keyword site the counts cost ~45 ms of database time."""
+        key = f"automation:overview:{self.account_id}:{int(site_id)}"
+        try:
+            cached = get_redis().get(key)
+        except Exception:  # redis down: compute
+            cached = None
+        if cached:
+            return json.loads(cached)
         counts = stage_pending_counts(site_id, account_id=self.account_id)
         if counts is None:
             raise NotFound(f"Site {site_id} not found.")
-        return [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
-                 "item_type": s.item_type} for n, s in STAGES.items()]
+        overview = [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
+                     "item_type": s.item_type} for n, s in STAGES.items()]
+        try:
+            get_redis().set(key, json.dumps(overview), px=int(OVERVIEW_TTL * 1000))
+        except Exception:
+            pass
+        return overview
 
     # -- runs ---------------------------------------------------------------------------
     def current_run(self, site_id):
