@@ -137,12 +137,13 @@ class AutomationService:
         return {"estimated_credits": est, "required_credits": costs.required_for_start(est),
                 "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
 
-    def pipeline_overview(self, site_id):
+    def pipeline_overview(self, site_id, fresh=False):
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
-        open page polls it, and on a 1M-keyword site the counts cost ~45 ms of database time."""
+        open page polls it, and on a 1M-keyword site the counts cost ~45 ms of database time.
+        `fresh=True` for decisions (may a run start?) rather than display."""
         key = f"automation:overview:{self.account_id}:{int(site_id)}"
         try:
-            cached = get_redis().get(key)
+            cached = None if fresh else get_redis().get(key)
         except Exception:  # redis down: compute
             cached = None
         if cached:

@@ -69,7 +69,7 @@ def automation_context(svc, site, errors=None, form_values=None):
     cfg = svc.config(site.id)
     run = svc.active_run(site.id)
     estimate = svc.estimate(site.id)
-    overview = svc.pipeline_overview(site.id)
+    overview = svc.pipeline_overview(site.id, fresh=True)  # decides whether "Run now" is offered
     skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     start_block = None
