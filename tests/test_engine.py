@@ -303,3 +303,40 @@ def test_stage_with_nothing_pending_is_skipped(app, factory):
     run = db.session.get(AutomationRun, run2)
     assert run.status == "completed"
     assert [run.stage_result(n)["status"] for n in range(1, 8)] == ["skipped"] * 3 + ["completed"] * 4
+
+
+def test_stale_run_is_recovered_then_failed_after_bounded_attempts(app, factory):
+    """A running run with no heartbeat and no queued job: continued (new job, new token) until
+    MAX_RECOVERY_ATTEMPTS tries without progress, then failed with a clear message."""
+    from datetime import timedelta
+    from webapp.automation.jobs import job_key
+    from webapp.automation.recovery import check_stale_runs
+    from webapp.models.base import utcnow
+    from webapp.redis_conn import get_redis
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    acc_id, site_id = acc.id, site.id
+    run_id = AutomationService(acc_id).start(site_id).id
+    r = get_redis()
+    assert check_stale_runs() == []  # fresh heartbeat and a queued job: nothing to do
+    attempts = app.config["MAX_RECOVERY_ATTEMPTS"]
+    for attempt in range(attempts + 1):
+        r.flushdb()  # the queued job is lost (e.g. Redis restarted without persistence)
+        run = db.session.get(AutomationRun, run_id)
+        run.heartbeat_at = utcnow() - timedelta(seconds=app.config["STALE_RUN_SECONDS"] + 5)
+        db.session.commit()
+        token_before = run.job_token
+        done = check_stale_runs()
+        db.session.remove()
+        run = db.session.get(AutomationRun, run_id)
+        if attempt < attempts:
+            assert done == [(run_id, "recovered")] and run.status == "running"
+            assert run.job_token != token_before and r.exists(job_key(run_id))
+            assert run.recovery_attempts == attempt + 1
+        else:
+            assert done == [(run_id, "failed")]
+            assert run.status == "failed" and "stopped responding" in run.error_message
+    events = [e.action for e in AutomationService(acc_id).events(run)]
+    assert events.count("recover") == attempts and events[-1] == "fail"
+    # The site is free again.
+    assert AutomationService(acc_id).start(site_id).status == "running"
