@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import DEFAULT_DB, Env, free_port, fresh_database, make_site
+from common import DEFAULT_DB, Env, free_port, fresh_database, make_site, make_token
 
 ROUTES = {
     "ping (baseline)": "/api/v1/ping",
@@ -143,15 +143,8 @@ def main():
         acc_id, site_id = make_site(app, "load", 400, stage_1_batch_size=5)
         from webapp.automation.service import AutomationService
         from webapp.extensions import db
-        from webapp.models import ApiToken, User
+        token = make_token(app, acc_id, "load@example.com")
         with app.app_context():
-            from webapp.models import Account
-            user = User(email="load@example.com", account_id=acc_id)
-            user.set_password("load-password")
-            db.session.add(user)
-            db.session.flush()
-            _t, token = ApiToken.issue(user)
-            db.session.commit()
             run_id = AutomationService(acc_id).start(site_id).id
             db.session.remove()
         procs.append(env.spawn(sys.executable, "worker.py", log_name="worker.log"))

