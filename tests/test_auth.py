@@ -36,10 +36,11 @@ def test_login_without_csrf_is_rejected(client, factory):
     assert client.get("/").status_code == 302  # not logged in
 
 
-def test_logout_is_post_only_with_csrf(client, auth, factory):
+def test_logout_needs_post_with_csrf(client, auth, factory):
     factory.account()
     auth.login()
-    assert client.get("/logout").status_code == 405
+    page = client.get("/logout")  # asks, does not log out
+    assert page.status_code == 200 and "Log out?" in page.get_data(as_text=True)
     assert client.post("/logout").status_code == 400
     assert client.get("/").status_code == 200  # still logged in
 

@@ -41,9 +41,12 @@ def login():
     return render_template("login.html", form=form), status
 
 
-@bp.route("/logout", methods=["POST"])
+@bp.route("/logout", methods=["GET", "POST"])
 @login_required
 def logout():
+    # GET only asks: a link or a typed URL must not change state (CSRF-safe logout).
+    if request.method == "GET":
+        return render_template("logout.html")
     logout_user()
     flash("You have been logged out.", "info")
     return redirect(url_for("auth.login"))
