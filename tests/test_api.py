@@ -3,7 +3,7 @@ import pytest
 from sqlalchemy import select
 
 from webapp.extensions import db
-from webapp.models import AutomationConfig, AutomationRun
+from webapp.models import AutomationRun
 
 from conftest import drain
 

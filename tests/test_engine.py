@@ -219,7 +219,7 @@ def test_insufficient_credits_at_start(app, factory):
     assert est["sufficient"] is False and est["current_balance"] == 10
     with pytest.raises(BadRequest) as e:
         svc.start(site.id)
-    assert "Insufficient credits" in e.value.message and f"available 10" in e.value.message
+    assert "Insufficient credits" in e.value.message and "available 10" in e.value.message
     assert f"required {est['required_credits']}" in e.value.message
     assert count(AutomationRun) == 0
 

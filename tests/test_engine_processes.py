@@ -7,7 +7,7 @@ from sqlalchemy import func, select
 
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import AITaskLog, AutomationRun, Content, CreditTransaction, RunEvent, Task
+from webapp.models import AITaskLog, AutomationRun, CreditTransaction, RunEvent
 
 from conftest import drain, start_worker, wait_for
 from test_engine import _credits, _no_duplicates, _twin_sites, outputs

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from webapp import create_app
 from webapp.extensions import db
-from webapp.models import Account, AutomationRun, Keyword
+from webapp.models import AutomationRun, Keyword
 
 
 def test_create_app_uses_test_config(app):

@@ -45,7 +45,6 @@ def test_spring_forward_gap_runs_exactly_once(tz, gap_day, utc_hour):
     month = 3
     day_before = utc(2026, month, gap_day - 1, 12)
     slots = next_slots(day_before, "daily", "02:30", tz, n=3)
-    days = [s.date().day for s in slots]
     assert len(set(slots)) == 3
     # One slot on the gap day (shifted by the gap), then normal days: none skipped, none doubled.
     from zoneinfo import ZoneInfo

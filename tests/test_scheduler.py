@@ -10,7 +10,7 @@ from sqlalchemy import event, func, select
 from webapp.automation.scheduled import check_scheduled_automations
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import Account, AutomationConfig, AutomationRun, RunEvent
+from webapp.models import AutomationConfig, AutomationRun, RunEvent
 
 from conftest import drain, start_worker, wait_for
 
@@ -79,7 +79,7 @@ def test_skips_are_recorded_with_reason_and_still_advance(app, factory):
         set_next(site_id, datetime(2026, 6, 1, 3, 0))
     assert len(check_scheduled_automations(now=now)) == 3
     # Only the scheduled starts: run them in this process.
-    from rq import Queue, SimpleWorker
+    from rq import Queue
     from webapp.redis_conn import get_redis
     q = Queue(app.config["RQ_QUEUE"], connection=get_redis())
     for job in q.jobs:

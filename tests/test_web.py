@@ -8,7 +8,7 @@ from sqlalchemy import func, select
 from webapp.extensions import db
 from webapp.models import AutomationConfig, AutomationRun, Content, Keyword
 
-from conftest import csrf_from, drain
+from conftest import drain
 
 
 @pytest.fixture

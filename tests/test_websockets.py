@@ -3,7 +3,6 @@ order after they are written, a reconnect with ?after=N resumes without loss or 
 and unauthorised or foreign connections are closed with 4401 / 4404."""
 import json
 import re
-import threading
 import time
 
 import pytest

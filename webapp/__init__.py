@@ -34,8 +34,7 @@ def create_app(test_config=None):
     sock.init_app(app)
     login_manager.init_app(app)
 
-    from . import auth, api, cli, health, media, redis_conn, web
-    redis_conn.init_app(app)
+    from . import auth, api, cli, health, media, web
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)

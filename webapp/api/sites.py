@@ -1,4 +1,4 @@
-from flask import g, request
+from flask import g
 from sqlalchemy import select
 
 from ..errors import AppError

@@ -5,7 +5,6 @@ queues the next batch, so any worker can continue any run and a killed worker lo
 most the item it was processing (every item commits on its own).
 """
 import logging
-import signal
 import time
 from contextlib import nullcontext
 
@@ -238,7 +237,7 @@ class RunExecutor:
                 return "ok"
             except InsufficientCredits as e:
                 db.session.rollback()
-                self._pause(f"insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
+                self._pause("insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
                             f"available {e.available}). Top up and resume.")
                 return "stop"
             except ProviderUnavailable as e:
@@ -325,6 +324,3 @@ class RunExecutor:
         self.enqueue_next()
         return "stage done"
 
-
-def install_signal_handlers():
-    signal.signal(signal.SIGTERM, request_shutdown)
