@@ -4,19 +4,11 @@ from the URL."""
 from pathlib import Path
 
 from flask import abort, current_app, redirect, request, send_file, url_for
-from flask_login import current_user
 from sqlalchemy import select
 
-from .auth.tokens import user_for_bearer
+from .auth.tokens import caller_account_id
 from .extensions import db
 from .models import Image
-
-
-def caller_account_id():
-    if request.headers.get("Authorization"):
-        user, _tok = user_for_bearer(request.headers["Authorization"])
-        return user.account_id if user else None
-    return current_user.account_id if current_user.is_authenticated else None
 
 
 def init_app(app):

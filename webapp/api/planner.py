@@ -2,9 +2,10 @@
 from flask import g, request
 from sqlalchemy import func, select
 
+from ..automation.service import AutomationService
 from ..errors import AppError
 from ..extensions import db
-from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
+from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
 from ..models.base import iso
 from ..planner import import_rows, parse_csv
 from . import bp
@@ -15,11 +16,10 @@ MAX_PER_PAGE = 200
 
 
 def scoped_site():
-    site_id = int_param("site_id")
-    site = db.session.execute(select(Site).where(Site.id == site_id, Site.account_id == g.account_id)).scalar_one_or_none()
-    if site is None:
-        raise ApiError(f"Site {site_id} not found.", 404)
-    return site
+    try:
+        return AutomationService(g.account_id).site(int_param("site_id"))
+    except AppError as e:
+        raise ApiError(e.message, e.status)
 
 
 @bp.post("/planner/keywords/bulk")

@@ -26,6 +26,18 @@ def user_for_bearer(header):
     return row.User, row.ApiToken
 
 
+def caller_account_id():
+    """The account behind this request: a bearer token header, else the session; None when
+    neither (a bad token does not fall back to the session)."""
+    from flask import request
+    from flask_login import current_user
+    header = request.headers.get("Authorization")
+    if header:
+        user, _tok = user_for_bearer(header)
+        return user.account_id if user else None
+    return current_user.account_id if current_user.is_authenticated else None
+
+
 def check_credentials(email, password):
     """The user for a valid email+password, else None. An unknown email still runs one
     password hash check so both failures take the same time."""

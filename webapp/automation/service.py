@@ -131,6 +131,10 @@ class AutomationService:
     def estimate(self, site_id):
         site = self.site(site_id)
         _, p = self.pending_counts(site.id)
+        return self.estimate_from(p)
+
+    def estimate_from(self, p):
+        """The estimate for pending counts `p` already read (see pending_counts)."""
         est = costs.estimate(p)
         balance = self.account().credits
         return {"estimated_credits": est, "required_credits": costs.required_for_start(est),
@@ -150,8 +154,7 @@ class AutomationService:
         counts = stage_pending_counts(site_id, account_id=self.account_id)
         if counts is None:
             raise NotFound(f"Site {site_id} not found.")
-        overview = [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
-                     "item_type": s.item_type} for n, s in STAGES.items()]
+        overview = overview_rows(counts)
         try:
             get_redis().set(key, json.dumps(overview), px=int(OVERVIEW_TTL * 1000))
         except Exception:
@@ -162,9 +165,7 @@ class AutomationService:
     def current_run(self, site_id):
         """The site's active run or None; one query on the common path (a status route
         polled by every open page), the site check only when there is no active run."""
-        run = db.session.execute(select(AutomationRun).where(
-            AutomationRun.site_id == site_id, AutomationRun.account_id == self.account_id,
-            AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
+        run = self.active_run(site_id)
         if run is None:
             self.site(site_id)
         return run
@@ -290,6 +291,11 @@ class AutomationService:
         if run.status != "running":
             return None
         return read_state(get_redis(), run.id)
+
+
+def overview_rows(counts):
+    return [{"number": n, "name": s.name, "pending": counts[n], "uses_ai": s.function is not None,
+             "item_type": s.item_type} for n, s in STAGES.items()]
 
 
 def finish_side_effects(run):

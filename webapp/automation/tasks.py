@@ -21,6 +21,7 @@ from ..redis_conn import get_redis
 from . import jobs
 from .billing import InsufficientCredits, charge
 from .locks import TTLLock, exec_lock_key, site_lock
+from .service import site_lock_ttl
 from .stages import STAGES, AlreadyDone, pending_count
 from .state import build_state, publish_state
 
@@ -121,7 +122,7 @@ class RunExecutor:
                 # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
                 if not self.exec_lock.acquire():
                     raise Stop("exec lock lost")
-            site_lock(self.r, self.run.site_id, max(30, self.stale_seconds * 2), run_id=self.run_id).force()
+            site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id).force()
         except redis.RedisError as e:
             # Redis is down: keep going on the database (the truth, with its guarded updates
             # and the job token); the lock is taken again once Redis answers.

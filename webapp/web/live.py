@@ -12,10 +12,9 @@ import time
 
 import redis
 from flask import Blueprint, current_app, request
-from flask_login import current_user
 from sqlalchemy import select
 
-from ..auth.tokens import user_for_bearer
+from ..auth.tokens import caller_account_id
 from ..automation.logger import log_channel, run_log_path
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
@@ -32,12 +31,7 @@ INITIAL_LINES = 100
 
 
 def _authorised_run(ws, run_id):
-    account_id = None
-    if request.headers.get("Authorization"):
-        user, _ = user_for_bearer(request.headers["Authorization"])
-        account_id = user.account_id if user else None
-    elif current_user.is_authenticated:
-        account_id = current_user.account_id
+    account_id = caller_account_id()
     if account_id is None:
         ws.close(4401, "not logged in")
         return None

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 
 from ..automation.config_schema import field_errors
 from ..automation.logger import line_count, run_log_path, tail
-from ..automation.service import AutomationService
+from ..automation.service import AutomationService, overview_rows
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
@@ -68,8 +68,11 @@ def dashboard():
 def automation_context(svc, site, errors=None, form_values=None):
     cfg = svc.config(site.id)
     run = svc.active_run(site.id)
-    estimate = svc.estimate(site.id)
-    overview = svc.pipeline_overview(site.id, fresh=True)  # decides whether "Run now" is offered
+    # One read of the pending counts serves the estimate and the overview; fresh (not the
+    # cached overview) because it decides whether "Run now" is offered.
+    counts, inputs = svc.pending_counts(site.id)
+    estimate = svc.estimate_from(inputs)
+    overview = overview_rows(counts)
     skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     start_block = None
