@@ -14,7 +14,7 @@ from ..extensions import db
 from ..models import AutomationRun, RunEvent
 from ..models.base import utcnow
 from ..redis_conn import get_redis
-from . import jobs
+from . import hooks, jobs
 from .locks import exec_lock_key
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,8 @@ def check_stale_runs(now=None):
             if res.rowcount:
                 run_logger(run).log(msg)
                 finish_side_effects(run)
+                db.session.refresh(run)
+                hooks.emit("run.failed", run, "system", msg)
                 done.append((run.id, "failed"))
             continue
         token = uuid.uuid4().hex
@@ -75,6 +77,7 @@ def check_stale_runs(now=None):
         db.session.commit()
         run_logger(run).log(f"Worker lost (no heartbeat since {run.heartbeat_at}); run continued on another worker")
         jobs.enqueue_step(r, run.id, token)
+        hooks.emit("run.recovered", run, "system")
         done.append((run.id, "recovered"))
     return done
 

@@ -14,7 +14,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
                       Site)
 from ..models.base import utcnow
 from ..redis_conn import get_redis
-from . import costs, jobs, schedule
+from . import costs, hooks, jobs, schedule
 from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, run_log_path, tail
@@ -205,6 +205,7 @@ class AutomationService:
         lock.retoken(f"run:{run.id}")
         run_logger(run).log(f"Run started ({trigger_type}) by {self.actor}" + (f": {reason}" if reason else ""))
         jobs.enqueue_step(r, run.id, run.job_token, first=True)
+        hooks.emit("run.started", run, self.actor, reason)
         return run
 
     def _create_run(self, site, trigger_type, reason):
@@ -251,6 +252,8 @@ class AutomationService:
         db.session.commit()
         db.session.refresh(run)
         run_logger(run).log(f"Run {verb} by {self.actor}" + (f": {reason}" if reason else ""))
+        if action != "resume":  # resume is emitted once its job is queued
+            hooks.emit(f"run.{verb}", run, self.actor, reason)
         return run
 
     def pause(self, run_id, reason=None):
@@ -268,6 +271,7 @@ class AutomationService:
         r = get_redis()
         site_lock(r, run.site_id, site_lock_ttl(), run_id=run.id).force()
         jobs.enqueue_step(r, run.id, token)
+        hooks.emit("run.resumed", run, self.actor, reason)
         return run
 
     def cancel(self, run_id, reason=None):

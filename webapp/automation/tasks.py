@@ -18,7 +18,7 @@ from ..extensions import db
 from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
-from . import jobs
+from . import hooks, jobs
 from .billing import InsufficientCredits, charge
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
@@ -289,10 +289,13 @@ class RunExecutor:
         db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id).values(**values))
 
     def _pause(self, reason, message):
-        db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
-                           .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
+        res = db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
+                                 .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
         db.session.commit()
         self.logger.log(message)
+        if res.rowcount:
+            db.session.refresh(self.run)
+            hooks.emit("run.paused", self.run, "system", reason)
 
     def _finish_stage(self, n, stage, res):
         res = dict(res)
@@ -313,6 +316,7 @@ class RunExecutor:
                 db.session.refresh(self.run)
                 self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
                 finish_side_effects(self.run)
+                hooks.emit("run.completed", self.run, "system")
             return "completed"
         self._save(n, res, current_stage=n + 1)
         db.session.commit()
