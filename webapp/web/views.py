@@ -19,7 +19,8 @@ from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Ke
 from ..planner import import_rows, parse_csv
 
 bp = Blueprint("web", __name__)
-CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
+CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay",
+                                                                 "ai_concurrency"]
 TABS = {
     "keywords": (Keyword, "Keywords"), "clusters": (Cluster, "Clusters"), "ideas": (ContentIdea, "Ideas"),
     "tasks": (Task, "Tasks"), "content": (Content, "Content"), "images": (Image, "Images"),
@@ -82,7 +83,8 @@ def automation_context(svc, site, errors=None, form_values=None):
         start_block = "Nothing to process: import keywords first."
     elif not estimate["sufficient"]:
         start_block = (f"Not enough credits: this run needs {estimate['required_credits']:,} "
-                       f"(estimate × 1.2), you have {estimate['current_balance']:,}.")
+                       f"(estimate × 1.2), you have {estimate['available']:,} available"
+                       + (f" ({estimate['held']:,} held by active runs)." if estimate["held"] else "."))
     processing = svc.current_processing(site.id, run.id) if run and run.status == "running" else None
     log_lines, log_next = [], 0
     if run:
@@ -121,6 +123,8 @@ def save_config(site_id):
     raw = request.form
     data, errors = {}, {}
     for name in CONFIG_INT_FIELDS:
+        if name not in raw:  # a field the form did not send is left as it is
+            continue
         value = (raw.get(name) or "").strip()
         try:
             data[name] = int(value)
