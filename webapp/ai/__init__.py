@@ -1,5 +1,5 @@
 """AI providers: `local` (offline, deterministic) and `openai` (OpenAI-compatible HTTP)."""
-from .base import AIResult, ItemError, Provider, ProviderUnavailable  # noqa: F401
+from .base import AIResult, ItemError, Provider, ProviderUnavailable, RateLimited  # noqa: F401
 
 
 def get_provider(config):
