@@ -1,7 +1,7 @@
 """run insights: attempts per failed item, retry runs point at the run they retry
 
 Revision ID: f6a7insi0001
-Revises: 98a3925e0f6f
+Revises: b2c3secu0001
 Create Date: 2026-11-28 21:30:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'f6a7insi0001'
-down_revision = '98a3925e0f6f'
+down_revision = 'b2c3secu0001'
 branch_labels = None
 depends_on = None
 
