@@ -45,21 +45,35 @@ class Heartbeat(threading.Thread):
         with self.app.app_context():
             try:
                 while not self._halt.wait(self.interval):
-                    if not self.beat():
+                    if self.lost:
+                        # Told to stop, but calls may still be finishing: the exec lock
+                        # stays ours until the job ends, so no other job overlaps them.
+                        self.renew_exec_lock()
+                    elif not self.beat():
+                        self.lost = True
                         self.on_lost()
-                        return
             finally:
                 db.session.remove()
+
+    lost = False
+
+    def renew_exec_lock(self):
+        try:
+            if self.exec_lock.renew() or self.exec_lock.acquire():
+                return True
+            log.warning("run %s: exec lock taken by another job; stopping", self.run_id)
+            return False
+        except redis.RedisError as e:
+            log.warning("run %s: heartbeat could not reach Redis (%s)", self.run_id, e.__class__.__name__)
+            return True
 
     def beat(self):
         """One beat; False when the job must stop."""
         # Redis first: if the database is slow, the exec lock alone still tells the stale
         # check that this run has a live worker.
+        if not self.renew_exec_lock():
+            return False
         try:
-            if not self.exec_lock.renew():
-                if not self.exec_lock.acquire():  # expired and taken by another job
-                    log.warning("run %s: exec lock taken by another job; stopping", self.run_id)
-                    return False
             self.site_lock.force()
         except redis.RedisError as e:
             log.warning("run %s: heartbeat could not reach Redis (%s)", self.run_id, e.__class__.__name__)

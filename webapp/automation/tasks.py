@@ -170,7 +170,7 @@ class RunExecutor:
             # Queued only now that this job's threads are done: the next job never overlaps
             # them, and a kill from here on leaves a queued job (no recovery needed).
             if self._queue_next:
-                self._enqueue()
+                self.enqueue_next()
             return outcome
         except Stop:
             db.session.rollback()
@@ -188,12 +188,11 @@ class RunExecutor:
 
     _queue_next = False
 
-    def enqueue_next(self):
-        """The next batch is queued when this job ends (see step)."""
+    def queue_next_on_exit(self):
+        """The next batch is queued once this job's threads are done (see step)."""
         self._queue_next = True
-        return True
 
-    def _enqueue(self):
+    def enqueue_next(self):
         try:
             jobs.enqueue_step(self.r, self.run_id, self.token)
             return True
@@ -245,14 +244,14 @@ class RunExecutor:
         publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
                                                   self.res["items_processed"], [], up_next, self._remaining))
         if _shutdown_requested and self._status_running():
-            self.enqueue_next()  # hand the rest back to another worker
+            self.queue_next_on_exit()  # hand the rest back to another worker
             return "handed back"
         if outcome == "stopped" or not self.ok_to_continue():
             publish_state(self.r, run.id, None)
             return "stopped"
         if upcoming and self.cfg.within_stage_delay and not self.sleep(self.cfg.within_stage_delay):
             return "stopped"
-        self.enqueue_next()
+        self.queue_next_on_exit()
         return "batch done"
 
     _paused_here = False
@@ -417,5 +416,5 @@ class RunExecutor:
         publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
         if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
             return "stopped"
-        self.enqueue_next()
+        self.queue_next_on_exit()
         return "stage done"
