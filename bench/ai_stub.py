@@ -40,9 +40,10 @@ class StubState:
         self.requests = self.limited = 0
         self.accepted = deque()   # monotonic times of accepted requests (rpm window)
         self.ok_times = []        # monotonic times of answered (200) requests
+        self.starts = []          # (monotonic time, path) of every request admitted
         self.png = _png()
 
-    def admit(self):
+    def admit(self, path=""):
         """None to serve the request, or the Retry-After seconds of a 429."""
         with self.lock:
             self.requests += 1
@@ -62,6 +63,7 @@ class StubState:
                 self.accepted.append(now)
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+            self.starts.append((now, path))
             return None
 
     def done(self):
@@ -79,7 +81,7 @@ def make_handler(state):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-            wait = state.admit()
+            wait = state.admit(self.path)
             if wait is not None:
                 headers = {}
                 if state.send_retry_after:
@@ -106,7 +108,7 @@ def make_handler(state):
             if "clusters" in system:
                 groups = {}
                 for k in user["keywords"]:
-                    groups.setdefault(k.split()[0].title(), []).append(k)
+                    groups.setdefault(k.split()[-1].title(), []).append(k)
                 return {"clusters": [{"name": f"Topic {n}", "keywords": ks} for n, ks in groups.items()]}
             if "ideas" in system:
                 return {"ideas": [{"title": f"Idea about {k}", "outline": "## One\n## Two", "keywords": [k]}
