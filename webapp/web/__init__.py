@@ -28,8 +28,9 @@ def duration(run):
 
 
 def init_app(app):
-    from . import live
+    from . import live, team
     app.register_blueprint(bp)
+    app.register_blueprint(team.bp)
     app.register_blueprint(live.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
