@@ -31,6 +31,8 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
+    from . import security
+    security.init_app(app)
 
     from . import auth, api, cli, health, media, metrics, web
     metrics.init_app(app)  # GET /metrics and the request counters (webapp/metrics.py)
