@@ -18,6 +18,13 @@ def _int(env, name, default):
         raise SystemExit(f"config error: {name} must be an integer, got {raw!r}")
 
 
+def _positive_or_none(env, name):
+    value = _int(env, name, None)
+    if value is not None and value < 1:
+        raise SystemExit(f"config error: {name} must be an integer >= 1 (or unset), got {value}")
+    return value
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -34,6 +41,37 @@ def persistent_secret_key(instance_path):
     with os.fdopen(fd, "w") as fh:
         fh.write(key)
     return key
+
+
+def log_format(env=None):
+    """LOG_FORMAT: `text` (default) or `json` (one JSON object per line). A function of its own
+    because gunicorn's logger class needs it before any app exists."""
+    env = os.environ if env is None else env
+    value = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise SystemExit(f"config error: LOG_FORMAT must be 'text' or 'json', got {env.get('LOG_FORMAT')!r}")
+    return value
+
+
+def metrics_dir(env=None):
+    """prometheus_client's own PROMETHEUS_MULTIPROC_DIR (it reads it at import; so do we, for
+    the scrape and the start-up wipe). Unset = single-process mode."""
+    env = os.environ if env is None else env
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _networks(env, name, default):
+    import ipaddress
+    raw = env.get(name, default)
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SystemExit(f"config error: {name} must be a comma-separated list of IPs or CIDRs, got {part!r}")
+    return tuple(out)
 
 
 def load_config(instance_path, env=None):
@@ -53,6 +91,8 @@ def load_config(instance_path, env=None):
         "AI_PROVIDER": env.get("AI_PROVIDER", "local"),
         "AI_LOCAL_LATENCY_MS": _int(env, "AI_LOCAL_LATENCY_MS", 0),
         "AI_ARTICLE_WORDS": _int(env, "AI_ARTICLE_WORDS", 600),
+        # Demo/test setting: the local provider fails every Nth call as an item error.
+        "AI_LOCAL_FAIL_EVERY": _positive_or_none(env, "AI_LOCAL_FAIL_EVERY"),
         "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
         "OPENAI_API_KEY": env.get("OPENAI_API_KEY", ""),
         "OPENAI_CHAT_MODEL": env.get("OPENAI_CHAT_MODEL", "gpt-4o-mini"),
@@ -62,6 +102,13 @@ def load_config(instance_path, env=None):
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Operations (docs/OPERATIONS.md): /metrics is off (404) until a token is set.
+        "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
+        "METRICS_DIR": metrics_dir(env),
+        "LOG_FORMAT": log_format(env),
+        # Peers whose X-Request-ID header is kept (a reverse proxy on this machine by default);
+        # from anyone else the header is ignored and a fresh id is made.
+        "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": None,
         "SESSION_COOKIE_HTTPONLY": True,

@@ -33,9 +33,11 @@ def _obj(props, required=None):
 STAGE_RESULT = {"type": ["object", "null"]}
 RUN_SUMMARY = _obj({"run_id": {"type": "integer"}, "status": {"enum": ["running", "paused", "completed", "failed", "cancelled"]},
                     "trigger_type": {"type": "string"}, "current_stage": {"type": "integer"}, "started_at": TS,
-                    "completed_at": TS, "total_credits_used": {"type": "integer"}})
+                    "completed_at": TS, "total_credits_used": {"type": "integer"},
+                    "active_seconds": {"type": "number"}, "paused_seconds": {"type": "number"}})
 RUN = {"allOf": [RUN_SUMMARY, _obj({
     "paused_at": TS, "resumed_at": TS, "cancelled_at": TS, "error_message": NULL_STR,
+    "eta_seconds": NULL_INT, "retry_of_run_id": NULL_INT,
     **{f"stage_{n}_result": STAGE_RESULT for n in range(1, 8)}})]}
 CONFIG = _obj({"site_id": {"type": "integer"}, "is_enabled": {"type": "boolean"},
                "frequency": {"enum": ["daily", "weekly", "monthly"]}, "scheduled_time": {"type": "string"},
@@ -43,8 +45,9 @@ CONFIG = _obj({"site_id": {"type": "integer"}, "is_enabled": {"type": "boolean"}
                "within_stage_delay": {"type": "integer"}, "between_stage_delay": {"type": "integer"},
                "last_run_at": TS, "next_run_at": TS, "next_runs": {"type": "array", "items": {"type": "string"}}})
 PROCESSING = {"type": ["object", "null"], "properties": {
-    "stage_number": {"type": "integer"}, "stage_name": {"type": "string"}, "total_items": {"type": "integer"},
-    "processed_items": {"type": "integer"}, "percentage": {"type": "number"},
+    "stage_number": {"type": "integer"}, "stage_name": {"type": "string"},
+    "status": {"enum": ["starting", "processing"]}, "total_items": {"type": "integer"},
+    "processed_items": {"type": "integer"}, "failed_items": {"type": "integer"}, "percentage": {"type": "number"},
     "currently_processing": {"type": "array"}, "up_next": {"type": "array"}, "remaining_count": {"type": "integer"}}}
 RUN_STATUS = _obj({"run_id": {"type": "integer"}, "status": {"type": "string"}})
 IMPORT = _obj({"created": {"type": "integer"}, "duplicates": {"type": "integer"}, "errors": {"type": "array"},
@@ -83,8 +86,14 @@ def build_spec():
                                              extra={"503": _err("Redis unavailable")})},
         "/automation/current_run/": {"get": _op("The active run, or null", [site], _obj({"run": {"oneOf": [{"type": "null"}, RUN]}}))},
         "/automation/history/": {"get": _op("Last 20 runs, newest first", [site], _obj({"runs": {"type": "array", "items": RUN_SUMMARY}}))},
-        "/automation/logs/": {"get": _op("Last N log lines of a run", [run, _param("lines", False, {"type": "integer", "minimum": 1, "maximum": 5000})],
-                                         _obj({"run_id": {"type": "integer"}, "lines": {"type": "array", "items": {"type": "string"}}}))},
+        "/automation/logs/": {"get": _op(
+            "Log lines of a run: the last N; with before=L the N lines above line L (page backwards); "
+            "with after=L the lines following line L (poll the tail)",
+            [run, _param("lines", False, {"type": "integer", "minimum": 1, "maximum": 5000}),
+             _param("before", False, {"type": "integer", "minimum": 1}),
+             _param("after", False, {"type": "integer", "minimum": 0})],
+            _obj({"run_id": {"type": "integer"}, "lines": {"type": "array", "items": {"type": "string"}},
+                  "first_line": {"type": "integer"}, "total_lines": {"type": "integer"}}))},
         "/automation/estimate/": {"get": _op("Credit estimate", [site], _obj({
             "estimated_credits": {"type": "integer"}, "required_credits": {"type": "integer"},
             "current_balance": {"type": "integer"}, "sufficient": {"type": "boolean"}}))},
@@ -93,6 +102,17 @@ def build_spec():
                                                                          "pending": {"type": "integer"}}, ["number", "name", "pending"])}}))},
         "/automation/current_processing/": {"get": _op("Live processing state", [site, run], _obj({"state": PROCESSING}))},
         "/automation/run/": {"get": _op("One run with its audit events", [run], _obj({"run": RUN}))},
+        "/automation/retry_failed/": {"post": _op("Start a run (trigger_type retry) that processes exactly this run's "
+                                                  "failed items again", [run], RUN_STATUS, status="201",
+                                                  extra={"503": _err("Redis unavailable")})},
+        "/automation/failed_items/": {"get": _op("A run's failed items, paged", [
+            run, _param("page", False, {"type": "integer", "minimum": 1, "maximum": 100_000}),
+            _param("limit", False, {"type": "integer", "minimum": 1, "maximum": 200})], _obj({
+                "run_id": {"type": "integer"}, "page": {"type": "integer"}, "limit": {"type": "integer"},
+                "total": {"type": "integer"}, "items": {"type": "array", "items": _obj({
+                    "stage": {"type": "integer"}, "stage_name": {"type": "string"}, "item_type": {"type": "string"},
+                    "item_id": {"type": "integer"}, "label": {"type": "string"}, "reason": {"type": "string"},
+                    "attempts": {"type": "integer"}, "failed_at": TS})}}))},
         "/sites/": {"get": _op("List sites", [], _obj({"sites": {"type": "array"}})),
                     "post": _op("Create a site", [], _obj({"site": {"type": "object"}}), status="201", body={
                         "type": "object", "required": ["name"], "additionalProperties": False,
