@@ -34,12 +34,15 @@ def create_app(test_config=None):
     sock.init_app(app)
     login_manager.init_app(app)
 
-    from . import auth, api, cli, health, media, web
+    from . import auth, api, cli, health, media, notify, web
+    from .writer import views as writer_views
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)
     media.init_app(app)
     health.init_app(app)
+    notify.init_app(app)
+    writer_views.init_app(app)
     cli.init_app(app)
     return app
 

@@ -17,6 +17,7 @@ from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
 from ..planner import import_rows, parse_csv
+from ..writer.review import awaiting_review
 
 bp = Blueprint("web", __name__)
 CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
@@ -73,6 +74,7 @@ def automation_context(svc, site, errors=None, form_values=None):
     counts, inputs = svc.pending_counts(site.id)
     estimate = svc.estimate_from(inputs)
     overview = overview_rows(counts)
+    overview[-1]["awaiting_review"] = awaiting_review(site.id, site.account_id)
     skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     start_block = None
