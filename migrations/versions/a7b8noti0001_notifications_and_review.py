@@ -2,7 +2,7 @@
 on content (note, who, when).
 
 Revision ID: a7b8noti0001
-Revises: 98a3925e0f6f
+Revises: f6a7insi0001
 Create Date: 2026-11-28 21:15:13.666747
 
 """
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = 'a7b8noti0001'
-down_revision = '98a3925e0f6f'
+down_revision = 'f6a7insi0001'
 branch_labels = None
 depends_on = None
 
