@@ -1,7 +1,7 @@
 """Roles, invitations, token expiry and scope, the account audit log
 
 Revision ID: c9d0team0001
-Revises: f6a7insi0001
+Revises: a7b8noti0001
 Create Date: 2026-11-28 21:30:00
 
 Existing users become owners: in wave 1 every user could do everything, and nobody should
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 
 
 revision = 'c9d0team0001'
-down_revision = 'f6a7insi0001'
+down_revision = 'a7b8noti0001'
 branch_labels = None
 depends_on = None
 
