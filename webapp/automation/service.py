@@ -189,7 +189,7 @@ class AutomationService:
         try:
             r = get_redis()
             lock = site_lock(r, site.id, site_lock_ttl())
-            got = lock.acquire()
+            got = lock.acquire() or self._take_ended_runs_lock(lock)
         except Exception as e:  # redis down: refuse cleanly rather than race
             raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
         if not got:
@@ -207,6 +207,23 @@ class AutomationService:
         jobs.enqueue_step(r, run.id, run.job_token, first=True)
         hooks.emit("run.started", run, self.actor, reason)
         return run
+
+    def _take_ended_runs_lock(self, lock):
+        """The site lock is held by a run the database says has ended (its worker was still
+        finishing an item when the run was cancelled, and renewed the lock once more): that
+        lock guards nothing, so a start takes it over. A lock held by another start in
+        progress, or by an active run, is left alone."""
+        holder = lock.holder()
+        if holder is None:  # released meanwhile
+            return lock.acquire()
+        if not holder.startswith("run:") or not holder[4:].isdigit():
+            return False  # another start holds it
+        status = db.session.execute(select(AutomationRun.status).where(
+            AutomationRun.id == int(holder[4:]))).scalar_one_or_none()
+        db.session.commit()  # end the read: the create that follows must see fresh rows
+        if status in ACTIVE_STATUSES:
+            return False
+        return lock.replace(holder)
 
     def _create_run(self, site, trigger_type, reason):
         active = self.active_run(site.id)
