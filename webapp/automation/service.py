@@ -5,7 +5,6 @@ import json
 import uuid
 
 import redis
-
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
