@@ -15,6 +15,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
                       RunItemFailure, Site)
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
+from ..writer.review import awaiting_review
 from . import costs, hooks, insights, jobs, schedule
 from .config_schema import validate_update
 from .locks import site_lock
@@ -162,6 +163,7 @@ class AutomationService:
         if counts is None:
             raise NotFound(f"Site {site_id} not found.")
         overview = overview_rows(counts)
+        overview[-1]["awaiting_review"] = awaiting_review(site_id, self.account_id)
         try:
             get_redis().set(key, json.dumps(overview), px=int(OVERVIEW_TTL * 1000))
         except Exception:
