@@ -7,6 +7,7 @@ Both honour REDIS_URL / DATABASE_URL; with REDIS_URL unset they use the embedded
 started by `make run` (or start it if none is running).
 """
 import argparse
+import atexit
 import logging
 import sys
 import time
@@ -45,11 +46,14 @@ def run_worker(app, burst=False):
             from webapp.extensions import db
             db.session.remove()
         from webapp.scheduling import CONTROL_QUEUE
+        from webapp.notify.jobs import NOTIFY_QUEUE
         log = logging.getLogger("worker")
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
         while True:
-            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
+            # Notifications before the pipeline: a busy pipeline must not starve them.
+            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(NOTIFY_QUEUE, connection=conn),
+                      Queue(app.config["RQ_QUEUE"], connection=conn)]
             w = AutomationWorker(queues, connection=conn)
             try:
                 w.work(burst=burst, with_scheduler=False, logging_level="INFO")
@@ -86,6 +90,9 @@ def main(argv=None):
     p.add_argument("--burst", action="store_true", help="worker: exit when the queue is empty")
     args = p.parse_args(argv)
     app = create_app()
+    from webapp.metrics import release_dir
+    # Drop this process's live gauges and its claim on the metrics directory when it ends.
+    atexit.register(release_dir, app.config["METRICS_DIR"])
     if args.scheduler:
         run_scheduler(app)
     else:

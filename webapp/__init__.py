@@ -1,5 +1,4 @@
 """Automation Console: `create_app` wires config, extensions and each subpackage."""
-import logging
 import os
 
 from flask import Flask
@@ -17,9 +16,8 @@ def create_app(test_config=None):
     app.config.update(load_config(app.instance_path))
     if test_config:
         app.config.update(test_config)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from . import logging_setup
+    logging_setup.init_app(app)  # LOG_FORMAT, request ids (webapp/logging_setup.py)
 
     from .extensions import csrf, db, login_manager, migrate, sock
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -33,15 +31,21 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
-    from . import security
+    from . import access, audit, security
     security.init_app(app)
+    access.init_app(app)
+    audit.init_app(app)
 
-    from . import auth, api, cli, health, media, web
+    from . import auth, api, cli, health, media, metrics, notify, web
+    from .writer import views as writer_views
+    metrics.init_app(app)  # GET /metrics and the request counters (webapp/metrics.py)
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)
     media.init_app(app)
     health.init_app(app)
+    notify.init_app(app)
+    writer_views.init_app(app)
     cli.init_app(app)
     return app
 

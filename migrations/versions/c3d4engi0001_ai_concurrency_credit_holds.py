@@ -1,7 +1,7 @@
 """ai_concurrency per site config; credits held by a run from its start
 
 Revision ID: c3d4engi0001
-Revises: f6a7insi0001
+Revises: c9d0team0001
 Create Date: 2026-11-28 21:30:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'c3d4engi0001'
-down_revision = 'f6a7insi0001'
+down_revision = 'c9d0team0001'
 branch_labels = None
 depends_on = None
 

@@ -74,7 +74,8 @@ class Heartbeat(threading.Thread):
         if not self.renew_exec_lock():
             return False
         try:
-            self.site_lock.force()
+            # Never taken from another holder: a new start may own it once this run ended.
+            self.site_lock.claim()
         except redis.RedisError as e:
             log.warning("run %s: heartbeat could not reach Redis (%s)", self.run_id, e.__class__.__name__)
         try:

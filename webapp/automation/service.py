@@ -4,24 +4,27 @@ site or run is a NotFound, indistinguishable from a missing one."""
 import json
 import uuid
 
+import redis
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import audit
 from ..errors import BadRequest, NotFound, Unavailable
 from ..extensions import db
 from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
                       RunItemFailure, Site)
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
+from ..writer.review import awaiting_review
 from . import billing, costs, hooks, insights, jobs, schedule
 from .config_schema import validate_update
 from .locks import site_lock
-from .logger import AutomationLogger, run_log_path, tail
+from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
-from .state import publish_state, read_state
+from .state import publish_state, read_state, reconcile
 
 HISTORY_LIMIT = 20
 FAILED_PER_PAGE = 50
@@ -101,8 +104,12 @@ class AutomationService:
         if day is not None and freq == "monthly" and not 1 <= day <= 31:
             raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
+        old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
             setattr(cfg, k, v)
+        changed = {k: [old[k], v] for k, v in clean.items() if old[k] != v}
+        if changed:
+            audit.record(self.account_id, self.actor, "config.update", site_id=site.id, changes=changed)
         if schedule_changed:
             if cfg.is_enabled:
                 if cfg.scheduled_day is None and cfg.frequency != "daily":
@@ -162,6 +169,7 @@ class AutomationService:
         if counts is None:
             raise NotFound(f"Site {site_id} not found.")
         overview = overview_rows(counts)
+        overview[-1]["awaiting_review"] = awaiting_review(site_id, self.account_id)
         try:
             get_redis().set(key, json.dumps(overview), px=int(OVERVIEW_TTL * 1000))
         except Exception:
@@ -200,6 +208,8 @@ class AutomationService:
         except Exception as e:  # redis down: refuse cleanly rather than race
             raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
         if not got:
+            got = self._take_ended_runs_lock(lock)
+        if not got:
             active = self.active_run(site.id)
             if active:
                 raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
@@ -214,6 +224,29 @@ class AutomationService:
         jobs.enqueue_step(r, run.id, run.job_token, first=True)
         hooks.emit("run.started", run, self.actor, reason)
         return run
+
+    def _take_ended_runs_lock(self, lock):
+        """The site lock is held by a run the database says has ended (its worker was still
+        finishing an item when the run was cancelled, and renewed the lock once more): that
+        lock guards nothing, so a start takes it over. A lock held by another start in
+        progress, or by an active run, is left alone."""
+        try:
+            holder = lock.holder()
+            if holder is None:  # released meanwhile
+                return lock.acquire()
+        except redis.RedisError as e:
+            raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
+        if not holder.startswith("run:") or not holder[4:].isdigit():
+            return False  # another start holds it
+        status = db.session.execute(select(AutomationRun.status).where(
+            AutomationRun.id == int(holder[4:]))).scalar_one_or_none()
+        db.session.commit()  # end the read: the create that follows must see fresh rows
+        if status in ACTIVE_STATUSES:
+            return False
+        try:
+            return lock.replace(holder)
+        except redis.RedisError as e:
+            raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
 
     def _create_run(self, site, trigger_type, reason, scope):
         active = self.active_run(site.id)
@@ -404,6 +437,21 @@ class AutomationService:
         run = self.run(run_id)
         return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
 
+    def log_page(self, run_id, lines, before=None, after=None):
+        """A window of a run's log with line numbers: the last `lines`, the `lines` above line
+        `before`, or those after line `after`. `first_line` numbers the first line returned."""
+        run = self.run(run_id)
+        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+        total = line_count(path)
+        if before is not None:
+            first, out = read_before(path, before, lines)
+        elif after is not None:
+            first, out = read_after(path, after, lines)
+        else:
+            out = tail(path, lines)
+            first = max(1, total - len(out) + 1)
+        return {"lines": out, "first_line": first, "total_lines": total}
+
     def current_processing(self, site_id, run_id):
         run = db.session.execute(select(AutomationRun).where(
             AutomationRun.id == run_id, AutomationRun.site_id == site_id,
@@ -413,7 +461,7 @@ class AutomationService:
             raise NotFound(f"Run {run_id} not found.")
         if run.status != "running":
             return None
-        return read_state(get_redis(), run.id)
+        return reconcile(run, STAGES[run.current_stage].name, read_state(get_redis(), run.id))
 
 
 def overview_rows(counts):

@@ -13,9 +13,11 @@ from contextlib import nullcontext
 
 import redis
 from flask import current_app, has_app_context
+from rq import get_current_job
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
+from .. import logging_setup, metrics
 from ..ai import ItemError, ProviderUnavailable, get_provider
 from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope
 from ..extensions import db
@@ -33,6 +35,7 @@ from .state import build_state, publish_state
 
 log = logging.getLogger(__name__)
 UP_NEXT = 3
+LOCK_WAIT = 10  # seconds a job waits for its run's exec lock before queuing itself again
 STAGE_7_BATCH = 50
 MAX_CONCURRENCY = 32
 _APP = None
@@ -135,12 +138,9 @@ class RunExecutor:
         if not self.ok_to_continue():
             return "not running"
         self.exec_lock = TTLLock(self.r, exec_lock_key(self.run_id), max(2, self.stale_seconds))
-        deadline = time.monotonic() + min(10, self.stale_seconds)
-        while not self.exec_lock.acquire():
-            if time.monotonic() > deadline:
-                log.info("run %s: another job holds the exec lock; leaving it", self.run_id)
-                return "locked"
-            time.sleep(0.1)
+        waited = self.wait_for_exec_lock()
+        if waited is not True:
+            return waited
         # Objects this job loaded stay usable after each item's commit: every write goes
         # through guarded SQL updates, so nothing relies on reloading them (one SELECT less
         # per attribute per item). The session is removed when the job ends.
@@ -148,6 +148,7 @@ class RunExecutor:
         beat = None
         try:
             self.run = db.session.get(AutomationRun, self.run_id)
+            logging_setup.bind(run_id=self.run_id, site_id=self.run.site_id)
             self.logger = run_logger(self.run)
             self.cfg = db.session.execute(select(AutomationConfig).where(
                 AutomationConfig.site_id == self.run.site_id)).scalar_one()
@@ -191,6 +192,38 @@ class RunExecutor:
     def queue_next_on_exit(self):
         """The next batch is queued once this job's threads are done (see step)."""
         self._queue_next = True
+
+    def wait_for_exec_lock(self):
+        """True once this job holds the run's exec lock; else why it left.
+
+        The lock is busy when the job before this one is still finishing its item (e.g. the
+        run was paused and resumed while an AI call was in flight: that old job stops at the
+        item's end, on the token). Giving up would strand the run until the stale check, so
+        this job waits while it is still the run's current job; after LOCK_WAIT seconds it
+        queues itself again (freeing this worker for other runs) rather than block it for a
+        whole slow item. A duplicate job (not the run's latest) leaves: one chain per run."""
+        # Shorter than the lock's TTL: a job never sits out a live holder's whole lease.
+        deadline = time.monotonic() + min(LOCK_WAIT, max(1.0, self.stale_seconds / 2))
+        next_check = 0.0
+        while not self.exec_lock.acquire():
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                if not self.ok_to_continue():
+                    return "not running"
+                if self.superseded():
+                    log.info("run %s: a newer job of this run is queued; leaving it", self.run_id)
+                    return "superseded"
+            if now > deadline:
+                log.info("run %s: the previous job is still finishing its item; queued again", self.run_id)
+                return "requeued" if self.enqueue_next() else "locked"
+            time.sleep(0.05)
+        return True
+
+    def superseded(self):
+        job = get_current_job()
+        latest = self.r.get(jobs.job_key(self.run_id))
+        return job is not None and latest is not None and latest.decode() != job.id
 
     def enqueue_next(self):
         try:
@@ -295,6 +328,7 @@ class RunExecutor:
                 self.stop.set()
                 return concurrency.DROP
             db.session.commit()
+            metrics.items_processed(n, len(unit), ctx.unit_credits)
         except AlreadyDone:
             db.session.rollback()
             self.logger.log(f"{stage.item_type} {ids[0]}: already processed elsewhere, skipped", stage=n)
@@ -344,6 +378,7 @@ class RunExecutor:
             self.stop.set()
             return concurrency.DROP
         db.session.commit()
+        metrics.items_failed(n, len(ids))
         self.res = res
         self._remaining = max(0, self._remaining - len(ids))
         self.logger.log(f"{stage.item_type} {ids[0]}: FAILED after {self.max_attempts} attempts: {reason[:200]}", stage=n)
