@@ -22,7 +22,6 @@ from webapp.models import (AITaskLog, Account, AutomationConfig, AutomationRun, 
 from webapp.redis_conn import get_redis
 
 from conftest import drain, start_worker, wait_for
-from test_engine import _no_duplicates
 
 
 def _run(run_id):
@@ -55,6 +54,15 @@ def twins(factory, n_keywords=40, credits=1_000_000, **cfg):
         factory.fast_config(site, **cfg)
         out.append((acc.id, site.id))
     return out
+
+
+def no_duplicates(site_id):
+    """No idea tasked twice, no task written twice, no item charged twice for one function."""
+    for model, col in ((Task, Task.idea_id), (Content, Content.task_id), (Image, Image.id)):
+        assert db.session.execute(select(col).where(model.site_id == site_id).group_by(col)
+                                  .having(func.count() > 1)).all() == [], model
+    assert db.session.execute(select(AITaskLog.function, AITaskLog.item_id).where(AITaskLog.site_id == site_id)
+                              .group_by(AITaskLog.function, AITaskLog.item_id).having(func.count() > 1)).all() == []
 
 
 def fingerprint(app, site_id):
@@ -153,7 +161,7 @@ def test_concurrency_16_gives_exactly_the_outputs_and_credits_of_1(app, factory,
     for run_id in (serial_run, par_run):
         r1 = _run(run_id).stage_1_result
         assert r1["items_processed"] == 30 and r1["items_failed"] == 0
-    _no_duplicates(b_site)
+    no_duplicates(b_site)
 
 
 # -- pause and cancel under concurrency, on a real worker -----------------------------------------
@@ -235,7 +243,7 @@ def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, a
     assert _run(second).status == "completed"
     assert fingerprint(app, site_id) == fingerprint(app, ref_site)
     assert sorted(charges(run_id) + charges(second)) == charges(ref)
-    _no_duplicates(site_id)
+    no_duplicates(site_id)
 
 
 # -- SIGKILL under concurrency, then recovery with exact totals -----------------------------------
@@ -271,7 +279,7 @@ def test_sigkill_under_concurrency_recovers_with_exact_totals(app, app_env, fact
     assert fingerprint(app, site_id) == fingerprint(app, ref_site)
     assert charges(run_id) == charges(ref)
     assert_books_balance(run_id, acc_id, balance)
-    _no_duplicates(site_id)
+    no_duplicates(site_id)
     events = [e.action for e in db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id)).scalars()]
     assert events.count("recover") == 1
 
