@@ -12,7 +12,8 @@ def create_app(test_config=None):
         template_folder="../templates",
         static_folder="../static",
     )
-    os.makedirs(app.instance_path, exist_ok=True)
+    from .security import make_private
+    make_private(app.instance_path)
     from .config import load_config
     app.config.update(load_config(app.instance_path))
     if test_config:
@@ -33,7 +34,8 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
-    from . import security
+    from . import security, validation
+    validation.install(app)  # before any route: the strict <int:…> converter
     security.init_app(app)
 
     from . import auth, api, cli, health, media, web

@@ -35,8 +35,10 @@ def _authorised_run(ws, run_id):
     if account_id is None:
         ws.close(4401, "not logged in")
         return None
-    run = db.session.execute(select(AutomationRun).where(AutomationRun.id == run_id,
-                                                         AutomationRun.account_id == account_id)).scalar_one_or_none()
+    # run_id is None for a malformed id (the `anyid` converter): not found, like a foreign one.
+    run = None if run_id is None else db.session.execute(
+        select(AutomationRun).where(AutomationRun.id == run_id, AutomationRun.account_id == account_id)
+    ).scalar_one_or_none()
     if run is None:
         ws.close(4404, "run not found")
         return None
@@ -172,7 +174,7 @@ def _stream(ws, channel, produce):
         h.unregister(channel, ev)
 
 
-@sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
+@sock.route("/ws/runs/<anyid:run_id>/logs", bp=bp)
 def ws_logs(ws, run_id):
     run = _authorised_run(ws, run_id)
     if run is None:
@@ -183,7 +185,7 @@ def ws_logs(ws, run_id):
     _stream(ws, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
 
 
-@sock.route("/ws/runs/<int:run_id>/processing", bp=bp)
+@sock.route("/ws/runs/<anyid:run_id>/processing", bp=bp)
 def ws_processing(ws, run_id):
     run = _authorised_run(ws, run_id)
     if run is None:

@@ -17,6 +17,7 @@ from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
 from ..planner import import_rows, parse_csv
+from ..validation import REASON_MAX, clean_text
 
 bp = Blueprint("web", __name__)
 CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
@@ -43,6 +44,11 @@ def owned_run(svc, run_id):
         return svc.run(run_id)
     except NotFound:
         abort(404)
+
+
+def form_reason():
+    # The same limit as the API's (a 400 naming the field, never a database error).
+    return clean_text(request.form.get("reason"), "reason", REASON_MAX)
 
 
 def is_htmx():
@@ -159,7 +165,7 @@ def run_now(site_id):
     svc = service()
     site = owned_site(svc, site_id)
     try:
-        run = svc.start(site.id, trigger_type="manual", reason=(request.form.get("reason") or None))
+        run = svc.start(site.id, trigger_type="manual", reason=form_reason())
         flash(f"Run {run.id} started.", "success")
     except AppError as e:
         flash(e.message, "error")
@@ -172,7 +178,7 @@ def control(run_id, action):
     svc = service()
     run = owned_run(svc, run_id)
     try:
-        getattr(svc, action)(run.id, reason=(request.form.get("reason") or None))
+        getattr(svc, action)(run.id, reason=form_reason())
         flash(f"Run {run.id} {dict(pause='paused', resume='resumed', cancel='cancelled')[action]}.", "success")
     except AppError as e:
         flash(e.message, "error")
