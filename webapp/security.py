@@ -199,6 +199,21 @@ def _limit_api_blueprint():
     limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=api_caller_key)(bp)
 
 
+# -- /status details --------------------------------------------------------------------------------
+def status_details_allowed():
+    """Worker names and pids are for a logged-in user or an operator holding STATUS_TOKEN."""
+    import hmac
+    from flask_login import current_user
+    expected = current_app.config.get("STATUS_TOKEN")
+    header = request.headers.get("Authorization")
+    if expected and header:
+        from .auth.tokens import parse_bearer
+        given = parse_bearer(header) or ""
+        if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace")):
+            return True
+    return bool(current_user.is_authenticated)
+
+
 # -- response headers ------------------------------------------------------------------------------
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "

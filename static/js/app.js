@@ -59,6 +59,12 @@
     }, null, function () { return el.dataset.ws; });
   }
 
+  // Confirmation for forms marked data-confirm (an inline onsubmit would break the CSP).
+  document.addEventListener("submit", function (ev) {
+    var msg = ev.target && ev.target.getAttribute && ev.target.getAttribute("data-confirm");
+    if (msg && !window.confirm(msg)) ev.preventDefault();
+  }, true);
+
   function start() { startLog(); startProcessing(); }
   document.addEventListener("DOMContentLoaded", start);
   document.addEventListener("htmx:afterSwap", start);
