@@ -72,13 +72,15 @@ def run_now():
 
 @action("current_run", ["GET"])
 def current_run():
-    run = service().current_run(int_param("site_id"))
-    return ok({"run": run.to_dict() if run else None})
+    svc = service()
+    run = svc.current_run(int_param("site_id"))
+    return ok({"run": svc.run_dict(run) if run else None})
 
 
 @action("history", ["GET"])
 def history():
-    return ok({"runs": [r.summary() for r in service().history(int_param("site_id"))]})
+    svc = service()
+    return ok({"runs": svc.summaries(svc.history(int_param("site_id")))})
 
 
 @action("logs", ["GET"])
@@ -127,6 +129,26 @@ def run_detail():
     """One run by id with its audit trail (supporting route for run detail pages)."""
     svc = service()
     run = svc.run(int_param("run_id"))
-    d = run.to_dict()
-    d["events"] = [e.to_dict() for e in svc.events(run)]
+    events = svc.events(run)
+    d = svc.run_dict(run, events)
+    d["events"] = [e.to_dict() for e in events]
+    d["failed_items_count"] = svc.failure_count(run)
     return ok({"run": d})
+
+
+@action("retry_failed", ["POST"])
+def retry_failed():
+    run = service().retry_failed(int_param("run_id"), reason=_reason())
+    return ok({"run_id": run.id, "status": run.status, "trigger_type": run.trigger_type,
+               "retry_of_run_id": run.retry_of_run_id}, 201)
+
+
+@action("failed_items", ["GET"])
+def failed_items():
+    """A run's failed items, paged (supporting route for the run detail page)."""
+    svc = service()
+    run = svc.run(int_param("run_id"))
+    page = int_param("page", required=False, maximum=100_000, default=1)
+    limit = int_param("limit", required=False, maximum=200, default=50)
+    return ok({"run_id": run.id, "page": page, "limit": limit, "total": svc.failure_count(run),
+               "items": svc.failed_items(run, page, limit)})

@@ -33,9 +33,11 @@ def _obj(props, required=None):
 STAGE_RESULT = {"type": ["object", "null"]}
 RUN_SUMMARY = _obj({"run_id": {"type": "integer"}, "status": {"enum": ["running", "paused", "completed", "failed", "cancelled"]},
                     "trigger_type": {"type": "string"}, "current_stage": {"type": "integer"}, "started_at": TS,
-                    "completed_at": TS, "total_credits_used": {"type": "integer"}})
+                    "completed_at": TS, "total_credits_used": {"type": "integer"},
+                    "active_seconds": {"type": "number"}, "paused_seconds": {"type": "number"}})
 RUN = {"allOf": [RUN_SUMMARY, _obj({
     "paused_at": TS, "resumed_at": TS, "cancelled_at": TS, "error_message": NULL_STR,
+    "eta_seconds": NULL_INT, "retry_of_run_id": NULL_INT,
     **{f"stage_{n}_result": STAGE_RESULT for n in range(1, 8)}})]}
 CONFIG = _obj({"site_id": {"type": "integer"}, "is_enabled": {"type": "boolean"},
                "frequency": {"enum": ["daily", "weekly", "monthly"]}, "scheduled_time": {"type": "string"},
@@ -93,6 +95,17 @@ def build_spec():
                                                                          "pending": {"type": "integer"}}, ["number", "name", "pending"])}}))},
         "/automation/current_processing/": {"get": _op("Live processing state", [site, run], _obj({"state": PROCESSING}))},
         "/automation/run/": {"get": _op("One run with its audit events", [run], _obj({"run": RUN}))},
+        "/automation/retry_failed/": {"post": _op("Start a run (trigger_type retry) that processes exactly this run's "
+                                                  "failed items again", [run], RUN_STATUS, status="201",
+                                                  extra={"503": _err("Redis unavailable")})},
+        "/automation/failed_items/": {"get": _op("A run's failed items, paged", [
+            run, _param("page", False, {"type": "integer", "minimum": 1, "maximum": 100_000}),
+            _param("limit", False, {"type": "integer", "minimum": 1, "maximum": 200})], _obj({
+                "run_id": {"type": "integer"}, "page": {"type": "integer"}, "limit": {"type": "integer"},
+                "total": {"type": "integer"}, "items": {"type": "array", "items": _obj({
+                    "stage": {"type": "integer"}, "stage_name": {"type": "string"}, "item_type": {"type": "string"},
+                    "item_id": {"type": "integer"}, "label": {"type": "string"}, "reason": {"type": "string"},
+                    "attempts": {"type": "integer"}, "failed_at": TS})}}))},
         "/sites/": {"get": _op("List sites", [], _obj({"sites": {"type": "array"}})),
                     "post": _op("Create a site", [], _obj({"site": {"type": "object"}}), status="201", body={
                         "type": "object", "required": ["name"], "additionalProperties": False,

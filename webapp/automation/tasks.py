@@ -15,14 +15,15 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..ai import ItemError, ProviderUnavailable, get_provider
 from ..extensions import db
-from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
+from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import hooks, jobs
 from .billing import InsufficientCredits, charge
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
-from .stages import STAGES, AlreadyDone, pending_count
+from .scope import scope_for
+from .stages import STAGES, AlreadyDone
 from .state import build_state, publish_state
 
 log = logging.getLogger(__name__)
@@ -172,8 +173,9 @@ class RunExecutor:
         run, n = self.run, self.run.current_stage
         stage = STAGES[n]
         res = self.res = dict(run.stage_result(n) or {})
+        scope = scope_for(run)
         if not res:
-            total = pending_count(stage, run.site_id)
+            total = scope.count(stage, run.site_id)
             res = {"status": "running", "items_total": total, "items_processed": 0, "items_created": 0,
                    "items_failed": 0, "credits_used": 0, "started_at": iso(utcnow()), "finished_at": None,
                    "failures": []}
@@ -183,7 +185,7 @@ class RunExecutor:
             self.logger.log(f"Stage {n} ({stage.name}) started: {total} pending", stage=n)
         failed = select(RunItemFailure.item_id).where(RunItemFailure.run_id == run.id, RunItemFailure.stage == n)
         bs = self.cfg.batch_size(n) if n <= 6 else STAGE_7_BATCH
-        items = db.session.execute(stage.pending(run.site_id).where(stage.model.id.not_in(failed))
+        items = db.session.execute(scope.pending(stage, run.site_id).where(stage.model.id.not_in(failed))
                                    .order_by(stage.model.id).limit(bs + UP_NEXT)).scalars().all()
         batch, upcoming = items[:bs], items[bs:]
         if not batch:
@@ -264,7 +266,8 @@ class RunExecutor:
         # Out of attempts: record the failure and go on with the next item.
         for item_id in ids:
             db.session.add(RunItemFailure(account_id=self.run.account_id, site_id=self.run.site_id,
-                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000]))
+                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000],
+                                          attempts=self.max_attempts))
         res = dict(self.res)
         res["items_failed"] += len(ids)
         res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": last_error[:300]}]
@@ -291,6 +294,9 @@ class RunExecutor:
     def _pause(self, reason, message):
         res = db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
                                  .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
+        if res.rowcount:  # in the audit trail like a user's pause: the timeline shades it
+            db.session.add(RunEvent(account_id=self.run.account_id, site_id=self.run.site_id, run_id=self.run_id,
+                                    action="pause", actor="system", reason=reason))
         db.session.commit()
         self.logger.log(message)
         if res.rowcount:
