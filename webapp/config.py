@@ -130,7 +130,8 @@ def load_config(instance_path, env=None):
         "METRICS_DIR": metrics_dir(env),
         "LOG_FORMAT": log_format(env),
         # Peers whose X-Request-ID header is kept (a reverse proxy on this machine by default);
-        # from anyone else the header is ignored and a fresh id is made.
+        # from anyone else the header is ignored and a fresh id is made. The same list decides
+        # whose X-Forwarded-For is believed for the client address (webapp/security.py).
         "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": None,
@@ -140,8 +141,6 @@ def load_config(instance_path, env=None):
         "SECURE_COOKIES": secure,
         "SESSION_COOKIE_SECURE": secure,
         "REMEMBER_COOKIE_SECURE": secure,
-        # Number of reverse proxies in front whose X-Forwarded-* headers are believed.
-        "TRUSTED_PROXIES": _int(env, "TRUSTED_PROXIES", 0),
         "LOGIN_RATE_LIMIT_EMAIL": _rate(env, "LOGIN_RATE_LIMIT_EMAIL", "10 per 15 minutes"),
         "LOGIN_RATE_LIMIT_IP": _rate(env, "LOGIN_RATE_LIMIT_IP", "50 per 15 minutes"),
         "API_RATE_LIMIT": _rate(env, "API_RATE_LIMIT", "1200 per minute"),

@@ -8,8 +8,9 @@
   `POST /api/v1/auth/token`; a general limit per API caller (token, else session user, else
   address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each process keeps
   counting in memory until Redis answers again (limits loosen per process, never vanish).
-- the client address: the socket peer, or with TRUSTED_PROXIES=N the address N proxies
-  reported (werkzeug ProxyFix); a header a client sends itself is never trusted otherwise.
+- the client address: the socket peer, or when that peer is in TRUSTED_PROXIES (a list of
+  networks, shared with the request-id logging) the first X-Forwarded-For hop, from the right,
+  that is not a trusted proxy; a header a client sends itself is never believed.
 - headers on every response: CSP (no inline script or style anywhere), frame-ancestors 'none'
   and X-Frame-Options, nosniff, Referrer-Policy; HSTS and Secure cookies with SECURE_COOKIES=1;
   `WWW-Authenticate: Bearer` on every API 401.
@@ -103,9 +104,32 @@ def end_sessions(user, commit=True):
 
 
 # -- client address and throttling ----------------------------------------------------------------
+def _ip(value):
+    import ipaddress
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
 def client_address():
-    """The caller's address: after ProxyFix (TRUSTED_PROXIES) when configured, else the peer."""
-    return request.remote_addr or "unknown"
+    """The caller's address for throttling. The TCP peer, unless the peer is one of
+    TRUSTED_PROXIES: then X-Forwarded-For is read from the right (each proxy appends the address
+    it saw) and the first hop that is not a trusted proxy is the client. Whatever a client
+    writes into the header itself sits left of that hop and is never used."""
+    peer = request.remote_addr or ""
+    trusted = current_app.config.get("TRUSTED_PROXIES") or ()
+    ip = _ip(peer)
+    if ip is None or not any(ip in net for net in trusted):
+        return peer or "unknown"
+    hops = ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
+    for hop in reversed([h for h in hops if h.strip()]):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            break  # a trusted proxy never writes this: stop at the last address we can trust
+        if not any(hop_ip in net for net in trusted):
+            return str(hop_ip)
+    return peer
 
 
 def _login_email_key():
@@ -239,11 +263,6 @@ def _security_headers(response):
 
 def init_app(app):
     login_manager.user_loader(load_session_user)
-
-    proxies = app.config.get("TRUSTED_PROXIES", 0)
-    if proxies:
-        from werkzeug.middleware.proxy_fix import ProxyFix
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies, x_host=proxies, x_port=proxies)
 
     # Registered before Flask-Limiter's own hook so that it runs after it (Flask runs
     # after_request functions in reverse order).
