@@ -15,7 +15,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import costs, hooks, insights, jobs, schedule
-from .config_schema import validate_update
+from .config_schema import day_error, validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
@@ -96,10 +96,9 @@ class AutomationService:
         clean = validate_update(data)
         freq = clean.get("frequency", cfg.frequency)
         day = clean.get("scheduled_day", cfg.scheduled_day)
-        if day is not None and freq == "weekly" and not 0 <= day <= 6:
-            raise BadRequest("'scheduled_day' must be 0 (Monday) to 6 (Sunday) for a weekly schedule.")
-        if day is not None and freq == "monthly" and not 1 <= day <= 31:
-            raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
+        problem = day_error(freq, day)
+        if problem:
+            raise BadRequest(f"'scheduled_day' {problem}.")
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
         for k, v in clean.items():
             setattr(cfg, k, v)

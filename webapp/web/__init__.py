@@ -28,7 +28,9 @@ def duration(run):
 
 
 def init_app(app):
-    from . import live
+    from . import config_form, live, timefmt
+    timefmt.init_app(app)
+    config_form.init_app(app)
     app.register_blueprint(bp)
     app.register_blueprint(live.bp)
     app.jinja_env.filters["article_html"] = article_html

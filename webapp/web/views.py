@@ -10,16 +10,15 @@ from flask import Blueprint, abort, current_app, flash, redirect, render_templat
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.config_schema import field_errors
 from ..automation.logger import line_count, run_log_path, tail
 from ..automation.service import AutomationService, overview_rows
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
 from ..planner import import_rows, parse_csv
+from . import config_form
 
 bp = Blueprint("web", __name__)
-CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
 TABS = {
     "keywords": (Keyword, "Keywords"), "clusters": (Cluster, "Clusters"), "ideas": (ContentIdea, "Ideas"),
     "tasks": (Task, "Tasks"), "content": (Content, "Content"), "images": (Image, "Images"),
@@ -113,32 +112,15 @@ def automation_panel(site_id, name):
     return render_template(f"partials/{name}.html", **automation_context(svc, site))
 
 
+@bp.post("/sites/<int:site_id>/automation")
 @bp.post("/sites/<int:site_id>/automation/config")
 @login_required
 def save_config(site_id):
+    """The form posts to the page's own URL: with errors the page is shown again right there
+    (400, every invalid field named), else back to it at the form."""
     svc = service()
     site = owned_site(svc, site_id)
-    raw = request.form
-    data, errors = {}, {}
-    for name in CONFIG_INT_FIELDS:
-        value = (raw.get(name) or "").strip()
-        try:
-            data[name] = int(value)
-        except ValueError:
-            errors[name] = "must be a whole number"
-    data["is_enabled"] = raw.get("is_enabled") == "on"
-    data["frequency"] = raw.get("frequency", "")
-    data["scheduled_time"] = (raw.get("scheduled_time") or "").strip()
-    day = (raw.get("scheduled_day") or "").strip()
-    if day:
-        try:
-            data["scheduled_day"] = int(day)
-        except ValueError:
-            errors["scheduled_day"] = "must be a whole number"
-    else:
-        data["scheduled_day"] = None
-    if not errors:
-        _, errors = field_errors(data)
+    data, errors = config_form.parse(request.form)
     if not errors:
         try:
             svc.update_config(site.id, data)
@@ -147,7 +129,7 @@ def save_config(site_id):
             errors[field] = e.message
     if errors:
         db.session.rollback()
-        ctx = automation_context(svc, site, errors=errors, form_values=raw)
+        ctx = automation_context(svc, site, errors=errors, form_values=request.form)
         return render_template("automation.html", **ctx), 400
     flash("Configuration saved.", "success")
     return redirect(url_for("web.site_automation", site_id=site.id) + "#config")
