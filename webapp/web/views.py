@@ -17,6 +17,7 @@ from ..extensions import db
 from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
 from ..planner import import_rows, parse_csv
 from . import config_form
+from .insight_view import FAILED_PER_PAGE, insight_view
 
 bp = Blueprint("web", __name__)
 TABS = {
@@ -178,8 +179,27 @@ def run_detail(run_id):
         lines = [ln for ln in tail(path, 5000) if needle in ln.lower()]
     else:
         lines = tail(path, 500)
-    return render_template("run.html", run=run, site=site, events=svc.events(run), lines=lines, q=q,
-                           log_next=line_count(path), stages=svc.pipeline_overview(site.id))
+    events = svc.events(run)
+    failed_page = max(1, min(request.args.get("failed_page", 1, type=int) or 1, 100_000))
+    return render_template("run.html", run=run, site=site, events=events, lines=lines, q=q,
+                           log_next=line_count(path), stages=svc.pipeline_overview(site.id),
+                           ins=insight_view(svc, run, events), failed_page=failed_page,
+                           failed_per_page=FAILED_PER_PAGE,
+                           failed_items=svc.failed_items(run, failed_page, FAILED_PER_PAGE))
+
+
+@bp.post("/runs/<int:run_id>/retry_failed")
+@login_required
+def retry_failed(run_id):
+    svc = service()
+    run = owned_run(svc, run_id)
+    try:
+        new = svc.retry_failed(run.id)
+    except AppError as e:
+        flash(e.message, "error")
+        return redirect(url_for("web.run_detail", run_id=run.id))
+    flash(f"Run {new.id} started: it retries the failed items of run {run.id}.", "success")
+    return redirect(url_for("web.run_detail", run_id=new.id))
 
 
 @bp.get("/runs/<int:run_id>/log.txt")
@@ -248,3 +268,16 @@ def article(site_id, content_id):
     if content is None:
         abort(404)
     return render_template("article.html", site=site, content=content)
+
+
+@bp.get("/sites/<int:site_id>/images/<int(max=2147483647):image_id>")
+@login_required
+def image(site_id, image_id):
+    """One generated image full size, captioned with its article and role."""
+    svc = service()
+    site = owned_site(svc, site_id)
+    img = db.session.execute(select(Image).where(Image.id == image_id, Image.site_id == site.id,
+                                                 Image.account_id == current_user.account_id)).scalar_one_or_none()
+    if img is None:
+        abort(404)
+    return render_template("image.html", site=site, image=img, content=img.content)
