@@ -106,7 +106,7 @@ def test_run_page_timeline_failed_items_and_retry_button(app, client, logged_in)
     html = client.get(f"/runs/{run_id}").get_data(as_text=True)
     assert 'id="retry-failed"' not in html  # a run is active now
     live = client.get(f"/runs/{new_id}").get_data(as_text=True)
-    assert "ETA" in live and "data-tick=" in live
+    assert "ETA" in live and "data-since=" in live
     drain(app)
     new = db.session.get(AutomationRun, new_id)
     assert new.status == "completed" and new.trigger_type == "retry" and new.retry_of_run_id == run_id

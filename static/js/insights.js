@@ -14,23 +14,27 @@
   }
 
   function fmtSeconds(v) {
+    if (v < 1) return "< 1 s";
     var s = Math.round(v);
     if (s < 60) return s + " s";
     if (s < 3600) return Math.floor(s / 60) + " min " + String(s % 60).padStart(2, "0") + " s";
     return Math.floor(s / 3600) + " h " + String(Math.floor(s % 3600 / 60)).padStart(2, "0") + " min";
   }
 
-  // <span data-tick="12.5" data-tick-at="<ISO when 12.5 was true>">: elapsed time that keeps counting.
+  // <span data-since="ISO">: time elapsed since then; <span data-until="ISO">: time left until then.
   function tick() {
     var now = Date.now();
     document.querySelectorAll("time.rel[datetime]").forEach(function (el) {
       var d = Date.parse(el.getAttribute("datetime"));
       if (!isNaN(d)) { var t = relative(d, now); if (el.textContent !== t) el.textContent = t; }
     });
-    document.querySelectorAll("[data-tick]").forEach(function (el) {
-      var base = parseFloat(el.dataset.tick), at = Date.parse(el.dataset.tickAt);
-      if (isNaN(base) || isNaN(at)) return;
-      el.textContent = fmtSeconds(base + Math.max(0, now - at) / 1000);
+    document.querySelectorAll("[data-since]").forEach(function (el) {
+      var at = Date.parse(el.dataset.since);
+      if (!isNaN(at)) el.textContent = fmtSeconds(Math.max(0, now - at) / 1000);
+    });
+    document.querySelectorAll("[data-until]").forEach(function (el) {
+      var at = Date.parse(el.dataset.until);
+      if (!isNaN(at)) el.textContent = at - now > 0 ? fmtSeconds((at - now) / 1000) : "any moment";
     });
   }
 

@@ -85,7 +85,13 @@ def history():
 def logs():
     run_id = int_param("run_id")
     lines = int_param("lines", required=False, maximum=5000, default=100)
-    return ok({"run_id": run_id, "lines": service().log_lines(run_id, lines)})
+    # `before=N`: the `lines` lines just above line N (page backwards through the file);
+    # `after=N`: the lines following line N (poll the tail without a websocket).
+    before = int_param("before", required=False)
+    after = int_param("after", required=False, minimum=0)
+    if before is not None and after is not None:
+        raise ApiError("Give 'before' or 'after', not both.", 400)
+    return ok({"run_id": run_id, **service().log_page(run_id, lines, before=before, after=after)})
 
 
 @action("estimate", ["GET"])

@@ -45,8 +45,9 @@ CONFIG = _obj({"site_id": {"type": "integer"}, "is_enabled": {"type": "boolean"}
                "within_stage_delay": {"type": "integer"}, "between_stage_delay": {"type": "integer"},
                "last_run_at": TS, "next_run_at": TS, "next_runs": {"type": "array", "items": {"type": "string"}}})
 PROCESSING = {"type": ["object", "null"], "properties": {
-    "stage_number": {"type": "integer"}, "stage_name": {"type": "string"}, "total_items": {"type": "integer"},
-    "processed_items": {"type": "integer"}, "percentage": {"type": "number"},
+    "stage_number": {"type": "integer"}, "stage_name": {"type": "string"},
+    "status": {"enum": ["starting", "processing"]}, "total_items": {"type": "integer"},
+    "processed_items": {"type": "integer"}, "failed_items": {"type": "integer"}, "percentage": {"type": "number"},
     "currently_processing": {"type": "array"}, "up_next": {"type": "array"}, "remaining_count": {"type": "integer"}}}
 RUN_STATUS = _obj({"run_id": {"type": "integer"}, "status": {"type": "string"}})
 IMPORT = _obj({"created": {"type": "integer"}, "duplicates": {"type": "integer"}, "errors": {"type": "array"},
@@ -85,8 +86,14 @@ def build_spec():
                                              extra={"503": _err("Redis unavailable")})},
         "/automation/current_run/": {"get": _op("The active run, or null", [site], _obj({"run": {"oneOf": [{"type": "null"}, RUN]}}))},
         "/automation/history/": {"get": _op("Last 20 runs, newest first", [site], _obj({"runs": {"type": "array", "items": RUN_SUMMARY}}))},
-        "/automation/logs/": {"get": _op("Last N log lines of a run", [run, _param("lines", False, {"type": "integer", "minimum": 1, "maximum": 5000})],
-                                         _obj({"run_id": {"type": "integer"}, "lines": {"type": "array", "items": {"type": "string"}}}))},
+        "/automation/logs/": {"get": _op(
+            "Log lines of a run: the last N; with before=L the N lines above line L (page backwards); "
+            "with after=L the lines following line L (poll the tail)",
+            [run, _param("lines", False, {"type": "integer", "minimum": 1, "maximum": 5000}),
+             _param("before", False, {"type": "integer", "minimum": 1}),
+             _param("after", False, {"type": "integer", "minimum": 0})],
+            _obj({"run_id": {"type": "integer"}, "lines": {"type": "array", "items": {"type": "string"}},
+                  "first_line": {"type": "integer"}, "total_lines": {"type": "integer"}}))},
         "/automation/estimate/": {"get": _op("Credit estimate", [site], _obj({
             "estimated_credits": {"type": "integer"}, "required_credits": {"type": "integer"},
             "current_balance": {"type": "integer"}, "sufficient": {"type": "boolean"}}))},

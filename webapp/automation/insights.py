@@ -243,6 +243,8 @@ def fmt_seconds(seconds):
     """12 s · 4 min 05 s · 2 h 03 min."""
     if seconds is None:
         return ""
+    if seconds < 1:
+        return "< 1 s"
     s = int(round(seconds))
     if s < 60:
         return f"{s} s"

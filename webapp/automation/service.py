@@ -17,11 +17,11 @@ from ..redis_conn import get_redis
 from . import costs, hooks, insights, jobs, schedule
 from .config_schema import day_error, validate_update
 from .locks import site_lock
-from .logger import AutomationLogger, run_log_path, tail
+from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
-from .state import publish_state, read_state
+from .state import publish_state, read_state, reconcile
 
 HISTORY_LIMIT = 20
 FAILED_PER_PAGE = 50
@@ -181,9 +181,20 @@ class AutomationService:
             AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
 
     def history(self, site_id, limit=HISTORY_LIMIT):
+        return self.history_page(site_id, limit=limit)[0]
+
+    def history_page(self, site_id, page=1, limit=HISTORY_LIMIT, status=None, trigger_type=None):
+        """(runs newest first, total matching) for one page of the site's history."""
         site = self.site(site_id)
-        return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site.id)
-                                  .order_by(AutomationRun.id.desc()).limit(limit)).scalars().all()
+        where = [AutomationRun.site_id == site.id, AutomationRun.account_id == self.account_id]
+        if status:
+            where.append(AutomationRun.status == status)
+        if trigger_type:
+            where.append(AutomationRun.trigger_type == trigger_type)
+        total = db.session.execute(select(func.count(AutomationRun.id)).where(*where)).scalar()
+        runs = db.session.execute(select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
+                                  .offset((page - 1) * limit).limit(limit)).scalars().all()
+        return runs, total
 
     def events(self, run):
         return db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
@@ -392,6 +403,21 @@ class AutomationService:
         run = self.run(run_id)
         return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
 
+    def log_page(self, run_id, lines, before=None, after=None):
+        """A window of a run's log with line numbers: the last `lines`, the `lines` above line
+        `before`, or those after line `after`. `first_line` numbers the first line returned."""
+        run = self.run(run_id)
+        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+        total = line_count(path)
+        if before is not None:
+            first, out = read_before(path, before, lines)
+        elif after is not None:
+            first, out = read_after(path, after, lines)
+        else:
+            out = tail(path, lines)
+            first = max(1, total - len(out) + 1)
+        return {"lines": out, "first_line": first, "total_lines": total}
+
     def current_processing(self, site_id, run_id):
         run = db.session.execute(select(AutomationRun).where(
             AutomationRun.id == run_id, AutomationRun.site_id == site_id,
@@ -401,7 +427,7 @@ class AutomationService:
             raise NotFound(f"Run {run_id} not found.")
         if run.status != "running":
             return None
-        return read_state(get_redis(), run.id)
+        return reconcile(run, STAGES[run.current_stage].name, read_state(get_redis(), run.id))
 
 
 def overview_rows(counts):

@@ -17,7 +17,7 @@ def _dt(value):
     if value is None or value == "":
         return None
     if isinstance(value, str):
-        value = datetime.fromisoformat(value.rstrip("Z"))
+        value = datetime.fromisoformat(value.rstrip("Z"))  # naive UTC as the models keep it
     if value.tzinfo is not None:
         value = value.astimezone(timezone.utc).replace(tzinfo=None)
     return value
@@ -63,7 +63,7 @@ def when(value, tz="UTC", now=None):
     if dt is None:
         return Markup('<span class="muted">—</span>')
     return Markup('<time class="rel" datetime="{}" title="{}">{}</time>').format(
-        dt.isoformat() + "Z", exact(dt, tz), relative(dt, now))
+        dt.replace(microsecond=0).isoformat() + "Z", exact(dt, tz), relative(dt, now))
 
 
 def scheduled(value, tz="UTC"):
@@ -72,7 +72,7 @@ def scheduled(value, tz="UTC"):
     if dt is None:
         return Markup('<span class="muted">—</span>')
     return Markup('<time datetime="{}" title="{}">{} ({})</time>').format(
-        dt.isoformat() + "Z", f"{dt:%Y-%m-%d %H:%M} UTC", local(dt, tz, "%a %d %b %H:%M"), zone_name(tz))
+        dt.replace(microsecond=0).isoformat() + "Z", f"{dt:%Y-%m-%d %H:%M} UTC", local(dt, tz, "%a %d %b %H:%M"), zone_name(tz))
 
 
 def seconds(value):
@@ -81,6 +81,17 @@ def seconds(value):
     return fmt_seconds(value) if value is not None else ""
 
 
+def since_seconds(value, now=None):
+    """Seconds from an anchor until now (the server's first paint of a ticking figure)."""
+    dt = _dt(value)
+    return None if dt is None else max(0.0, ((now or utcnow()) - dt).total_seconds())
+
+
+def until_seconds(value, now=None):
+    dt = _dt(value)
+    return None if dt is None else max(0.0, (dt - (now or utcnow())).total_seconds())
+
+
 def init_app(app):
     app.jinja_env.globals.update(when=when, scheduled=scheduled)
-    app.jinja_env.filters["seconds"] = seconds
+    app.jinja_env.filters.update(seconds=seconds, since_seconds=since_seconds, until_seconds=until_seconds)
