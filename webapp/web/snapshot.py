@@ -23,6 +23,7 @@ from ..extensions import db
 from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, Site
 from ..redis_conn import get_redis
 from .insight_view import insight_view, timeline
+from ..writer.review import awaiting_review
 
 # Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
 # them for this long; a run's state change (stage, status) changes the cache key, so the
@@ -213,6 +214,7 @@ def site_snapshot(svc, site, fresh=False, history=None):
                   for s in skips],
         "history": history_view(svc, site, history or HistoryQuery()),
         "log": log,
+        "awaiting_review": awaiting_review(site.id, svc.account_id),
     }
 
 
