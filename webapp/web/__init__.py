@@ -43,10 +43,11 @@ def image_caption(image, content=None):
 
 
 def init_app(app):
-    from . import config_form, live, ops, timefmt
+    from . import config_form, live, ops, team, timefmt
     timefmt.init_app(app)
     config_form.init_app(app)
     app.register_blueprint(bp)
+    app.register_blueprint(team.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(ops.bp)
     app.jinja_env.filters["article_html"] = article_html
