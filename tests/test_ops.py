@@ -405,3 +405,17 @@ def test_websockets_open_gauge_follows_sockets(app, client, factory, live_server
         for ws in sockets:
             ws.close()
     wait_for(lambda: gauge() == base, timeout=20, message="closed sockets no longer counted")
+
+
+def test_operations_settings_are_checked_at_start(tmp_path):
+    import pytest
+    from webapp.config import load_config
+    cfg = load_config(tmp_path, {"LOG_FORMAT": "JSON", "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.5",
+                                 "METRICS_TOKEN": "t"})
+    assert cfg["LOG_FORMAT"] == "json" and cfg["METRICS_TOKEN"] == "t"
+    assert [str(n) for n in cfg["TRUSTED_PROXIES"]] == ["10.0.0.0/8", "192.168.1.5/32"]
+    assert load_config(tmp_path, {})["METRICS_TOKEN"] is None
+    with pytest.raises(SystemExit, match="LOG_FORMAT"):
+        load_config(tmp_path, {"LOG_FORMAT": "xml"})
+    with pytest.raises(SystemExit, match="TRUSTED_PROXIES"):
+        load_config(tmp_path, {"TRUSTED_PROXIES": "10.0.0.300"})
