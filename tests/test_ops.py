@@ -268,6 +268,8 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     a_site, b_site = factory.site(a_acc, keywords=2), factory.site(b_acc, keywords=2)
     factory.fast_config(a_site)
     factory.fast_config(b_site)
+    for role in ("operator", "viewer"):
+        factory.user(a_acc, f"{role}@example.com", role)
     a_run = AutomationService(a_acc.id).start(a_site.id).id
     b_run = AutomationService(b_acc.id).start(b_site.id).id
     drain(app)
@@ -293,6 +295,21 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     assert resp.status_code == 302
     assert mine not in failed.get_job_ids() and theirs in failed.get_job_ids()
     assert mine in Queue(app.config["RQ_QUEUE"], connection=r).get_job_ids()
+
+    # Operators and viewers of the same account see the aggregates only, and cannot requeue.
+    drain(app)
+    assert mine in failed.get_job_ids()
+    auth.logout()
+    for role in ("operator", "viewer"):
+        auth.login(f"{role}@example.com")
+        html = client.get("/ops").get_data(as_text=True)
+        assert 'id="sum-failed">2<' in html and 'id="sum-workers">' in html
+        assert 'id="queues"' not in html and 'id="failed-jobs"' not in html and mine not in html
+        assert "for account owners" in html
+        resp = client.post(f"/ops/failed/{mine}/requeue", data={"csrf_token": csrf_from(html)})
+        assert resp.status_code == 403, role
+        assert mine in failed.get_job_ids()
+        auth.logout()
 
 
 def test_ops_page_and_metrics_show_the_tick_stale_runs_and_recoveries(app, client, auth, factory):
