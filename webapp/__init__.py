@@ -32,9 +32,11 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
-    from . import security, validation
+    from . import access, audit, security, validation
     validation.install(app)  # before any route: the strict <int:…> converter
     security.init_app(app)
+    access.init_app(app)
+    audit.init_app(app)
 
     from . import auth, api, cli, health, media, metrics, notify, web
     from .writer import views as writer_views
