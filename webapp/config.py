@@ -25,6 +25,26 @@ def _positive_or_none(env, name):
     return value
 
 
+def _ws_cap(env):
+    cap = _int(env, "WS_MAX_PER_USER", 20)
+    if cap < 1:
+        raise SystemExit(f"config error: WS_MAX_PER_USER must be at least 1, got {cap}")
+    return cap
+
+
+def _origins(env):
+    """ALLOWED_ORIGINS: comma-separated `scheme://host[:port]` values."""
+    out = []
+    for raw in (env.get("ALLOWED_ORIGINS") or "").split(","):
+        value = raw.strip().rstrip("/").lower()
+        if not value:
+            continue
+        if not (value.startswith("http://") or value.startswith("https://")) or "/" in value.split("://", 1)[1]:
+            raise SystemExit(f"config error: ALLOWED_ORIGINS entries must look like https://host[:port], got {raw.strip()!r}")
+        out.append(value)
+    return out
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -71,6 +91,10 @@ def load_config(instance_path, env=None):
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Websockets (webapp/web/sockets.py): open sockets per user across all web processes,
+        # and the origins besides the app's own whose pages may open them.
+        "WS_MAX_PER_USER": _ws_cap(env),
+        "ALLOWED_ORIGINS": _origins(env),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": None,
         "SESSION_COOKIE_HTTPONLY": True,
