@@ -32,9 +32,10 @@ def log_class(line):
 
 
 def init_app(app):
-    from . import live
+    from . import live, ops
     app.register_blueprint(bp)
     app.register_blueprint(live.bp)
+    app.register_blueprint(ops.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["log_class"] = log_class

@@ -16,6 +16,7 @@ import redis
 from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
+from .. import metrics
 from ..automation.logger import log_channel, run_log_path
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
@@ -174,6 +175,7 @@ def _stream(ws, conn, channel, produce):
     caller's token / session is gone."""
     h = hub()
     ev = h.register(channel)
+    metrics.websocket_opened()
     try:
         while ws.connected and not SHUTDOWN.is_set():
             if not conn.still_allowed():
@@ -186,6 +188,7 @@ def _stream(ws, conn, channel, produce):
         if SHUTDOWN.is_set():
             ws.close(1001, "server restarting")
     finally:
+        metrics.websocket_closed()
         h.unregister(channel, ev)
 
 
