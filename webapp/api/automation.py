@@ -101,7 +101,8 @@ def estimate():
 
 @action("pipeline_overview", ["GET"])
 def pipeline_overview():
-    return ok({"stages": service().pipeline_overview(int_param("site_id"))})
+    stages = service().pipeline_overview(int_param("site_id"))
+    return ok({"stages": stages, "awaiting_review": stages[-1].get("awaiting_review", 0)})
 
 
 @action("current_processing", ["GET"])

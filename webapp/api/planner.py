@@ -8,6 +8,7 @@ from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
 from ..models.base import iso
 from ..planner import import_rows, parse_csv
+from ..writer.review import CONTENT_STATUSES
 from . import bp
 from .context import api_auth, int_param
 from .errors import ApiError, ok
@@ -60,12 +61,24 @@ def _page(query, model, serialize):
     return ok({"items": [serialize(r) for r in rows], "page": page, "per_page": per_page, "total": total})
 
 
+def status_filter(statuses):
+    """`?status=` on a list: one of `statuses`, or a 400 naming the parameter."""
+    def apply(q, model):
+        status = request.args.get("status")
+        if status is None or status == "":
+            return q
+        if status not in statuses:
+            raise ApiError(f"'status' must be one of: {', '.join(statuses)}.", 400)
+        return q.where(model.status == status)
+    return apply
+
+
 def _list_route(path, model, serialize, extra_filter=None):
     def view():
         site = scoped_site()
         q = select(model).where(model.site_id == site.id, model.account_id == g.account_id)
         if extra_filter:
-            q = extra_filter(q)
+            q = extra_filter(q, model)
         return _page(q, model, serialize)
     view.__name__ = f"list_{path.strip('/').replace('/', '_')}"
     wrapped = api_auth(view)
@@ -80,7 +93,8 @@ def image_dict(i):
 
 def content_dict(c, body=False):
     d = {"id": c.id, "task_id": c.task_id, "title": c.title, "status": c.status, "word_count": c.word_count,
-         "created_at": iso(c.created_at)}
+         "created_at": iso(c.created_at), "review_note": c.review_note, "reviewed_by": c.reviewed_by,
+         "reviewed_at": iso(c.reviewed_at)}
     if body:
         d["body"] = c.body
         d["images"] = [image_dict(i) for i in c.images]
@@ -95,7 +109,7 @@ _list_route("/planner/ideas", ContentIdea, lambda i: {
     "id": i.id, "cluster_id": i.cluster_id, "title": i.title, "outline": i.outline, "keywords": i.keywords,
     "status": i.status})
 _list_route("/writer/tasks", Task, lambda t: {"id": t.id, "idea_id": t.idea_id, "title": t.title, "status": t.status})
-_list_route("/writer/content", Content, content_dict)
+_list_route("/writer/content", Content, content_dict, status_filter(CONTENT_STATUSES))
 _list_route("/writer/images", Image, image_dict)
 
 
