@@ -178,11 +178,17 @@ class Factory:
         db.session.flush()
         if credits:
             top_up(acc, credits)
-        user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id)
+        user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id, role="owner")
         user.set_password(password)
         db.session.add(user)
         db.session.commit()
         return acc, user
+
+    def user(self, account, email, role, password="password123"):
+        from webapp.team import new_user
+        user = new_user(account.id, email, password, role)
+        db.session.commit()
+        return user
 
     def site(self, account, name="Blog", keywords=0, timezone="UTC"):
         from webapp.demo import demo_keywords

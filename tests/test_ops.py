@@ -363,3 +363,45 @@ def test_dashboard_and_alerts_use_documented_metrics_that_exist(app):
     used = set(re.findall(r"automation_\w+", json.dumps(dashboard) + (docs / "prometheus-alerts.yml").read_text()))
     used = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
     assert used and used <= table, used - table
+
+
+def test_scheduler_logs_json_line_by_line(app, app_env):
+    from rq import Queue
+    from webapp.ops import RQ_SCHEDULED_JOBS, TICK_JOB_ID
+    from webapp.redis_conn import get_redis
+    from webapp.scheduling import CONTROL_QUEUE
+    proc = start_worker(app_env, "--scheduler", extra_env={"LOG_FORMAT": "json"})
+    try:
+        # Registered (and logged), then queued by the scheduler's first pass.
+        wait_for(lambda: get_redis().zscore(RQ_SCHEDULED_JOBS, TICK_JOB_ID) is not None
+                 and Queue(CONTROL_QUEUE, connection=get_redis()).count > 0, timeout=60,
+                 message="periodic jobs registered and queued")
+    finally:
+        _stop(proc)
+    lines = _json_lines(proc.stdout.read().decode())
+    assert any(ln["logger"] == "webapp.scheduling" and "registered" in ln["message"] for ln in lines), lines
+    assert all(ln["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for ln in lines)
+
+
+def test_websockets_open_gauge_follows_sockets(app, client, factory, live_server):
+    import websocket
+    from webapp.automation.service import AutomationService
+    app.config["METRICS_TOKEN"] = TOKEN
+    acc, user = factory.account()
+    site = factory.site(acc, keywords=2)
+    run_id = AutomationService(acc.id).start(site.id).id
+    api_token = factory.token(user)
+
+    def gauge():
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+        return value(samples(text), "automation_websockets_open")
+
+    base = gauge()
+    url = f"{live_server.replace('http://', 'ws://')}/ws/runs/{run_id}/logs"
+    sockets = [websocket.create_connection(url, header=[f"Authorization: Bearer {api_token}"]) for _ in range(2)]
+    try:
+        wait_for(lambda: gauge() == base + 2, timeout=20, message="two sockets counted")
+    finally:
+        for ws in sockets:
+            ws.close()
+    wait_for(lambda: gauge() == base, timeout=20, message="closed sockets no longer counted")

@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import audit
 from ..errors import BadRequest, NotFound, Unavailable
 from ..extensions import db
 from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
@@ -103,8 +104,12 @@ class AutomationService:
         if day is not None and freq == "monthly" and not 1 <= day <= 31:
             raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
+        old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
             setattr(cfg, k, v)
+        changed = {k: [old[k], v] for k, v in clean.items() if old[k] != v}
+        if changed:
+            audit.record(self.account_id, self.actor, "config.update", site_id=site.id, changes=changed)
         if schedule_changed:
             if cfg.is_enabled:
                 if cfg.scheduled_day is None and cfg.frequency != "daily":

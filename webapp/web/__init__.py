@@ -32,8 +32,9 @@ def log_class(line):
 
 
 def init_app(app):
-    from . import live, ops
+    from . import live, ops, team
     app.register_blueprint(bp)
+    app.register_blueprint(team.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(ops.bp)
     app.jinja_env.filters["article_html"] = article_html

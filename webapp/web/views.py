@@ -277,7 +277,7 @@ def keywords(site_id):
                 text = request.form.get("keywords", "")
             if not text.strip():
                 raise AppError("Paste keywords (one per line) or choose a CSV file.")
-            report = import_rows(site, parse_csv(text))
+            report = import_rows(site, parse_csv(text), actor=f"user:{current_user.email}")
             flash(f"Imported {report['created']} keywords ({report['duplicates']} duplicates skipped, "
                   f"{len(report['errors'])} invalid rows).", "success" if not report["errors"] else "warning")
         except AppError as e:
