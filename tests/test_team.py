@@ -338,3 +338,31 @@ def test_cli_roles(runner, team):
     assert r.exit_code == 1 and "owner" in r.output
     r = runner.invoke(args=["set-role", "nobody@example.com", "viewer"])
     assert r.exit_code == 1
+
+
+def test_reviews_and_webhooks_are_audited_and_follow_roles(app, client, team):
+    from webapp.models import Content
+    h = team.h("operator")
+    client.post(f"/api/v1/automation/run_now/?site_id={team.site_id}", headers=h)
+    drain(app)
+    ids = db.session.execute(select(Content.id).where(Content.site_id == team.site_id, Content.status == "review")
+                             .order_by(Content.id)).scalars().all()
+    assert len(ids) >= 2
+    r = client.post(f"/api/v1/writer/content/{ids[0]}/approve/", headers=team.h("viewer"))
+    assert r.status_code == 403 and "needs the operator role" in r.json["error"]
+    assert client.post(f"/api/v1/writer/content/{ids[0]}/approve/", headers=h).status_code == 200
+    r = client.post("/api/v1/writer/content/bulk_review/", headers=h,
+                    json={"ids": ids[1:], "action": "reject", "note": "too short"})
+    assert r.status_code == 200, r.json
+    r = client.post(f"/api/v1/sites/{team.site_id}/webhooks/", headers=h,
+                    json={"url": "https://hooks.example.com/x", "events": ["run.completed"]})
+    assert r.status_code == 201, r.json
+    wid = r.json["data"]["id"] if "id" in r.json["data"] else r.json["data"]["webhook"]["id"]
+    assert client.delete(f"/api/v1/sites/{team.site_id}/webhooks/{wid}/", headers=h).status_code == 200
+    rows = db.session.execute(select(AuditEntry).where(AuditEntry.account_id == team.account_id,
+                                                       AuditEntry.action.in_(["content.approve", "content.reject",
+                                                                              "webhook.create", "webhook.delete"]))
+                              .order_by(AuditEntry.id)).scalars().all()
+    assert [r.action for r in rows] == ["content.approve", "content.reject", "webhook.create", "webhook.delete"]
+    assert rows[0].details["content_ids"] == [ids[0]] and rows[1].details == {"content_ids": ids[1:], "note": "too short"}
+    assert all(r.actor.endswith("op@example.com") or "op@example.com" in r.actor for r in rows)

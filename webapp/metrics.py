@@ -44,6 +44,8 @@ STALE_RUNS_RECOVERED = Counter("automation_stale_runs_recovered",
 SCHEDULER_TICKS = Counter("automation_scheduler_ticks", "Scheduled-runs ticks that ran")
 # livesum: the open sockets of the processes alive now; a dead process's count is dropped
 # (mark_process_dead from gunicorn's child_exit / at exit / when a process claims the dir).
+NOTIFICATION_ATTEMPTS = Counter("automation_notification_attempts", "Webhook and email delivery attempts by "
+                                "outcome (delivered, retrying, failed)", ["channel", "result"])
 WEBSOCKETS_OPEN = Gauge("automation_websockets_open", "Open websockets", multiprocess_mode="livesum")
 HTTP_REQUESTS = Counter("automation_http_requests", "HTTP requests by URL rule and status", ["route", "status"])
 HTTP_SECONDS = Histogram("automation_http_request_duration_seconds", "HTTP request duration by URL rule",
@@ -70,6 +72,11 @@ def items_failed(stage, count):
 
 def ai_rate_limited(count=1):
     AI_RATE_LIMITED.inc(count)
+
+
+def notification_attempt(channel, result):
+    """One webhook or email attempt ended: channel webhook|email, result delivered|retrying|failed."""
+    NOTIFICATION_ATTEMPTS.labels(channel=channel, result=result).inc()
 
 
 def websocket_opened():

@@ -22,6 +22,7 @@ from rq_scheduler import Scheduler
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from ..extensions import db
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
@@ -179,6 +180,7 @@ def _deliver(pk, attempt):
         else:
             d.status, d.next_attempt_at = "failed", None
     db.session.commit()
+    metrics.notification_attempt("webhook", d.status)
     if retry:
         enqueue_delivery(d.id, attempt + 1, delay=retry[0])
     log.info("webhook %s delivery %s attempt %s: %s", wh.id, d.delivery_id, attempt, d.status)
@@ -208,6 +210,7 @@ def _send_mail(pk, attempt):
         retry = _next_try(m.created_at, attempt)
         m.status, m.next_attempt_at = ("retrying", retry[1]) if retry else ("failed", None)
     db.session.commit()
+    metrics.notification_attempt("email", "delivered" if m.status == "sent" else m.status)
     if retry:
         enqueue_mail(m.id, attempt + 1, delay=retry[0])
     return m.status
