@@ -268,6 +268,8 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     a_site, b_site = factory.site(a_acc, keywords=2), factory.site(b_acc, keywords=2)
     factory.fast_config(a_site)
     factory.fast_config(b_site)
+    for role in ("operator", "viewer"):
+        factory.user(a_acc, f"{role}@example.com", role)
     a_run = AutomationService(a_acc.id).start(a_site.id).id
     b_run = AutomationService(b_acc.id).start(b_site.id).id
     drain(app)
@@ -293,6 +295,21 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     assert resp.status_code == 302
     assert mine not in failed.get_job_ids() and theirs in failed.get_job_ids()
     assert mine in Queue(app.config["RQ_QUEUE"], connection=r).get_job_ids()
+
+    # Operators and viewers of the same account see the aggregates only, and cannot requeue.
+    drain(app)
+    assert mine in failed.get_job_ids()
+    auth.logout()
+    for role in ("operator", "viewer"):
+        auth.login(f"{role}@example.com")
+        html = client.get("/ops").get_data(as_text=True)
+        assert 'id="sum-failed">2<' in html and 'id="sum-workers">' in html
+        assert 'id="queues"' not in html and 'id="failed-jobs"' not in html and mine not in html
+        assert "for account owners" in html
+        resp = client.post(f"/ops/failed/{mine}/requeue", data={"csrf_token": csrf_from(html)})
+        assert resp.status_code == 403, role
+        assert mine in failed.get_job_ids()
+        auth.logout()
 
 
 def test_ops_page_and_metrics_show_the_tick_stale_runs_and_recoveries(app, client, auth, factory):
@@ -405,3 +422,17 @@ def test_websockets_open_gauge_follows_sockets(app, client, factory, live_server
         for ws in sockets:
             ws.close()
     wait_for(lambda: gauge() == base, timeout=20, message="closed sockets no longer counted")
+
+
+def test_operations_settings_are_checked_at_start(tmp_path):
+    import pytest
+    from webapp.config import load_config
+    cfg = load_config(tmp_path, {"LOG_FORMAT": "JSON", "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.5",
+                                 "METRICS_TOKEN": "t"})
+    assert cfg["LOG_FORMAT"] == "json" and cfg["METRICS_TOKEN"] == "t"
+    assert [str(n) for n in cfg["TRUSTED_PROXIES"]] == ["10.0.0.0/8", "192.168.1.5/32"]
+    assert load_config(tmp_path, {})["METRICS_TOKEN"] is None
+    with pytest.raises(SystemExit, match="LOG_FORMAT"):
+        load_config(tmp_path, {"LOG_FORMAT": "xml"})
+    with pytest.raises(SystemExit, match="TRUSTED_PROXIES"):
+        load_config(tmp_path, {"TRUSTED_PROXIES": "10.0.0.300"})

@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import time
+from datetime import timezone
 from pathlib import Path
 
 from .config import metrics_dir
@@ -253,7 +254,6 @@ class ScrapeCollector:
 
 
 def _unix(naive_utc):
-    from datetime import timezone
     return naive_utc.replace(tzinfo=timezone.utc).timestamp()
 
 
