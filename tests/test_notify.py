@@ -379,3 +379,22 @@ def test_mail_retried_when_smtp_is_down(app, factory):
     m = db.session.execute(db.select(MailDelivery)).scalar_one()
     assert m.status == "retrying" and m.attempts == 1 and "Connection" in m.last_error
     assert len(list(Scheduler(queue_name=NOTIFY_QUEUE, connection=get_redis()).get_jobs())) == 1
+
+
+def test_viewer_sets_own_email_choice_but_cannot_manage_webhooks(app, client, auth, factory):
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    acc, user = factory.account()
+    user.role = "viewer"
+    db.session.commit()
+    site = factory.site(acc)
+    sid = site.id
+    auth.login()
+    page = client.get("/settings/notifications").get_data(as_text=True)
+    resp = client.post("/settings/notifications", data={"csrf_token": csrf_from(page), "email_events": ["run.failed"]})
+    assert resp.status_code == 302
+    from webapp.models import NotificationPreference
+    assert db.session.execute(db.select(NotificationPreference.email_events)).scalar_one() == ["run.failed"]
+    html = client.get(f"/sites/{sid}/automation").get_data(as_text=True)
+    assert 'title="Needs the operator role"' in html.split('id="webhooks"')[1]
+    r = client.post(f"/sites/{sid}/webhooks", data={"csrf_token": csrf_from(page), "url": "http://127.0.0.1:1/"})
+    assert r.status_code == 403
