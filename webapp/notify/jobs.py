@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import metrics
 from ..extensions import db
+from ..logging_setup import job_meta
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
 from ..redis_conn import get_redis
@@ -44,12 +45,13 @@ def _app_context():
 
 def _enqueue(func, *args, delay=None):
     r = get_redis()
+    meta = job_meta()  # the request (or job) behind the event: its id follows into the delivery's logs
     if delay:
         Scheduler(queue_name=NOTIFY_QUEUE, connection=r).enqueue_in(
-            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600)
+            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600, meta=meta)
     else:
         Queue(NOTIFY_QUEUE, connection=r).enqueue(func, *args, job_timeout=JOB_TIMEOUT, result_ttl=600,
-                                                  failure_ttl=7 * 24 * 3600)
+                                                  failure_ttl=7 * 24 * 3600, meta=meta)
 
 
 def enqueue_dispatch(event, run_id, snapshot, reason, event_key):
