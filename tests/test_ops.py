@@ -436,3 +436,25 @@ def test_operations_settings_are_checked_at_start(tmp_path):
         load_config(tmp_path, {"LOG_FORMAT": "xml"})
     with pytest.raises(SystemExit, match="TRUSTED_PROXIES"):
         load_config(tmp_path, {"TRUSTED_PROXIES": "10.0.0.300"})
+
+
+def test_job_owner_covers_pipeline_scheduler_and_notification_jobs(app, factory):
+    from rq.job import Job
+    from webapp.automation.service import AutomationService
+    from webapp.ops import ORPHAN, job_owner
+    from webapp.redis_conn import get_redis
+    r = get_redis()
+    acc, _ = factory.account()
+    site = factory.site(acc, keywords=2)
+    run_id = AutomationService(acc.id).start(site.id).id
+    acc_id, site_id = acc.id, site.id
+
+    def owner(func, *args):
+        return job_owner(Job.create(func, args=args, connection=r))
+
+    assert owner("webapp.automation.tasks.resume_automation_task", run_id, None) == acc_id
+    assert owner("webapp.automation.scheduled.start_scheduled_run", site_id, "2026-01-01T00:00:00") == acc_id
+    assert owner("webapp.notify.jobs.dispatch_event", "run.completed", run_id, {}, None, "k") == acc_id
+    assert owner("webapp.notify.jobs.deliver_webhook", 424242, 1) == ORPHAN  # its delivery is gone
+    assert owner("webapp.automation.tasks.run_automation_task", "x") == ORPHAN
+    assert owner("webapp.automation.recovery.check_stale_runs_task") is None  # a system job
