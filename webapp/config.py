@@ -59,6 +59,13 @@ def _origins(env):
     return out
 
 
+def _smtp_url(env):
+    url = env.get("SMTP_URL") or None
+    if url and url.split("://", 1)[0] not in ("smtp", "smtps", "smtp+starttls"):
+        raise SystemExit(f"config error: SMTP_URL must start with smtp://, smtp+starttls:// or smtps://, got {url.split('://', 1)[0]!r}")
+    return url
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -148,7 +155,7 @@ def load_config(instance_path, env=None):
         "NOTIFY_RETRY_BASE_SECONDS": _float(env, "NOTIFY_RETRY_BASE_SECONDS", 30.0),
         "NOTIFY_RETRY_MAX_DELAY_SECONDS": _float(env, "NOTIFY_RETRY_MAX_DELAY_SECONDS", 3600.0),
         "NOTIFY_RETRY_WINDOW_SECONDS": _float(env, "NOTIFY_RETRY_WINDOW_SECONDS", 24 * 3600.0),
-        "SMTP_URL": env.get("SMTP_URL") or None,
+        "SMTP_URL": _smtp_url(env),
         "MAIL_FROM": env.get("MAIL_FROM") or None,
         # Operations (docs/OPERATIONS.md): /metrics is off (404) until a token is set.
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
