@@ -129,7 +129,7 @@ def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, 
     shot(d, "config-errors", tmp_path)
     d.get(f"{live}/")
     assert d.execute_script(LOW_CONTRAST) == []
-    shot(d, "dashboard", tmp_path)
+    shot(d, "dashboard-runs", tmp_path)
 
 
 def test_pages_at_420px_do_not_scroll_sideways(app, failed_run, browser, live_server, tmp_path):
