@@ -465,3 +465,22 @@ def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app
     finally:
         for p in [doomed, *others]:
             _stop(p)
+
+
+def test_ai_concurrency_in_the_config_form(client, auth, factory):
+    acc, _ = factory.account()
+    site = factory.site(acc)
+    sid = site.id
+    auth.login()
+    page = client.get(f"/sites/{sid}/automation").get_data(as_text=True)
+    assert 'name="ai_concurrency"' in page and 'value="4"' in page
+    form = {"csrf_token": auth.csrf(), "frequency": "daily", "scheduled_time": "02:00",
+            **{f"stage_{n}_batch_size": "5" for n in range(1, 7)}, "within_stage_delay": "0",
+            "between_stage_delay": "0", "ai_concurrency": "40"}
+    r = client.post(f"/sites/{sid}/automation/config", data=form)
+    html = r.get_data(as_text=True)
+    assert r.status_code == 400 and 'id="err-ai_concurrency"' in html and "must be &lt;= 32" in html
+    r = client.post(f"/sites/{sid}/automation/config", data={**form, "ai_concurrency": "12"})
+    assert r.status_code == 302
+    cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == sid)).scalar_one()
+    assert cfg.ai_concurrency == 12
