@@ -6,7 +6,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 def init_app(app):
     from ..extensions import csrf
-    from . import auth_routes, automation, errors, fields, openapi, planner, review, sites, webhooks  # noqa: F401
+    from . import (auth_routes, automation, errors, fields, openapi, planner, review, sites, team,  # noqa: F401
+                   webhooks)
     fields.register(app)
     # Bearer calls need no CSRF; session calls are checked in context.authenticate().
     csrf.exempt(bp)

@@ -9,18 +9,22 @@ log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, message, status=400):
+    def __init__(self, message, status=400, errors=None):
         super().__init__(message)
         self.message = message
         self.status = status
+        self.errors = errors
 
 
 def ok(data, status=200):
     return jsonify({"success": True, "data": data}), status
 
 
-def error(message, status):
-    return jsonify({"success": False, "error": message}), status
+def error(message, status, errors=None):
+    body = {"success": False, "error": message}
+    if errors:
+        body["errors"] = errors
+    return jsonify(body), status
 
 
 _MESSAGES = {
@@ -38,7 +42,7 @@ def is_api_request():
 def register(app):
     @app.errorhandler(ApiError)
     def _api_error(e):
-        return error(e.message, e.status)
+        return error(e.message, e.status, e.errors)
 
     @app.errorhandler(HTTPException)
     def _http_error(e):

@@ -1,6 +1,8 @@
 from flask import g
 from sqlalchemy import select
 
+from .. import audit
+from ..access import needs
 from ..errors import AppError
 from ..extensions import db
 from ..models import Site
@@ -20,6 +22,7 @@ def list_sites():
 
 @bp.post("/sites")
 @bp.post("/sites/")
+@needs("owner")
 @api_auth
 def create():
     data = json_body()
@@ -32,4 +35,6 @@ def create():
         site = create_site(g.account_id, data.get("name"), data.get("domain"), data.get("timezone") or "UTC")
     except AppError as e:
         raise ApiError(e.message, e.status)
+    audit.record(g.account_id, g.actor, "site.create", site_id=site.id, name=site.name)
+    db.session.commit()
     return ok({"site": site.to_dict()}, 201)

@@ -70,6 +70,15 @@ def _bounds_message(err):
     return err["msg"]
 
 
+def day_error(frequency, day):
+    """The message for a scheduled_day that does not fit its frequency, else None."""
+    if day is not None and frequency == "weekly" and not 0 <= day <= 6:
+        return "must be 0 (Monday) to 6 (Sunday) for a weekly schedule"
+    if day is not None and frequency == "monthly" and not 1 <= day <= 31:
+        return "must be 1 to 31 for a monthly schedule"
+    return None
+
+
 def validate_update(data):
     clean, errors = field_errors(data)
     if errors:

@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import audit
 from ..errors import BadRequest, NotFound, Unavailable
 from ..extensions import db
 from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
@@ -17,7 +18,7 @@ from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
 from . import costs, hooks, insights, jobs, schedule
-from .config_schema import validate_update
+from .config_schema import day_error, validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
@@ -98,13 +99,16 @@ class AutomationService:
         clean = validate_update(data)
         freq = clean.get("frequency", cfg.frequency)
         day = clean.get("scheduled_day", cfg.scheduled_day)
-        if day is not None and freq == "weekly" and not 0 <= day <= 6:
-            raise BadRequest("'scheduled_day' must be 0 (Monday) to 6 (Sunday) for a weekly schedule.")
-        if day is not None and freq == "monthly" and not 1 <= day <= 31:
-            raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
+        problem = day_error(freq, day)
+        if problem:
+            raise BadRequest(f"'scheduled_day' {problem}.")
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
+        old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
             setattr(cfg, k, v)
+        changed = {k: [old[k], v] for k, v in clean.items() if old[k] != v}
+        if changed:
+            audit.record(self.account_id, self.actor, "config.update", site_id=site.id, changes=changed)
         if schedule_changed:
             if cfg.is_enabled:
                 if cfg.scheduled_day is None and cfg.frequency != "daily":
@@ -185,9 +189,20 @@ class AutomationService:
             AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
 
     def history(self, site_id, limit=HISTORY_LIMIT):
+        return self.history_page(site_id, limit=limit)[0]
+
+    def history_page(self, site_id, page=1, limit=HISTORY_LIMIT, status=None, trigger_type=None):
+        """(runs newest first, total matching) for one page of the site's history."""
         site = self.site(site_id)
-        return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site.id)
-                                  .order_by(AutomationRun.id.desc()).limit(limit)).scalars().all()
+        where = [AutomationRun.site_id == site.id, AutomationRun.account_id == self.account_id]
+        if status:
+            where.append(AutomationRun.status == status)
+        if trigger_type:
+            where.append(AutomationRun.trigger_type == trigger_type)
+        total = db.session.execute(select(func.count(AutomationRun.id)).where(*where)).scalar()
+        runs = db.session.execute(select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
+                                  .offset((page - 1) * limit).limit(limit)).scalars().all()
+        return runs, total
 
     def events(self, run):
         return db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
