@@ -120,6 +120,7 @@ def test_run_page_timeline_failed_items_and_retry_button(app, client, logged_in)
     # A skipped stage is drawn differently from a completed one.
     html = client.get(f"/runs/{new_id}").get_data(as_text=True)
     assert 'class="tl-bar tl-skipped"' in html and 'class="tl-bar tl-completed"' in html
+    assert 'aria-label="Stage 1 skipped: nothing pending"' in html and 'aria-label="Stage 2 progress"' in html
     assert client.post(f"/runs/{run_id}/retry_failed").status_code == 400  # CSRF
 
 
