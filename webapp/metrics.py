@@ -43,10 +43,10 @@ CREDITS_CHARGED = Counter("automation_credits_charged", "Credits charged for AI 
 STALE_RUNS_RECOVERED = Counter("automation_stale_runs_recovered",
                                "Runs continued on another worker after their worker stopped beating")
 SCHEDULER_TICKS = Counter("automation_scheduler_ticks", "Scheduled-runs ticks that ran")
-# livesum: the open sockets of the processes alive now; a dead process's count is dropped
-# (mark_process_dead from gunicorn's child_exit / at exit / when a process claims the dir).
 NOTIFICATION_ATTEMPTS = Counter("automation_notification_attempts", "Webhook and email delivery attempts by "
                                 "outcome (delivered, retrying, failed)", ["channel", "result"])
+# livesum: the open sockets of the processes alive now; a dead process's count is dropped
+# (mark_process_dead from gunicorn's child_exit / at exit / when a process claims the dir).
 WEBSOCKETS_OPEN = Gauge("automation_websockets_open", "Open websockets", multiprocess_mode="livesum")
 HTTP_REQUESTS = Counter("automation_http_requests", "HTTP requests by URL rule and status", ["route", "status"])
 HTTP_SECONDS = Histogram("automation_http_request_duration_seconds", "HTTP request duration by URL rule",

@@ -3,6 +3,7 @@ from flask import request
 from ..extensions import db
 from ..models import ApiToken
 from ..auth.tokens import check_credentials
+from ..security import login_throttle
 from . import bp
 from .context import api_auth
 from .errors import ApiError, ok
@@ -17,6 +18,7 @@ def ping():
 
 @bp.post("/auth/token")
 @bp.post("/auth/token/")
+@login_throttle
 def issue_token():
     data = request.get_json(silent=True) if request.is_json else request.form
     data = data if isinstance(data, dict) or hasattr(data, "get") else {}

@@ -4,6 +4,7 @@ from flask import g, request
 from ..automation.service import AutomationService
 from ..errors import AppError
 from . import bp
+from ..validation import REASON_MAX, InvalidInput, clean_text
 from .context import api_auth, int_param, json_body
 from .errors import ApiError, ok
 
@@ -42,9 +43,10 @@ def _reason():
         reason = data.get("reason")
     else:
         reason = request.values.get("reason")
-    if reason is not None and (not isinstance(reason, str) or len(reason) > 500):
-        raise ApiError("'reason' must be a string of at most 500 characters.", 400)
-    return reason or None
+    try:
+        return clean_text(reason, "reason", REASON_MAX)
+    except InvalidInput as e:
+        raise ApiError(e.message, 400)
 
 
 @action("config", ["GET"])

@@ -5,7 +5,8 @@ from flask import g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 
-from ..auth.tokens import touch, user_for_bearer
+from ..auth.tokens import parse_bearer, touch, user_for_bearer
+from ..validation import MAX_ID, InvalidInput, parse_id
 from .errors import ApiError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -14,6 +15,8 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 def authenticate():
     header = request.headers.get("Authorization")
     if header:
+        if parse_bearer(header) is None:
+            raise ApiError("Malformed Authorization header: expected 'Bearer <token>'.", 401)
         user, token = user_for_bearer(header)
         if user is None:
             raise ApiError("Invalid or revoked API token.", 401)
@@ -30,7 +33,8 @@ def authenticate():
         g.user, g.account_id, g.actor = current_user, current_user.account_id, f"user:{current_user.email}"
         _authorise(current_user, None)
         return
-    raise ApiError("Authentication required: send 'Authorization: Bearer <token>' or log in.", 401)
+    raise ApiError("Authentication required: credentials missing; send 'Authorization: Bearer <token>' "
+                   "or log in.", 401)
 
 
 def _authorise(user, token):
@@ -50,27 +54,19 @@ def api_auth(fn):
     return wrapper
 
 
-MAX_ID = 2**31 - 1  # the database's INTEGER range; larger ids cannot exist
-
-
 def int_param(name, required=True, source=None, minimum=1, maximum=MAX_ID, default=None):
-    """A positive integer query parameter, or a 400 naming it."""
+    """A whole-number query parameter (ASCII digits, within range), or a 400 naming it. Absent
+    → `default` (or 400 when required); present but empty is malformed (400)."""
     source = request.args if source is None else source
     raw = source.get(name)
-    if raw is None or str(raw).strip() == "":
+    if raw is None or (raw == "" and required):
         if required:
             raise ApiError(f"'{name}' is required.", 400)
         return default
     try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ApiError(f"'{name}' must be an integer, got {str(raw)[:50]!r}.", 400)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum != MAX_ID else f">= {minimum}"
-        if value > maximum and maximum == MAX_ID:
-            raise ApiError(f"'{name}' is out of range.", 400)
-        raise ApiError(f"'{name}' must be {bound}.", 400)
-    return value
+        return parse_id(raw, name, minimum=minimum, maximum=maximum)
+    except InvalidInput as e:
+        raise ApiError(e.message, 400)
 
 
 def json_body(required=True):

@@ -56,7 +56,8 @@ PAGE = _obj({"items": {"type": "array", "items": {"type": "object"}}, "page": {"
              "per_page": {"type": "integer"}, "total": {"type": "integer"}})
 
 COMMON_ERRORS = {"400": _err("Invalid parameter (the message names it)"), "401": _err("Not authenticated"),
-                 "404": _err("Not found, or another account's"), "405": _err("Method not allowed")}
+                 "404": _err("Not found, or another account's"), "405": _err("Method not allowed"),
+                 "429": _err("Too many requests (API_RATE_LIMIT per token; Retry-After says when)")}
 
 
 def _op(summary, params, ok_schema, status="200", body=None, extra=None):
@@ -139,7 +140,9 @@ def build_spec():
                                           "type": "object", "required": ["email", "password"],
                                           "properties": {"email": {"type": "string"}, "password": {"type": "string"}}}}}},
                                       "responses": {"201": _ok(_obj({"token": {"type": "string"}, "token_id": {"type": "integer"}})),
-                                                    "400": _err("Missing field"), "401": _err("Invalid email or password")}}}
+                                                    "400": _err("Missing field"), "401": _err("Invalid email or password"),
+                                                    "429": _err("Too many failed logins for this email or address "
+                                                                "(Retry-After says when)")}}}
     return {
         "openapi": "3.1.0",
         "info": {"title": "Automation Console API", "version": "1.0.0",
@@ -150,7 +153,10 @@ def build_spec():
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["success", "error"], "additionalProperties": False,
-                                  "properties": {"success": {"const": False}, "error": {"type": "string"}}}},
+                                  "properties": {"success": {"const": False}, "error": {"type": "string"},
+                                                 # present when fields are at fault: {field: message}
+                                                 "errors": {"type": "object",
+                                                            "additionalProperties": {"type": "string"}}}}},
         },
     }
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .. import metrics
 from ..extensions import db
+from ..logging_setup import job_meta
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
 from ..redis_conn import get_redis
@@ -44,12 +45,13 @@ def _app_context():
 
 def _enqueue(func, *args, delay=None):
     r = get_redis()
+    meta = job_meta()  # the request (or job) behind the event: its id follows into the delivery's logs
     if delay:
         Scheduler(queue_name=NOTIFY_QUEUE, connection=r).enqueue_in(
-            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600)
+            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600, meta=meta)
     else:
         Queue(NOTIFY_QUEUE, connection=r).enqueue(func, *args, job_timeout=JOB_TIMEOUT, result_ttl=600,
-                                                  failure_ttl=7 * 24 * 3600)
+                                                  failure_ttl=7 * 24 * 3600, meta=meta)
 
 
 def enqueue_dispatch(event, run_id, snapshot, reason, event_key):
@@ -154,10 +156,12 @@ def _deliver(pk, attempt):
     headers = {"Content-Type": "application/json", "User-Agent": "AutomationConsole-Webhook/1",
                "X-Automation-Event": d.event, "X-Automation-Delivery": d.delivery_id,
                "X-Automation-Signature": sign(wh.secret, body)}
+    url = wh.url
+    db.session.commit()  # no transaction stays open while the receiver takes its time
     started, t0 = utcnow(), time.monotonic()
     status_code, error, permanent = None, None, False
     try:
-        status_code, excerpt = targets.post(wh.url, body, headers, cfg["WEBHOOK_TIMEOUT"], cfg["WEBHOOK_ALLOW_PRIVATE"])
+        status_code, excerpt = targets.post(url, body, headers, cfg["WEBHOOK_TIMEOUT"], cfg["WEBHOOK_ALLOW_PRIVATE"])
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}: {excerpt[:200].decode('utf-8', 'replace')}".strip()
     except targets.UnsafeTarget as e:
@@ -201,8 +205,10 @@ def _send_mail(pk, attempt):
         return "skipped"
     m = db.session.get(MailDelivery, pk)
     cfg = current_app.config
+    to_addr, subject, body = m.to_addr, m.subject, m.body
+    db.session.commit()  # no transaction stays open during the SMTP conversation
     try:
-        mail.smtp_send(cfg["SMTP_URL"], cfg["MAIL_FROM"], m.to_addr, m.subject, m.body)
+        mail.smtp_send(cfg["SMTP_URL"], cfg["MAIL_FROM"], to_addr, subject, body)
         m.status, m.sent_at, m.next_attempt_at, m.last_error = "sent", utcnow(), None, None
         retry = None
     except Exception as e:
