@@ -43,6 +43,8 @@ def test_every_invalid_field_named_at_once_with_a_summary(client, logged_in):
     html = r.get_data(as_text=True)
     summary = re.search(r'<div class="error-summary" id="config-errors".*?</div>', html, re.S).group(0)
     assert "4 fields need attention" in summary
+    assert re.findall(r'href="#(\w+)"', summary) == ["scheduled_time", "stage_2_batch_size", "stage_4_batch_size",
+                                                    "between_stage_delay"]  # in the form's order
     for field, label in (("scheduled_time", "Time"), ("stage_2_batch_size", "Stage 2 · Clusters → Ideas"),
                          ("stage_4_batch_size", "Stage 4 · Tasks → Content"),
                          ("between_stage_delay", "Delay between stages")):
