@@ -1,4 +1,5 @@
-"""JSON API under /api/v1/ (SPEC §6). Views are thin: they parse, call a service, wrap."""
+"""JSON API under /api/v1/ (SPEC §6). Views are thin: they parse, call a service, wrap.
+Routes are declared with `spec.endpoint` and models from `schemas.py` (see spec.py)."""
 from flask import Blueprint
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -6,8 +7,9 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 def init_app(app):
     from ..extensions import csrf
-    from . import auth_routes, automation, errors, openapi, planner, sites  # noqa: F401  (register routes)
+    from . import auth_routes, automation, errors, planner, sites, spec  # noqa: F401  (register routes)
     # Bearer calls need no CSRF; session calls are checked in context.authenticate().
     csrf.exempt(bp)
     errors.register(app)
     app.register_blueprint(bp)
+    app.register_blueprint(spec.docs_bp)

@@ -37,37 +37,3 @@ def api_auth(fn):
         authenticate()
         return fn(*args, **kwargs)
     return wrapper
-
-
-MAX_ID = 2**31 - 1  # the database's INTEGER range; larger ids cannot exist
-
-
-def int_param(name, required=True, source=None, minimum=1, maximum=MAX_ID, default=None):
-    """A positive integer query parameter, or a 400 naming it."""
-    source = request.args if source is None else source
-    raw = source.get(name)
-    if raw is None or str(raw).strip() == "":
-        if required:
-            raise ApiError(f"'{name}' is required.", 400)
-        return default
-    try:
-        value = int(str(raw).strip())
-    except ValueError:
-        raise ApiError(f"'{name}' must be an integer, got {str(raw)[:50]!r}.", 400)
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f"between {minimum} and {maximum}" if maximum != MAX_ID else f">= {minimum}"
-        if value > maximum and maximum == MAX_ID:
-            raise ApiError(f"'{name}' is out of range.", 400)
-        raise ApiError(f"'{name}' must be {bound}.", 400)
-    return value
-
-
-def json_body(required=True):
-    if request.mimetype != "application/json":
-        raise ApiError("Content-Type must be application/json.", 415)
-    data = request.get_json(silent=True)
-    if data is None:
-        raise ApiError("Malformed JSON body.", 400)
-    if not isinstance(data, dict):
-        raise ApiError("JSON body must be an object.", 400)
-    return data

@@ -15,6 +15,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import utcnow
 from ..redis_conn import get_redis
 from . import costs, hooks, jobs, schedule
+from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, run_log_path, tail
@@ -89,13 +90,7 @@ class AutomationService:
     def update_config(self, site_id, data):
         cfg = self.config(site_id)
         site = db.session.get(Site, cfg.site_id)
-        clean = validate_update(data)
-        freq = clean.get("frequency", cfg.frequency)
-        day = clean.get("scheduled_day", cfg.scheduled_day)
-        if day is not None and freq == "weekly" and not 0 <= day <= 6:
-            raise BadRequest("'scheduled_day' must be 0 (Monday) to 6 (Sunday) for a weekly schedule.")
-        if day is not None and freq == "monthly" and not 1 <= day <= 31:
-            raise BadRequest("'scheduled_day' must be 1 to 31 for a monthly schedule.")
+        clean = validate_update(data, current=cfg.to_dict())
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
         for k, v in clean.items():
             setattr(cfg, k, v)
@@ -176,9 +171,20 @@ class AutomationService:
             AutomationRun.status.in_(ACTIVE_STATUSES))).scalar_one_or_none()
 
     def history(self, site_id, limit=HISTORY_LIMIT):
+        return self.history_page(site_id, limit=limit)[0]
+
+    def history_page(self, site_id, page=1, limit=HISTORY_LIMIT, status=None, trigger_type=None):
+        """(runs newest first, total matching) for one page of the site's history."""
         site = self.site(site_id)
-        return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site.id)
-                                  .order_by(AutomationRun.id.desc()).limit(limit)).scalars().all()
+        where = [AutomationRun.site_id == site.id, AutomationRun.account_id == self.account_id]
+        if status:
+            where.append(AutomationRun.status == status)
+        if trigger_type:
+            where.append(AutomationRun.trigger_type == trigger_type)
+        total = db.session.execute(select(func.count(AutomationRun.id)).where(*where)).scalar()
+        runs = db.session.execute(select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
+                                  .offset((page - 1) * limit).limit(limit)).scalars().all()
+        return runs, total
 
     def events(self, run):
         return db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
@@ -240,6 +246,8 @@ class AutomationService:
         verb = PAST[action]
         if run.status not in allowed_from:
             raise BadRequest(f"Run {run.id} is {run.status} and cannot be {verb}.")
+        if callable(values):
+            values = values(run)
         # Conditional: a worker that finished the run a moment ago wins, and we report it.
         res = db.session.execute(update(AutomationRun).where(
             AutomationRun.id == run.id, AutomationRun.status == run.status).values(**values))
@@ -275,8 +283,9 @@ class AutomationService:
         return run
 
     def cancel(self, run_id, reason=None):
+        now = utcnow()
         run = self._transition(run_id, "cancel", ACTIVE_STATUSES,
-                               {"status": "cancelled", "cancelled_at": utcnow(), "job_token": None}, reason)
+                               lambda run: end_values(run, "cancelled", now, cancelled_at=now), reason)
         finish_side_effects(run)
         return run
 

@@ -20,6 +20,7 @@ from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import hooks, jobs
 from .billing import InsufficientCredits, charge
+from .closing import close_stage_if_ended, end_values, system_event
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
 from .stages import STAGES, AlreadyDone, pending_count
@@ -154,6 +155,11 @@ class RunExecutor:
         except Stop:
             return "stopped"
         finally:
+            try:  # a cancel may have raced with our last save of the stage result
+                close_stage_if_ended(self.run_id)
+            except Exception:  # the database is failing: recovery or the next job closes it
+                db.session.rollback()
+                log.warning("run %s: could not close its stage record", self.run_id)
             try:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
@@ -291,6 +297,8 @@ class RunExecutor:
     def _pause(self, reason, message):
         res = db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
                                  .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
+        if res.rowcount:  # the audit row commits with the pause itself
+            system_event(self.run, "pause", reason)
         db.session.commit()
         self.logger.log(message)
         if res.rowcount:
@@ -308,7 +316,7 @@ class RunExecutor:
             self._save(n, res)
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
-                status="completed", completed_at=utcnow(), job_token=None))
+                **end_values(self.run, "completed", completed_at=utcnow())))
             db.session.commit()
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:

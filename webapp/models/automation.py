@@ -55,6 +55,7 @@ class AutomationRun(TenantMixin, db.Model):
     resumed_at = db.Column(db.DateTime)
     cancelled_at = db.Column(db.DateTime)
     completed_at = db.Column(db.DateTime)
+    ended_at = db.Column(db.DateTime)  # set when the run completes, fails or is cancelled
     total_credits_used = db.Column(db.Integer, nullable=False, default=0)
     stage_1_result = db.Column(db.JSON)
     stage_2_result = db.Column(db.JSON)
@@ -89,7 +90,8 @@ class AutomationRun(TenantMixin, db.Model):
     def summary(self):
         return {"run_id": self.id, "status": self.status, "trigger_type": self.trigger_type,
                 "current_stage": self.current_stage, "started_at": iso(self.started_at),
-                "completed_at": iso(self.completed_at), "total_credits_used": self.total_credits_used}
+                "completed_at": iso(self.completed_at), "ended_at": iso(self.ended_at),
+                "total_credits_used": self.total_credits_used}
 
     def to_dict(self):
         d = self.summary()

@@ -1,0 +1,377 @@
+"""Request and response models of the JSON API: one source for validation, the responses and
+/api/v1/openapi.json (generated from these models by spectree, see spec.py).
+
+To add a field to a response, add it to its model here: responses are checked against these
+models (extra fields are refused), so a field the document does not list cannot be returned.
+To add a route, declare it with `spec.endpoint(...)` and give it models from this module.
+"""
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
+
+from ..automation.config_schema import ConfigUpdate  # noqa: F401  (the update_config body)
+
+MAX_ID = 2**31 - 1  # the database's INTEGER range: larger ids cannot exist
+RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
+TRIGGER_TYPES = ("manual", "scheduled", "api", "retry")
+_DIGITS = re.compile(r"[0-9]{1,12}")
+
+
+def _query_int(value):
+    # Query strings arrive as text: accept plain ASCII digits only ("1e3", " 7", "٣" are not ids).
+    if isinstance(value, str):
+        if value == "":
+            raise PydanticCustomError("required", "is required")
+        if not _DIGITS.fullmatch(value):
+            raise PydanticCustomError("id_format", "must be an integer")
+        return int(value)
+    return value
+
+
+def QueryInt(ge, le, description=None):
+    return Annotated[int, Field(strict=True, ge=ge, le=le, description=description), BeforeValidator(_query_int)]
+
+
+Id = QueryInt(1, MAX_ID)
+Timestamp = Optional[datetime]
+
+
+class Model(BaseModel):
+    """Response objects: every field listed, nothing else allowed out."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class Query(BaseModel):
+    # Unknown query parameters are ignored (caches and browsers add their own).
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- envelope ------------------------------------------------------------------------------
+class Error(Model):
+    success: Literal[False]
+    error: str = Field(description="what went wrong, naming the fields at fault")
+    errors: Optional[dict[str, str]] = Field(None, description="{field: message} for every field at fault")
+
+
+def ok(name, data_model, doc=None):
+    """The success envelope {success: true, data: <data_model>} as a named model."""
+    return create_model(name, __base__=Model, __doc__=doc or f"Success envelope of {data_model.__name__}",
+                        success=(Literal[True], ...), data=(data_model, ...))
+
+
+# -- query parameters ------------------------------------------------------------------------
+class SiteQuery(Query):
+    site_id: Id
+
+
+class RunQuery(Query):
+    run_id: Id
+
+
+class SiteRunQuery(Query):
+    site_id: Id
+    run_id: Id
+
+
+class LogsQuery(Query):
+    run_id: Id
+    lines: QueryInt(1, 5000, "how many of the last lines (default 100)") = 100
+
+
+class HistoryQuery(Query):
+    site_id: Id
+    page: QueryInt(1, 1_000_000, "1-based page, newest runs first") = 1
+    limit: QueryInt(1, 100, "runs per page (default 20)") = 20
+    status: Optional[Literal[RUN_STATUSES]] = None
+    trigger_type: Optional[Literal[TRIGGER_TYPES]] = None
+
+
+class PageQuery(Query):
+    site_id: Id
+    page: QueryInt(1, 1_000_000, "1-based page") = 1
+    per_page: QueryInt(1, 200, "items per page (default 50)") = 50
+
+
+class IdempotencyHeaders(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    idempotency_key: Optional[Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]] = Field(
+        None, alias="Idempotency-Key",
+        description="A retry with the same key (within 24 h, same route and parameters) gets the first "
+                    "answer again instead of acting twice")
+
+
+# -- request bodies ----------------------------------------------------------------------------
+class ReasonBody(BaseModel):
+    """Optional body (JSON or form) of run_now, pause, resume and cancel."""
+    model_config = ConfigDict(extra="forbid")
+    reason: Optional[Annotated[str, Field(max_length=500)]] = Field(None, description="recorded in the run's events")
+
+
+class SiteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=120, pattern=r"\S")]
+    domain: Optional[Annotated[str, Field(max_length=255)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA zone, e.g. Europe/Berlin")] = "UTC"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: Annotated[str, Field(min_length=1, max_length=255)]
+    password: Annotated[str, Field(min_length=1, max_length=1024)]
+    name: Optional[Annotated[str, Field(max_length=120)]] = Field(None, description="label of the token")
+
+
+class KeywordsBulk(BaseModel):
+    """Keywords to import. Rows are checked one by one: a bad row is reported in `errors` (by
+    row number), not refused, so a row may be any JSON value."""
+    model_config = ConfigDict(extra="forbid")
+    keywords: Annotated[list[Any], Field(max_length=50_000, description=(
+        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings"))]
+
+
+# -- automation responses ----------------------------------------------------------------------
+class ConfigOut(Model):
+    site_id: int
+    is_enabled: bool
+    frequency: Literal["daily", "weekly", "monthly"]
+    scheduled_time: str = Field(description="HH:MM in the site's time zone")
+    scheduled_day: Optional[int]
+    stage_1_batch_size: int
+    stage_2_batch_size: int
+    stage_3_batch_size: int
+    stage_4_batch_size: int
+    stage_5_batch_size: int
+    stage_6_batch_size: int
+    within_stage_delay: int
+    between_stage_delay: int
+    last_run_at: Timestamp
+    next_run_at: Timestamp
+    timezone: str = Field(description="the site's IANA time zone")
+    next_runs: list[datetime] = Field(description="the next 5 scheduled starts (UTC); empty when disabled")
+
+
+class Failure(Model):
+    item_id: int
+    reason: str
+
+
+class StageResult(Model):
+    status: Literal["running", "completed", "skipped", "cancelled", "failed"]
+    items_total: int
+    items_processed: int
+    items_created: int
+    items_failed: int
+    credits_used: int
+    started_at: Timestamp
+    finished_at: Timestamp
+    failures: list[Failure] = Field(default_factory=list, description="the last 20 failed items")
+
+
+class RunSummary(Model):
+    run_id: int
+    status: Literal[RUN_STATUSES]
+    trigger_type: str
+    current_stage: int
+    started_at: Timestamp
+    completed_at: Timestamp
+    ended_at: Timestamp = Field(description="when the run completed, failed or was cancelled; null while active")
+    total_credits_used: int
+
+
+class Run(RunSummary):
+    paused_at: Timestamp
+    resumed_at: Timestamp
+    cancelled_at: Timestamp
+    error_message: Optional[str]
+    pause_reason: Optional[str]
+    started_by: Optional[str]
+    site_id: int
+    stage_1_result: Optional[StageResult]
+    stage_2_result: Optional[StageResult]
+    stage_3_result: Optional[StageResult]
+    stage_4_result: Optional[StageResult]
+    stage_5_result: Optional[StageResult]
+    stage_6_result: Optional[StageResult]
+    stage_7_result: Optional[StageResult]
+
+
+class RunEventOut(Model):
+    action: str = Field(description="start, pause, resume, cancel, ...")
+    actor: str = Field(description='"user:<email>", "token:<id> (<email>)", "scheduler" or "system"')
+    reason: Optional[str]
+    at: Timestamp
+
+
+class RunWithEvents(Run):
+    events: list[RunEventOut]
+
+
+class RunStatus(Model):
+    run_id: int
+    status: Literal[RUN_STATUSES]
+
+
+class CurrentRun(Model):
+    run: Optional[Run]
+
+
+class RunDetail(Model):
+    run: RunWithEvents
+
+
+class History(Model):
+    runs: list[RunSummary] = Field(description="newest first")
+    page: int
+    limit: int
+    total: int = Field(description="runs matching the filters")
+
+
+class Logs(Model):
+    run_id: int
+    lines: list[str]
+
+
+class Estimate(Model):
+    estimated_credits: int
+    required_credits: int = Field(description="estimate x 1.2: what a start needs")
+    current_balance: int
+    sufficient: bool
+
+
+class OverviewStage(Model):
+    number: int
+    name: str
+    pending: int
+    uses_ai: bool
+    item_type: str
+
+
+class Overview(Model):
+    stages: list[OverviewStage] = Field(min_length=7, max_length=7)
+
+
+class Processing(Model):
+    stage_number: int
+    stage_name: str
+    total_items: int
+    processed_items: int
+    percentage: float
+    currently_processing: list[str] = Field(description="labels of the items in flight")
+    up_next: list[str]
+    remaining_count: int
+
+
+class ProcessingOut(Model):
+    state: Optional[Processing] = Field(description="null when the run is not running")
+
+
+# -- sites, auth, planner, writer ------------------------------------------------------------
+class SiteOut(Model):
+    id: int
+    name: str
+    domain: Optional[str]
+    timezone: str
+
+
+class Sites(Model):
+    sites: list[SiteOut]
+
+
+class SiteCreated(Model):
+    site: SiteOut
+
+
+class Token(Model):
+    token: str = Field(description="shown once; send as 'Authorization: Bearer <token>'")
+    token_id: int
+
+
+class Pong(Model):
+    pong: bool
+
+
+class RowError(Model):
+    row: int
+    error: str
+
+
+class ImportReport(Model):
+    created: int
+    duplicates: int
+    errors: list[RowError]
+    rows: int
+
+
+class KeywordOut(Model):
+    id: int
+    keyword: str
+    volume: Optional[int]
+    difficulty: Optional[int]
+    cluster_id: Optional[int]
+
+
+class ClusterOut(Model):
+    id: int
+    name: str
+    ideas_generated: bool
+    keyword_count: int
+
+
+class IdeaOut(Model):
+    id: int
+    cluster_id: int
+    title: str
+    outline: str
+    keywords: str = Field(description="comma-separated target keywords")
+    status: str
+
+
+class TaskOut(Model):
+    id: int
+    idea_id: int
+    title: str
+    status: str
+
+
+class ImageOut(Model):
+    id: int
+    content_id: int
+    position: int
+    kind: str
+    prompt: str
+    status: str
+    url: Optional[str]
+
+
+class ContentOut(Model):
+    id: int
+    task_id: int
+    title: str
+    status: str
+    word_count: int
+    created_at: Timestamp
+
+
+class ContentFull(ContentOut):
+    body: str
+    images: list[ImageOut]
+
+
+class ContentDetail(Model):
+    content: ContentFull
+
+
+def page_of(name, item_model):
+    return create_model(name, __base__=Model, items=(list[item_model], ...), page=(int, ...),
+                        per_page=(int, ...), total=(int, ...))
+
+
+KeywordPage = page_of("KeywordPage", KeywordOut)
+ClusterPage = page_of("ClusterPage", ClusterOut)
+IdeaPage = page_of("IdeaPage", IdeaOut)
+TaskPage = page_of("TaskPage", TaskOut)
+ContentPage = page_of("ContentPage", ContentOut)
+ImagePage = page_of("ImagePage", ImageOut)
