@@ -33,6 +33,8 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
+    from . import security
+    security.init_app(app)
 
     from . import auth, api, cli, health, media, web
     auth.init_app(app)

@@ -125,6 +125,25 @@ def init_app(app):
         click.echo(f"Token for {user.email} (store it now; it is not shown again):")
         click.echo(raw)
 
+    @app.cli.command("logout-user")
+    @click.argument("email")
+    @click.option("--revoke-tokens", is_flag=True, help="also revoke the user's API tokens")
+    def logout_user_cmd(email, revoke_tokens):
+        """End every browser session of a user at once (and optionally their API tokens)."""
+        from .models.base import utcnow
+        from .security import end_sessions
+        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+        if user is None:
+            fail(f"unknown user {email!r}")
+        end_sessions(user, commit=False)
+        revoked = 0
+        if revoke_tokens:
+            revoked = db.session.execute(db.update(ApiToken).where(ApiToken.user_id == user.id,
+                                                                   ApiToken.revoked_at.is_(None))
+                                         .values(revoked_at=utcnow())).rowcount
+        db.session.commit()
+        click.echo(f"Ended all sessions of {user.email}" + (f"; revoked {revoked} API tokens." if revoke_tokens else "."))
+
     @app.cli.command("revoke-token")
     @click.argument("token_id")
     def revoke_token(token_id):

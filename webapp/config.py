@@ -18,6 +18,13 @@ def _int(env, name, default):
         raise SystemExit(f"config error: {name} must be an integer, got {raw!r}")
 
 
+def _positive_or_none(env, name):
+    value = _int(env, name, None)
+    if value is not None and value < 1:
+        raise SystemExit(f"config error: {name} must be an integer >= 1 (or unset), got {value}")
+    return value
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -53,6 +60,8 @@ def load_config(instance_path, env=None):
         "AI_PROVIDER": env.get("AI_PROVIDER", "local"),
         "AI_LOCAL_LATENCY_MS": _int(env, "AI_LOCAL_LATENCY_MS", 0),
         "AI_ARTICLE_WORDS": _int(env, "AI_ARTICLE_WORDS", 600),
+        # Demo/test setting: the local provider fails every Nth call as an item error.
+        "AI_LOCAL_FAIL_EVERY": _positive_or_none(env, "AI_LOCAL_FAIL_EVERY"),
         "OPENAI_BASE_URL": env.get("OPENAI_BASE_URL", "https://api.openai.com/v1"),
         "OPENAI_API_KEY": env.get("OPENAI_API_KEY", ""),
         "OPENAI_CHAT_MODEL": env.get("OPENAI_CHAT_MODEL", "gpt-4o-mini"),

@@ -6,7 +6,8 @@ def get_provider(config):
     name = config.get("AI_PROVIDER", "local")
     if name == "local":
         from .local import LocalProvider
-        return LocalProvider(latency_ms=config.get("AI_LOCAL_LATENCY_MS", 0))
+        return LocalProvider(latency_ms=config.get("AI_LOCAL_LATENCY_MS", 0),
+                             fail_every=config.get("AI_LOCAL_FAIL_EVERY"))
     if name == "openai":
         from .openai import OpenAIProvider
         return OpenAIProvider(base_url=config["OPENAI_BASE_URL"], api_key=config["OPENAI_API_KEY"],

@@ -8,10 +8,11 @@ import hashlib
 import io
 import math
 import random
+import threading
 import time
 from collections import Counter
 
-from .base import AIResult, Provider
+from .base import AIResult, ItemError, Provider
 from .text import count_tokens, terms
 
 MODEL = "local-v1"
@@ -70,10 +71,22 @@ def _cap(s):
 class LocalProvider(Provider):
     name = "local"
 
-    def __init__(self, latency_ms=0):
+    def __init__(self, latency_ms=0, fail_every=None):
         self.latency = max(0, latency_ms) / 1000.0
+        # AI_LOCAL_FAIL_EVERY (demo/test setting): every Nth call of this provider object fails
+        # as an item error. Counted per object (a worker builds one per batch job), so a given
+        # configuration fails the same calls every time; a lock keeps concurrent callers exact.
+        self.fail_every = fail_every or None
+        self.calls = 0
+        self._calls_lock = threading.Lock()
 
     def _wait(self):
+        if self.fail_every:
+            with self._calls_lock:
+                self.calls += 1
+                n = self.calls
+            if n % self.fail_every == 0:
+                raise ItemError(f"simulated failure: AI_LOCAL_FAIL_EVERY={self.fail_every} (call {n})")
         if self.latency:
             time.sleep(self.latency)
 

@@ -4,7 +4,7 @@ from flask import g, request
 
 from ..automation.service import AutomationService
 from . import schemas as s
-from .errors import ApiError, ok
+from .errors import ok
 from .idempotency import idempotent
 from .spec import endpoint
 
@@ -69,18 +69,19 @@ def run_now():
           errors=SITE_ERRORS, tags=["runs"])
 def current_run():
     """The site's active (running or paused) run, or null."""
-    run = service().current_run(request.context.query.site_id)
-    return ok({"run": run.to_dict() if run else None})
+    svc = service()
+    run = svc.current_run(request.context.query.site_id)
+    return ok({"run": svc.run_dict(run) if run else None})
 
 
 @endpoint("/automation/history", ["GET"], query=s.HistoryQuery, ok=s.ok("HistoryResponse", s.History),
           errors=SITE_ERRORS, tags=["runs"])
 def history():
     """The site's runs, newest first, a page at a time (`limit` 20 by default), with filters."""
-    q = request.context.query
-    runs, total = service().history_page(q.site_id, page=q.page, limit=q.limit, status=q.status,
-                                         trigger_type=q.trigger_type)
-    return ok({"runs": [r.summary() for r in runs], "page": q.page, "limit": q.limit, "total": total})
+    q, svc = request.context.query, service()
+    runs, total = svc.history_page(q.site_id, page=q.page, limit=q.limit, status=q.status,
+                                   trigger_type=q.trigger_type)
+    return ok({"runs": svc.summaries(runs), "page": q.page, "limit": q.limit, "total": total})
 
 
 @endpoint("/automation/logs", ["GET"], query=s.LogsQuery, ok=s.ok("LogsResponse", s.Logs), errors=RUN_ERRORS,
@@ -137,9 +138,30 @@ def run_detail():
     """One run by id with its audit trail (who started, paused, resumed, cancelled it, and why)."""
     svc = service()
     run = svc.run(request.context.query.run_id)
-    d = run.to_dict()
-    d["events"] = [e.to_dict() for e in svc.events(run)]
+    events = svc.events(run)
+    d = svc.run_dict(run, events)
+    d["events"] = [e.to_dict() for e in events]
+    d["failed_items_count"] = svc.failure_count(run)
     return ok({"run": d})
 
 
-__all__ = ["ApiError"]
+@endpoint("/automation/retry_failed", ["POST"], query=s.RunQuery, status=201,
+          ok=s.ok("RetryFailedResponse", s.RetryStarted),
+          errors={**RUN_ERRORS, 400: "Invalid input, nothing to retry, a run is already active, or insufficient "
+                  "credits (the message says which)", 503: "Redis unavailable"},
+          tags=["runs"], links=RUN_LINKS, json=s.ReasonBody, form=s.ReasonBody, body_required=False)
+def retry_failed():
+    """Start a run (`trigger_type` "retry") that processes exactly this run's failed items again."""
+    run = service().retry_failed(request.context.query.run_id, reason=_reason())
+    return ok({"run_id": run.id, "status": run.status, "trigger_type": run.trigger_type,
+               "retry_of_run_id": run.retry_of_run_id}, 201)
+
+
+@endpoint("/automation/failed_items", ["GET"], query=s.FailedItemsQuery, ok=s.ok("FailedItemsResponse", s.FailedItems),
+          errors=RUN_ERRORS, tags=["runs"])
+def failed_items():
+    """A run's failed items, paged (stage, item, label, reason, attempts)."""
+    q, svc = request.context.query, service()
+    run = svc.run(q.run_id)
+    return ok({"run_id": run.id, "page": q.page, "limit": q.limit, "total": svc.failure_count(run),
+               "items": svc.failed_items(run, q.page, q.limit)})

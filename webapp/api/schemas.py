@@ -168,6 +168,7 @@ class StageResult(Model):
     started_at: Timestamp
     finished_at: Timestamp
     failures: list[Failure] = Field(default_factory=list, description="the last 20 failed items")
+    duration_seconds: Optional[float] = Field(None, description="time spent in the stage, pauses excluded")
 
 
 class RunSummary(Model):
@@ -179,6 +180,8 @@ class RunSummary(Model):
     completed_at: Timestamp
     ended_at: Timestamp = Field(description="when the run completed, failed or was cancelled; null while active")
     total_credits_used: int
+    active_seconds: float = Field(description="running time, pauses excluded")
+    paused_seconds: float
 
 
 class Run(RunSummary):
@@ -196,6 +199,8 @@ class Run(RunSummary):
     stage_5_result: Optional[StageResult]
     stage_6_result: Optional[StageResult]
     stage_7_result: Optional[StageResult]
+    eta_seconds: Optional[float] = Field(description="estimated seconds to the end (running runs; null until known)")
+    retry_of_run_id: Optional[int] = Field(description="the run whose failed items this retry run processes")
 
 
 class RunEventOut(Model):
@@ -207,11 +212,42 @@ class RunEventOut(Model):
 
 class RunWithEvents(Run):
     events: list[RunEventOut]
+    failed_items_count: int
+
+
+class FailedItemsQuery(Query):
+    run_id: Id
+    page: QueryInt(1, 100_000, "1-based page") = 1
+    limit: QueryInt(1, 200, "items per page (default 50)") = 50
+
+
+class FailedItem(Model):
+    stage: int
+    stage_name: str
+    item_type: str
+    item_id: int
+    label: str
+    reason: str
+    attempts: int
+    failed_at: Timestamp
+
+
+class FailedItems(Model):
+    run_id: int
+    page: int
+    limit: int
+    total: int
+    items: list[FailedItem]
 
 
 class RunStatus(Model):
     run_id: int
     status: Literal[RUN_STATUSES]
+
+
+class RetryStarted(RunStatus):
+    trigger_type: Literal["retry"]
+    retry_of_run_id: int
 
 
 class CurrentRun(Model):

@@ -47,6 +47,10 @@ def logout():
     # GET only asks: a link or a typed URL must not change state (CSRF-safe logout).
     if request.method == "GET":
         return render_template("logout.html")
+    # Ends this user's sessions everywhere, not just this cookie: a copy saved earlier
+    # (another tab, a stolen cookie) stops working too.
+    from ..security import end_sessions
+    end_sessions(current_user._get_current_object())
     logout_user()
     flash("You have been logged out.", "info")
     return redirect(url_for("auth.login"))

@@ -11,19 +11,23 @@ from sqlalchemy.exc import IntegrityError
 from ..errors import BadRequest, NotFound, Unavailable
 from ..extensions import db
 from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
-                      Site)
-from ..models.base import utcnow
+                      RunItemFailure, Site)
+from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
-from . import costs, hooks, jobs, schedule
+from . import costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, run_log_path, tail
+from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
 from .state import publish_state, read_state
 
 HISTORY_LIMIT = 20
+FAILED_PER_PAGE = 50
+ETA_HISTORY_RUNS = 10
+ETA_INPUTS_TTL = 2.0
 OVERVIEW_TTL = 1.0
 PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
 
@@ -110,17 +114,19 @@ class AutomationService:
         """Pending items per stage: one indexed COUNT each."""
         return stage_pending_counts(site_id)
 
-    def pending_counts(self, site_id):
-        """Stage counts plus what the estimate needs (ideas the pending clusters will yield)."""
-        counts = self.stage_counts(site_id)
+    def pending_counts(self, site_id, scope=ALL):
+        """Stage counts plus what the estimate needs (ideas the pending clusters will yield),
+        for the items `scope` lets a run take (a retry run: only its source's failed items)."""
+        counts = self.stage_counts(site_id) if scope is ALL else scope.counts(site_id)
+        pending_clusters = scope.pending(STAGES[2], site_id).with_only_columns(Cluster.id).subquery()
         sizes = db.session.execute(
-            select(func.count(Keyword.id)).join(Cluster, Keyword.cluster_id == Cluster.id)
-            .where(Cluster.site_id == site_id, Cluster.ideas_generated.is_(False)).group_by(Cluster.id)
+            select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)))
+            .group_by(Keyword.cluster_id)
         ).scalars().all()
         return counts, {
             "keywords": counts[1], "clusters": counts[2],
             "ideas_from_clusters": sum(costs.ideas_for_cluster(n) for n in sizes),
-            "ideas": counts[3], "tasks": counts[4], "drafts": counts[5], "images": counts[6],
+            "ideas": counts[3], "tasks": counts[4], "drafts": counts[5], "images": counts[6], "review": counts[7],
         }
 
     def estimate(self, site_id):
@@ -189,7 +195,7 @@ class AutomationService:
     def events(self, run):
         return db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
 
-    def start(self, site_id, trigger_type="manual", reason=None):
+    def start(self, site_id, trigger_type="manual", reason=None, scope=ALL):
         site = self.site(site_id)
         self.config(site.id)  # exists, with defaults, before any run reads it
         try:
@@ -204,7 +210,7 @@ class AutomationService:
                 raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
             raise BadRequest("A run is already starting for this site; try again in a moment.")
         try:
-            run = self._create_run(site, trigger_type, reason)
+            run = self._create_run(site, trigger_type, reason, scope)
         except BaseException:
             lock.release()
             raise
@@ -214,12 +220,15 @@ class AutomationService:
         hooks.emit("run.started", run, self.actor, reason)
         return run
 
-    def _create_run(self, site, trigger_type, reason):
+    def _create_run(self, site, trigger_type, reason, scope):
         active = self.active_run(site.id)
         if active:
             raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
-        counts, p = self.pending_counts(site.id)
+        counts, p = self.pending_counts(site.id, scope)
         if not any(counts.values()):
+            if scope.retry_of:
+                raise BadRequest(f"Nothing to retry: the failed items of run {scope.retry_of} have been "
+                                 "processed since.")
             raise BadRequest("Nothing to process: no stage has pending items (import keywords first).")
         est = costs.estimate(p)
         required = costs.required_for_start(est)
@@ -229,7 +238,7 @@ class AutomationService:
         now = utcnow()
         run = AutomationRun(account_id=site.account_id, site_id=site.id, status="running", trigger_type=trigger_type,
                             current_stage=1, started_at=now, heartbeat_at=now, started_by=self.actor,
-                            job_token=uuid.uuid4().hex)
+                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of)
         db.session.add(run)
         try:
             db.session.flush()
@@ -240,6 +249,105 @@ class AutomationService:
             db.session.rollback()
             raise BadRequest("A run is already active for this site.")
         return run
+
+    def retry_failed(self, run_id, reason=None):
+        """Start a run (trigger_type "retry") that processes exactly run `run_id`'s failed items
+        again, and what they produce; the same lock and credit rules as any start."""
+        source = self.run(run_id)
+        active = self.active_run(source.site_id)
+        if active:
+            raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}); "
+                             "retry once it has finished.")
+        if not self.failure_count(source):
+            raise BadRequest(f"Run {source.id} has no failed items to retry.")
+        return self.start(source.site_id, trigger_type="retry", scope=RetryScope(source.id),
+                          reason=reason or f"retry the failed items of run {source.id}")
+
+    # -- insights ----------------------------------------------------------------------------
+    def failure_count(self, run):
+        return db.session.execute(select(func.count(RunItemFailure.id)).where(
+            RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id)).scalar()
+
+    def failed_items(self, run, page=1, per_page=FAILED_PER_PAGE):
+        """One page of the run's failed items: stage, item id, label, reason, attempts, time."""
+        rows = db.session.execute(select(RunItemFailure).where(
+            RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id)
+            .order_by(RunItemFailure.stage, RunItemFailure.id).offset((page - 1) * per_page).limit(per_page)).scalars().all()
+        labels = {}
+        for n in {f.stage for f in rows}:  # one query per stage on the page
+            stage = STAGES[n]
+            ids = [f.item_id for f in rows if f.stage == n]
+            for item in db.session.execute(select(stage.model).where(
+                    stage.model.id.in_(ids), stage.model.account_id == self.account_id)).scalars():
+                labels[(n, item.id)] = stage.label(item)
+        return [{"stage": f.stage, "stage_name": STAGES[f.stage].name, "item_type": STAGES[f.stage].item_type,
+                 "item_id": f.item_id, "label": labels.get((f.stage, f.item_id), "(deleted)"), "reason": f.reason,
+                 "attempts": f.attempts, "failed_at": iso(f.created_at)} for f in rows]
+
+    def run_insights(self, run, events=None, now=None):
+        """active_seconds, paused_seconds, eta_seconds and the stage results with
+        duration_seconds (see insights.py); `events` if the caller has read them already."""
+        now = now or utcnow()
+        events = self.events(run) if events is None else events
+        intervals = insights.pause_intervals(run, events, now)
+        results = insights.stage_results(run, intervals, now)
+        out = insights.run_times(run, intervals, now)
+        out["eta_seconds"] = None
+        if run.status == "running":
+            projected, rates, cfg = self._eta_inputs(run)
+            out["eta_seconds"] = insights.eta_seconds(run, results, projected, rates, cfg)
+        out["results"] = results
+        out["intervals"] = intervals
+        return out
+
+    def _eta_inputs(self, run):
+        """Projected items per stage and the site's recent per-item rates: a few queries,
+        cached ETA_INPUTS_TTL seconds per run since every open page polls the run."""
+        cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == run.site_id)).scalar_one_or_none()
+        key = f"automation:eta:{run.id}:{run.current_stage}"
+        try:
+            cached = get_redis().get(key)
+        except Exception:
+            cached = None
+        if cached:
+            data = json.loads(cached)
+            return ({int(k): v for k, v in data["p"].items()}, {int(k): v for k, v in data["r"].items()}, cfg)
+        _, p = self.pending_counts(run.site_id, scope_for(run))
+        projected = insights.projected_items(p)
+        recent = db.session.execute(select(AutomationRun).where(
+            AutomationRun.site_id == run.site_id, AutomationRun.status == "completed", AutomationRun.id != run.id)
+            .order_by(AutomationRun.id.desc()).limit(ETA_HISTORY_RUNS)).scalars().all()
+        rates = insights.observed_rates(recent)
+        try:
+            get_redis().set(key, json.dumps({"p": projected, "r": rates}), px=int(ETA_INPUTS_TTL * 1000))
+        except Exception:
+            pass
+        return projected, rates, cfg
+
+    def run_dict(self, run, events=None):
+        """The API's run: to_dict() plus the insights (durations, active/paused time, ETA)."""
+        d = run.to_dict()
+        ins = self.run_insights(run, events)
+        for n, r in ins["results"].items():
+            d[f"stage_{n}_result"] = r
+        d.update(active_seconds=ins["active_seconds"], paused_seconds=ins["paused_seconds"],
+                 eta_seconds=ins["eta_seconds"], retry_of_run_id=run.retry_of_run_id)
+        return d
+
+    def summaries(self, runs, now=None):
+        """History rows: summary() plus active/paused seconds (one events query for all)."""
+        now = now or utcnow()
+        by_run = {}
+        if runs:
+            for e in db.session.execute(select(RunEvent).where(RunEvent.run_id.in_([r.id for r in runs]))
+                                        .order_by(RunEvent.id)).scalars():
+                by_run.setdefault(e.run_id, []).append(e)
+        out = []
+        for run in runs:
+            d = run.summary()
+            d.update(insights.run_times(run, insights.pause_intervals(run, by_run.get(run.id, []), now), now))
+            out.append(d)
+        return out
 
     def _transition(self, run_id, action, allowed_from, values, reason=None):
         run = self.run(run_id)

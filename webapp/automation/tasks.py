@@ -23,7 +23,8 @@ from .billing import InsufficientCredits, charge
 from .closing import close_stage_if_ended, end_values, system_event
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
-from .stages import STAGES, AlreadyDone, pending_count
+from .scope import scope_for
+from .stages import STAGES, AlreadyDone
 from .state import build_state, publish_state
 
 log = logging.getLogger(__name__)
@@ -178,8 +179,9 @@ class RunExecutor:
         run, n = self.run, self.run.current_stage
         stage = STAGES[n]
         res = self.res = dict(run.stage_result(n) or {})
+        scope = scope_for(run)
         if not res:
-            total = pending_count(stage, run.site_id)
+            total = scope.count(stage, run.site_id)
             res = {"status": "running", "items_total": total, "items_processed": 0, "items_created": 0,
                    "items_failed": 0, "credits_used": 0, "started_at": iso(utcnow()), "finished_at": None,
                    "failures": []}
@@ -189,7 +191,7 @@ class RunExecutor:
             self.logger.log(f"Stage {n} ({stage.name}) started: {total} pending", stage=n)
         failed = select(RunItemFailure.item_id).where(RunItemFailure.run_id == run.id, RunItemFailure.stage == n)
         bs = self.cfg.batch_size(n) if n <= 6 else STAGE_7_BATCH
-        items = db.session.execute(stage.pending(run.site_id).where(stage.model.id.not_in(failed))
+        items = db.session.execute(scope.pending(stage, run.site_id).where(stage.model.id.not_in(failed))
                                    .order_by(stage.model.id).limit(bs + UP_NEXT)).scalars().all()
         batch, upcoming = items[:bs], items[bs:]
         if not batch:
@@ -270,7 +272,8 @@ class RunExecutor:
         # Out of attempts: record the failure and go on with the next item.
         for item_id in ids:
             db.session.add(RunItemFailure(account_id=self.run.account_id, site_id=self.run.site_id,
-                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000]))
+                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000],
+                                          attempts=self.max_attempts))
         res = dict(self.res)
         res["items_failed"] += len(ids)
         res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": last_error[:300]}]

@@ -22,11 +22,22 @@ class User(UserMixin, db.Model):
     password_hash = db.Column(db.String(255), nullable=False)
     account_id = db.Column(db.Integer, db.ForeignKey("account.id", ondelete="CASCADE"), nullable=False, index=True)
     active = db.Column(db.Boolean, nullable=False, default=True)
+    # Part of every session cookie (see get_id); bumping it ends all earlier sessions
+    # (webapp/security.py: end_sessions).
+    session_generation = db.Column(db.Integer, nullable=False, default=0, server_default="0")
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     account = db.relationship(Account)
 
     def set_password(self, password):
+        # A new password ends every session opened with the old one.
+        if self.password_hash is not None and self.id is not None:
+            self.session_generation = (self.session_generation or 0) + 1
         self.password_hash = generate_password_hash(password)
+
+    def get_id(self):
+        # Flask-Login keeps this in the session cookie; the loader accepts it only while
+        # the generation still matches (Flask-Login's "alternative tokens" pattern).
+        return f"{self.id}:{self.session_generation or 0}"
 
     def check_password(self, password):
         return check_password_hash(self.password_hash, password)

@@ -48,7 +48,7 @@ class AutomationRun(TenantMixin, db.Model):
     __tablename__ = "automation_run"
     id = db.Column(db.Integer, primary_key=True)
     status = db.Column(db.String(16), nullable=False, default="running")
-    trigger_type = db.Column(db.String(16), nullable=False, default="manual")  # manual | scheduled | api
+    trigger_type = db.Column(db.String(16), nullable=False, default="manual")  # manual | scheduled | api | retry
     current_stage = db.Column(db.Integer, nullable=False, default=1)
     started_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     paused_at = db.Column(db.DateTime)
@@ -72,6 +72,8 @@ class AutomationRun(TenantMixin, db.Model):
     # The chain of RQ jobs allowed to work on this run; a resume or a recovery issues a new
     # token, so any older job still queued exits instead of forking a second chain.
     job_token = db.Column(db.String(32))
+    # A retry run (trigger_type "retry") processes only this run's failed items (see scope.py).
+    retry_of_run_id = db.Column(db.Integer, db.ForeignKey("automation_run.id", ondelete="SET NULL"))
     __table_args__ = (
         # At most one active run per site, enforced by the database (SPEC §3).
         db.Index("uq_run_one_active_per_site", "site_id", unique=True,
@@ -154,5 +156,6 @@ class RunItemFailure(TenantMixin, db.Model):
     stage = db.Column(db.Integer, nullable=False)
     item_id = db.Column(db.Integer, nullable=False)
     reason = db.Column(db.Text, nullable=False)
+    attempts = db.Column(db.Integer, nullable=False, default=1, server_default="3")
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     __table_args__ = (db.UniqueConstraint("run_id", "stage", "item_id", name="uq_failure_run_stage_item"),)
