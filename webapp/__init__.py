@@ -1,5 +1,4 @@
 """Automation Console: `create_app` wires config, extensions and each subpackage."""
-import logging
 import os
 
 from flask import Flask
@@ -17,9 +16,8 @@ def create_app(test_config=None):
     app.config.update(load_config(app.instance_path))
     if test_config:
         app.config.update(test_config)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    from . import logging_setup
+    logging_setup.init_app(app)  # LOG_FORMAT, request ids (webapp/logging_setup.py)
 
     from .extensions import csrf, db, login_manager, migrate, sock
     if app.config["SQLALCHEMY_DATABASE_URI"].startswith("sqlite"):
@@ -36,7 +34,8 @@ def create_app(test_config=None):
     from . import security
     security.init_app(app)
 
-    from . import auth, api, cli, health, media, web
+    from . import auth, api, cli, health, media, metrics, web
+    metrics.init_app(app)  # GET /metrics and the request counters (webapp/metrics.py)
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)

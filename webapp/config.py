@@ -43,6 +43,37 @@ def persistent_secret_key(instance_path):
     return key
 
 
+def log_format(env=None):
+    """LOG_FORMAT: `text` (default) or `json` (one JSON object per line). A function of its own
+    because gunicorn's logger class needs it before any app exists."""
+    env = os.environ if env is None else env
+    value = (env.get("LOG_FORMAT") or "text").strip().lower()
+    if value not in ("text", "json"):
+        raise SystemExit(f"config error: LOG_FORMAT must be 'text' or 'json', got {env.get('LOG_FORMAT')!r}")
+    return value
+
+
+def metrics_dir(env=None):
+    """prometheus_client's own PROMETHEUS_MULTIPROC_DIR (it reads it at import; so do we, for
+    the scrape and the start-up wipe). Unset = single-process mode."""
+    env = os.environ if env is None else env
+    return env.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _networks(env, name, default):
+    import ipaddress
+    raw = env.get(name, default)
+    out = []
+    for part in (p.strip() for p in raw.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise SystemExit(f"config error: {name} must be a comma-separated list of IPs or CIDRs, got {part!r}")
+    return tuple(out)
+
+
 def load_config(instance_path, env=None):
     env = os.environ if env is None else env
     instance_path = Path(instance_path)
@@ -71,6 +102,13 @@ def load_config(instance_path, env=None):
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Operations (docs/OPERATIONS.md): /metrics is off (404) until a token is set.
+        "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
+        "METRICS_DIR": metrics_dir(env),
+        "LOG_FORMAT": log_format(env),
+        # Peers whose X-Request-ID header is kept (a reverse proxy on this machine by default);
+        # from anyone else the header is ignored and a fresh id is made.
+        "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": None,
         "SESSION_COOKIE_HTTPONLY": True,

@@ -3,6 +3,11 @@ from .base import AIResult, ItemError, Provider, ProviderUnavailable  # noqa: F4
 
 
 def get_provider(config):
+    from ..metrics import timed_provider  # every call timed: automation_ai_call_seconds
+    return timed_provider(_make_provider(config))
+
+
+def _make_provider(config):
     name = config.get("AI_PROVIDER", "local")
     if name == "local":
         from .local import LocalProvider

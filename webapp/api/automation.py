@@ -4,7 +4,7 @@ from flask import g, request
 
 from ..automation.service import AutomationService
 from . import schemas as s
-from .errors import ok
+from .errors import ApiError, ok
 from .idempotency import idempotent
 from .spec import endpoint
 
@@ -87,9 +87,12 @@ def history():
 @endpoint("/automation/logs", ["GET"], query=s.LogsQuery, ok=s.ok("LogsResponse", s.Logs), errors=RUN_ERRORS,
           tags=["runs"])
 def logs():
-    """The last `lines` lines of the run's log."""
+    """Log lines of a run with line numbers: the last `lines`; with `before=L` the `lines` lines
+    above line L (page backwards); with `after=L` the lines following line L (poll the tail)."""
     q = request.context.query
-    return ok({"run_id": q.run_id, "lines": service().log_lines(q.run_id, q.lines)})
+    if q.before is not None and q.after is not None:
+        raise ApiError(errors={"before": "give 'before' or 'after', not both", "after": "give 'before' or 'after', not both"})
+    return ok({"run_id": q.run_id, **service().log_page(q.run_id, q.lines, before=q.before, after=q.after)})
 
 
 @endpoint("/automation/estimate", ["GET"], query=s.SiteQuery, ok=s.ok("EstimateResponse", s.Estimate),

@@ -78,7 +78,9 @@ class SiteRunQuery(Query):
 
 class LogsQuery(Query):
     run_id: Id
-    lines: QueryInt(1, 5000, "how many of the last lines (default 100)") = 100
+    lines: QueryInt(1, 5000, "how many lines (default 100)") = 100
+    before: QueryInt(1, MAX_ID, "the lines just above this line number") = None
+    after: QueryInt(0, MAX_ID, "the lines following this line number") = None
 
 
 class HistoryQuery(Query):
@@ -268,6 +270,8 @@ class History(Model):
 class Logs(Model):
     run_id: int
     lines: list[str]
+    first_line: int = Field(description="the line number of lines[0]")
+    total_lines: int
 
 
 class Estimate(Model):
@@ -292,8 +296,10 @@ class Overview(Model):
 class Processing(Model):
     stage_number: int
     stage_name: str
+    status: Literal["starting", "processing"] = Field(description="starting until the stage has counted its items")
     total_items: int
     processed_items: int
+    failed_items: int
     percentage: float
     currently_processing: list[str] = Field(description="labels of the items in flight")
     up_next: list[str]

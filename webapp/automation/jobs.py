@@ -4,6 +4,8 @@ import uuid
 from flask import current_app
 from rq import Queue
 
+from ..logging_setup import job_meta
+
 JOB_TIMEOUT = 3600
 RESULT_TTL = 3600
 
@@ -22,6 +24,6 @@ def enqueue_step(client, run_id, token, first=False, delay=0):
     job_id = f"automation-run-{int(run_id)}-{uuid.uuid4().hex[:12]}"
     job = queue(client).enqueue(func, run_id, token, job_id=job_id, job_timeout=JOB_TIMEOUT,
                                 result_ttl=RESULT_TTL, failure_ttl=7 * 24 * 3600,
-                                description=f"automation run {run_id}")
+                                description=f"automation run {run_id}", meta=job_meta())
     client.set(job_key(run_id), job.id, ex=7 * 24 * 3600)
     return job

@@ -107,3 +107,38 @@ def read_from(path, after):
     except FileNotFoundError:
         pass
     return out
+
+
+def read_before(path, before, n):
+    """Up to n lines numbered below `before` (1-based), for paging a log backwards:
+    (number of the first line returned, lines). One forward pass keeping the last n."""
+    from collections import deque
+    window = deque(maxlen=max(0, n))
+    last = 0
+    try:
+        with open(path, "rb") as fh:
+            for i, raw in enumerate(fh, start=1):
+                if i >= before:
+                    break
+                window.append(raw.rstrip(b"\n").decode("utf-8", errors="replace"))
+                last = i
+    except FileNotFoundError:
+        pass
+    return last - len(window) + 1, list(window)
+
+
+def read_after(path, after, n):
+    """Up to n complete lines numbered above `after` (for polling clients that cannot keep a
+    websocket): (number of the first line returned, lines)."""
+    out = []
+    try:
+        with open(path, "rb") as fh:
+            for i, raw in enumerate(fh, start=1):
+                if i <= after:
+                    continue
+                if not raw.endswith(b"\n") or len(out) >= n:
+                    break
+                out.append(raw[:-1].decode("utf-8", errors="replace"))
+    except FileNotFoundError:
+        pass
+    return after + 1, out

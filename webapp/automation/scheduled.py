@@ -16,8 +16,10 @@ from flask import current_app
 from rq import Queue
 from sqlalchemy import bindparam, select, update
 
+from .. import metrics
 from ..errors import AppError
 from ..extensions import db
+from ..logging_setup import job_meta
 from ..models import AutomationConfig, RunEvent, Site
 from ..models.base import utcnow
 from ..redis_conn import get_redis
@@ -37,6 +39,7 @@ def check_scheduled_automations(now=None):
     if not lock.acquire():
         log.info("another scheduler tick is running; skipping")
         return []
+    metrics.scheduler_ticked(r)
     try:
         rows = db.session.execute(
             select(AutomationConfig.id, AutomationConfig.site_id, AutomationConfig.next_run_at,
@@ -60,7 +63,8 @@ def check_scheduled_automations(now=None):
         due = [(row.site_id, row.next_run_at.isoformat()) for row in rows]
         q = Queue(current_app.config["RQ_QUEUE"], connection=r)
         q.enqueue_many([Queue.prepare_data("webapp.automation.scheduled.start_scheduled_run", (site_id, slot),
-                                           timeout=300, result_ttl=3600) for site_id, slot in due])
+                                           timeout=300, result_ttl=3600, meta=job_meta())
+                       for site_id, slot in due])
         log.info("scheduler tick at %s: %d due site(s) queued", now.isoformat(), len(due))
         return due
     finally:

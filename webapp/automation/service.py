@@ -18,11 +18,11 @@ from . import costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
-from .logger import AutomationLogger, run_log_path, tail
+from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
-from .state import publish_state, read_state
+from .state import publish_state, read_state, reconcile
 
 HISTORY_LIMIT = 20
 FAILED_PER_PAGE = 50
@@ -402,6 +402,21 @@ class AutomationService:
         run = self.run(run_id)
         return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
 
+    def log_page(self, run_id, lines, before=None, after=None):
+        """A window of a run's log with line numbers: the last `lines`, the `lines` above line
+        `before`, or those after line `after`. `first_line` numbers the first line returned."""
+        run = self.run(run_id)
+        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+        total = line_count(path)
+        if before is not None:
+            first, out = read_before(path, before, lines)
+        elif after is not None:
+            first, out = read_after(path, after, lines)
+        else:
+            out = tail(path, lines)
+            first = max(1, total - len(out) + 1)
+        return {"lines": out, "first_line": first, "total_lines": total}
+
     def current_processing(self, site_id, run_id):
         run = db.session.execute(select(AutomationRun).where(
             AutomationRun.id == run_id, AutomationRun.site_id == site_id,
@@ -411,7 +426,7 @@ class AutomationService:
             raise NotFound(f"Run {run_id} not found.")
         if run.status != "running":
             return None
-        return read_state(get_redis(), run.id)
+        return reconcile(run, STAGES[run.current_stage].name, read_state(get_redis(), run.id))
 
 
 def overview_rows(counts):

@@ -37,7 +37,37 @@ def read_state(client, run_id):
 
 
 def build_state(stage_number, stage_name, total, processed, current, up_next, remaining):
-    pct = round(100.0 * processed / total, 1) if total else 100.0
-    return {"stage_number": stage_number, "stage_name": stage_name, "total_items": total,
-            "processed_items": processed, "percentage": min(pct, 100.0),
+    """`status` is "starting" until the stage has counted its items (total 0): a stage that has
+    not begun is 0 %, never 100 % of 0/0."""
+    starting = not total
+    pct = 0.0 if starting else min(round(100.0 * processed / total, 1), 100.0)
+    return {"stage_number": stage_number, "stage_name": stage_name, "status": "starting" if starting else "processing",
+            "total_items": total, "processed_items": processed, "percentage": pct,
             "currently_processing": current, "up_next": up_next, "remaining_count": remaining}
+
+
+def percent(done, total):
+    """Progress as shown everywhere (API, site page, run page, dashboard): one decimal,
+    rounded down so a stage never shows 100 % before its last item, 0 while not counted."""
+    if not total:
+        return 0.0
+    return min(100.0, int(1000 * done / total) / 10)
+
+
+def reconcile(run, stage_name, state):
+    """The processing state of a running run, with every number taken from the run row (the
+    stage result the worker commits with each item) and only the item names from the live
+    state: the \"Now\" line can never disagree with the stage table beside it, nor show a
+    stage the table has not reached. Names from another stage (a late message) are dropped."""
+    n = run.current_stage
+    res = run.stage_result(n) or {}
+    same = bool(state) and state.get("stage_number") == n
+    total = res.get("items_total") or 0
+    processed, failed = res.get("items_processed") or 0, res.get("items_failed") or 0
+    starting = not res or not total
+    return {"stage_number": n, "stage_name": stage_name, "status": "starting" if starting else "processing",
+            "total_items": total, "processed_items": processed, "failed_items": failed,
+            "percentage": percent(processed + failed, total),
+            "currently_processing": list(state.get("currently_processing") or []) if same and not starting else [],
+            "up_next": list(state.get("up_next") or []) if same else [],
+            "remaining_count": max(0, total - processed - failed)}

@@ -14,6 +14,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from ..ai import ItemError, ProviderUnavailable, get_provider
+from .. import logging_setup, metrics
 from ..extensions import db
 from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
@@ -148,6 +149,7 @@ class RunExecutor:
         db.session().expire_on_commit = False
         try:
             self.run = db.session.get(AutomationRun, self.run_id)
+            logging_setup.bind(run_id=self.run_id, site_id=self.run.site_id)
             self.logger = run_logger(self.run)
             self.cfg = db.session.execute(select(AutomationConfig).where(
                 AutomationConfig.site_id == self.run.site_id)).scalar_one()
@@ -235,6 +237,7 @@ class RunExecutor:
                 new = self._count(self.res, len(unit), created, ctx.unit_credits)
                 self._save(n, new, credits=ctx.unit_credits)
                 db.session.commit()
+                metrics.items_processed(n, len(unit), ctx.unit_credits)
                 self.res = new
                 what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
                         else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
@@ -279,6 +282,7 @@ class RunExecutor:
         res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": last_error[:300]}]
         self._save(n, res)
         db.session.commit()
+        metrics.items_failed(n, len(ids))
         self.res = res
         self.logger.log(f"{stage.item_type} {ids[0]}: FAILED after {self.max_attempts} attempts: {last_error[:200]}", stage=n)
         return "failed"

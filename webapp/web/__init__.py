@@ -1,5 +1,8 @@
+import re
+
 from markupsafe import Markup, escape
 
+from .snapshot import duration
 from .views import bp
 
 
@@ -19,20 +22,23 @@ def article_html(body):
     return Markup("\n".join(out))
 
 
-def duration(run):
-    end = run.completed_at or run.cancelled_at
-    if not end or not run.started_at:
-        return ""
-    secs = int((end - run.started_at).total_seconds())
-    return f"{secs // 3600}h {secs % 3600 // 60}m" if secs >= 3600 else f"{secs // 60}m {secs % 60}s"
+# Lines that report a failure, an error or a stop for lack of something: shown in red. The
+# same rule is in static/js/app.js for lines that arrive live.
+ERROR_LINE = re.compile(r"FAILED|attempt \d+ failed|[Ee]rror|unavailable|[Ii]nsufficient|Run failed")
+
+
+def log_class(line):
+    return " ln-error" if ERROR_LINE.search(line or "") else ""
 
 
 def init_app(app):
-    from . import live
+    from . import live, ops
     app.register_blueprint(bp)
     app.register_blueprint(live.bp)
+    app.register_blueprint(ops.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
+    app.jinja_env.filters["log_class"] = log_class
 
     @app.context_processor
     def inject_account():

@@ -14,6 +14,7 @@ import redis
 from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
+from .. import metrics
 from ..auth.tokens import caller_account_id
 from ..automation.logger import log_channel, run_log_path
 from ..automation.state import read_state, state_channel
@@ -160,6 +161,7 @@ def _stream(ws, channel, produce):
     `channel`, or POLL seconds), until the client leaves or the server shuts down."""
     h = hub()
     ev = h.register(channel)
+    metrics.websocket_opened()
     try:
         while ws.connected and not SHUTDOWN.is_set():
             for message in produce():
@@ -169,6 +171,7 @@ def _stream(ws, channel, produce):
         if SHUTDOWN.is_set():
             ws.close(1001, "server restarting")
     finally:
+        metrics.websocket_closed()
         h.unregister(channel, ev)
 
 

@@ -6,17 +6,19 @@ and the processing state.
 """
 from pathlib import Path
 
-from flask import Blueprint, abort, current_app, flash, redirect, render_template, request, send_file, url_for
+from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file,
+                   url_for)
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
 from ..automation.config_schema import field_errors
-from ..automation.logger import line_count, run_log_path, tail
-from ..automation.service import AutomationService, overview_rows
+from ..automation.logger import line_count, read_before, run_log_path, tail
+from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
-from ..models import (AutomationConfig, Cluster, Content, ContentIdea, Image, Keyword, RunEvent, Site, Task)
+from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
 from ..planner import import_rows, parse_csv
+from . import snapshot
 
 bp = Blueprint("web", __name__)
 CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
@@ -25,6 +27,7 @@ TABS = {
     "tasks": (Task, "Tasks"), "content": (Content, "Content"), "images": (Image, "Images"),
 }
 PER_PAGE = 50
+RUN_PAGE_LINES = 500
 
 
 def service():
@@ -45,6 +48,12 @@ def owned_run(svc, run_id):
         abort(404)
 
 
+def flash_run(message, category, run):
+    """A flash about a run carries the run's state when it was said (`success|run=5|running`):
+    the page drops it as soon as the live refresh shows that run in another state."""
+    flash(message, f"{category}|run={run.id}|{run.status}")
+
+
 def is_htmx():
     return request.headers.get("HX-Request") == "true"
 
@@ -52,47 +61,20 @@ def is_htmx():
 @bp.get("/")
 @login_required
 def dashboard():
-    svc = service()
-    sites = db.session.execute(select(Site).where(Site.account_id == current_user.account_id)
-                               .order_by(Site.name)).scalars().all()
-    rows = []
-    for s in sites:
-        cfg = db.session.execute(select(AutomationConfig).where(AutomationConfig.site_id == s.id)).scalar_one_or_none()
-        counts = svc.stage_counts(s.id)
-        rows.append({"site": s, "run": svc.active_run(s.id), "config": cfg, "pending": sum(counts.values()),
-                     "keywords_pending": counts[1]})
-    return render_template("dashboard.html", rows=rows)
+    snap = snapshot.dashboard_snapshot(service())
+    return render_template("dashboard.html", snap=snap, live_version=snapshot.version(snap))
 
 
 # -- site automation page ----------------------------------------------------------------------
-def automation_context(svc, site, errors=None, form_values=None):
-    cfg = svc.config(site.id)
-    run = svc.active_run(site.id)
-    # One read of the pending counts serves the estimate and the overview; fresh (not the
-    # cached overview) because it decides whether "Run now" is offered.
-    counts, inputs = svc.pending_counts(site.id)
-    estimate = svc.estimate_from(inputs)
-    overview = overview_rows(counts)
-    skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
-                               .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
-    start_block = None
-    if run:
-        start_block = f"Run {run.id} is {run.status}."
-    elif not any(s["pending"] for s in overview):
-        start_block = "Nothing to process: import keywords first."
-    elif not estimate["sufficient"]:
-        start_block = (f"Not enough credits: this run needs {estimate['required_credits']:,} "
-                       f"(estimate × 1.2), you have {estimate['current_balance']:,}.")
-    processing = svc.current_processing(site.id, run.id) if run and run.status == "running" else None
+def automation_context(svc, site, errors=None, form_values=None, fresh=True):
+    snap = snapshot.site_snapshot(svc, site, fresh=fresh)
     log_lines, log_next = [], 0
-    if run:
-        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+    if snap["run"]:
+        path = run_log_path(current_app.config["LOG_DIR"], current_user.account_id, site.id, snap["run"]["id"])
         log_next = line_count(path)
         log_lines = tail(path, 30)
-    return dict(site=site, config=svc.config_dict(cfg), run=run, estimate=estimate, overview=overview,
-                history=svc.history(site.id), errors=errors or {}, form=form_values or {}, start_block=start_block,
-                processing=processing, skips=skips, log_lines=log_lines, log_next=log_next,
-                chart_max=max([s["pending"] for s in overview] + [1]))
+    return dict(site=site, snap=snap, config=svc.config_dict(svc.config(site.id)), errors=errors or {},
+                form=form_values or {}, log_lines=log_lines, log_next=log_next, live_version=snapshot.version(snap))
 
 
 @bp.get("/sites/<int:site_id>/automation")
@@ -110,7 +92,57 @@ def automation_panel(site_id, name):
         abort(404)
     svc = service()
     site = owned_site(svc, site_id)
-    return render_template(f"partials/{name}.html", **automation_context(svc, site))
+    return render_template(f"partials/{name}.html", snap=snapshot.site_snapshot(svc, site), site=site)
+
+
+# -- live refresh: the same snapshot, rendered into the same partials, as JSON --------------------
+# `?v=<version>` from the page (or the last refresh): unchanged → 204, nothing rendered. The
+# client morphs each region into the page (static/js/app.js), so focus and scroll stay put.
+def live_regions(snap, regions):
+    version = snapshot.version(snap)
+    if request.args.get("v") == version:
+        return "", 204
+    body = {"version": version, "regions": {rid: render_template(tpl, snap=snap, **extra)
+                                            for rid, (tpl, extra) in regions.items()}}
+    return jsonify(body), 200, {"Cache-Control": "no-store"}
+
+
+@bp.get("/live/sites/<int:site_id>")
+@login_required
+def live_site(site_id):
+    svc = service()
+    site = owned_site(svc, site_id)
+    snap = snapshot.site_snapshot(svc, site)
+    return live_regions(snap, {
+        "run-panel": ("partials/run.html", {"site": site}),
+        "estimate-panel": ("partials/estimate.html", {}),
+        "overview-panel": ("partials/overview.html", {}),
+        "history-panel": ("partials/history.html", {}),
+        "log-meta": ("partials/log_meta.html", {}),
+        "credit-balance": ("partials/credits.html", {}),
+    })
+
+
+@bp.get("/live/runs/<int:run_id>")
+@login_required
+def live_run(run_id):
+    svc = service()
+    run = owned_run(svc, run_id)
+    snap = snapshot.run_snapshot(svc, run)
+    return live_regions(snap, {
+        "run-head": ("partials/run_head.html", {}),
+        "run-summary": ("partials/run_summary.html", {}),
+        "run-stages": ("partials/run_stages.html", {}),
+        "credit-balance": ("partials/credits.html", {}),
+    })
+
+
+@bp.get("/live/dashboard")
+@login_required
+def live_dashboard():
+    snap = snapshot.dashboard_snapshot(service())
+    return live_regions(snap, {"dashboard-rows": ("partials/dashboard_rows.html", {}),
+                               "credit-balance": ("partials/credits.html", {})})
 
 
 @bp.post("/sites/<int:site_id>/automation/config")
@@ -159,7 +191,7 @@ def run_now(site_id):
     site = owned_site(svc, site_id)
     try:
         run = svc.start(site.id, trigger_type="manual", reason=(request.form.get("reason") or None))
-        flash(f"Run {run.id} started.", "success")
+        flash_run(f"Run {run.id} started.", "success", run)
     except AppError as e:
         flash(e.message, "error")
     return redirect(url_for("web.site_automation", site_id=site.id))
@@ -172,9 +204,11 @@ def control(run_id, action):
     run = owned_run(svc, run_id)
     try:
         getattr(svc, action)(run.id, reason=(request.form.get("reason") or None))
-        flash(f"Run {run.id} {dict(pause='paused', resume='resumed', cancel='cancelled')[action]}.", "success")
+        flash_run(f"Run {run.id} {dict(pause='paused', resume='resumed', cancel='cancelled')[action]}.", "success", run)
     except AppError as e:
-        flash(e.message, "error")
+        db.session.rollback()
+        db.session.refresh(run)
+        flash_run(e.message, "error", run)
     target = request.form.get("next")
     if target == "run":
         return redirect(url_for("web.run_detail", run_id=run.id))
@@ -190,13 +224,23 @@ def run_detail(run_id):
     site = db.session.get(Site, run.site_id)
     path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
     q = (request.args.get("q") or "").strip()[:200]
+    window = None
     if q:
         needle = q.lower()
         lines = [ln for ln in tail(path, 5000) if needle in ln.lower()]
     else:
-        lines = tail(path, 500)
-    return render_template("run.html", run=run, site=site, events=svc.events(run), lines=lines, q=q,
-                           log_next=line_count(path), stages=svc.pipeline_overview(site.id))
+        # `?before=N` pages backwards without JavaScript; the page's "Load earlier" button
+        # uses the API's `before` parameter for the same window.
+        before = request.args.get("before", type=int)
+        if before and before > 1:
+            first, lines = read_before(path, before, RUN_PAGE_LINES)
+            window = {"first": first, "total": line_count(path), "paged": True}
+        else:
+            lines = tail(path, RUN_PAGE_LINES)
+            window = snapshot.log_window(run, lines)
+    snap = snapshot.run_snapshot(svc, run)
+    return render_template("run.html", snap=snap, run=run, site=site, lines=lines, q=q, window=window,
+                           log_next=line_count(path), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES)
 
 
 @bp.get("/runs/<int:run_id>/log.txt")

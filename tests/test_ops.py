@@ -1,0 +1,294 @@
+"""Operations: /metrics (token, figures that move with a run across a real gunicorn web process
+and a real worker process), JSON logs with one request id from web to worker, the request id
+header, the metrics directory's start-up wipe, and the /ops page."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy import func, select
+
+from webapp.extensions import db
+from webapp.models import AITaskLog, AutomationRun
+
+from conftest import ROOT, csrf_from, drain, start_worker, wait_for
+
+TOKEN = "metrics-secret-token"
+ISSUE_METRICS = [  # the names docs/OPERATIONS.md and the issue promise, exactly
+    "automation_runs_total", "automation_runs_active", "automation_items_processed_total",
+    "automation_items_failed_total", "automation_ai_call_seconds", "automation_ai_rate_limited_total",
+    "automation_credits_charged_total", "automation_queue_depth", "automation_oldest_job_age_seconds",
+    "automation_workers_alive", "automation_stale_runs_recovered_total", "automation_websockets_open",
+    "automation_http_requests_total", "automation_http_request_duration_seconds",
+]
+
+
+def samples(text):
+    """{(sample name, frozenset(labels)): value}"""
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def value(snap, name, **labels):
+    return snap.get((name, frozenset(labels.items())), 0.0)
+
+
+def total(snap, name, **labels):
+    """Sum over every label set that contains `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in snap.items() if n == name and want <= ls)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def _json_lines(text):
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return [json.loads(ln) for ln in lines]  # every line must parse
+
+
+# -- /metrics access ----------------------------------------------------------------------------
+def test_metrics_is_off_without_a_token_and_needs_the_right_bearer(app, client):
+    app.config["METRICS_TOKEN"] = None
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 404
+    app.config["METRICS_TOKEN"] = TOKEN
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
+                    {"Authorization": f"Bearer {TOKEN}x"}):
+        resp = client.get("/metrics", headers=headers)
+        assert resp.status_code == 401, headers
+        assert "automation_" not in resp.get_data(as_text=True)
+        assert resp.headers["WWW-Authenticate"].startswith("Bearer")
+    resp = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert resp.status_code == 200
+    assert resp.headers["Content-Type"].startswith("text/plain")
+    snap = samples(resp.get_data(as_text=True))
+    assert ("automation_queue_depth", frozenset({("queue", "automation")})) in snap
+
+
+def test_http_metrics_are_labelled_by_url_rule_not_path(app, client):
+    app.config["METRICS_TOKEN"] = TOKEN
+    before = samples(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True))
+    for run_id in (91001, 91002, 91003):
+        assert client.get(f"/runs/{run_id}").status_code in (302, 404)
+    client.get("/no/such/page/8f1c")
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+    after = samples(text)
+    assert "91001" not in text and "8f1c" not in text  # raw paths never become labels
+    assert total(after, "automation_http_requests_total", route="/runs/<int:run_id>") - \
+        total(before, "automation_http_requests_total", route="/runs/<int:run_id>") == 3
+    assert value(after, "automation_http_requests_total", route="<unmatched>", status="404") - \
+        value(before, "automation_http_requests_total", route="<unmatched>", status="404") == 1
+    assert total(after, "automation_http_request_duration_seconds_count", route="/runs/<int:run_id>") >= 3
+
+
+# -- request ids ------------------------------------------------------------------------------------
+def test_request_id_is_returned_and_taken_only_from_a_trusted_proxy(client):
+    resp = client.get("/healthz", headers={"X-Request-ID": "proxy-abc.123"})
+    assert resp.headers["X-Request-ID"] == "proxy-abc.123"  # 127.0.0.1 is a trusted proxy
+    fresh = client.get("/healthz").headers["X-Request-ID"]
+    assert len(fresh) == 32 and fresh != client.get("/healthz").headers["X-Request-ID"]
+    untrusted = client.get("/healthz", headers={"X-Request-ID": "forged"}, environ_base={"REMOTE_ADDR": "203.0.113.9"})
+    assert untrusted.headers["X-Request-ID"] not in ("forged", "")
+    bad = client.get("/healthz", headers={"X-Request-ID": "has spaces {and} \"quotes\""})
+    assert len(bad.headers["X-Request-ID"]) == 32
+
+
+# -- the multiprocess directory -----------------------------------------------------------------------
+def test_metrics_dir_is_wiped_only_when_no_process_uses_it(tmp_path):
+    from webapp.metrics import claim_dir
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    d = tmp_path / "prom"
+    d.mkdir()
+    (d / f"counter_{dead.pid}.db").write_bytes(b"x")
+    (d / f"gauge_livesum_{dead.pid}.db").write_bytes(b"x")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        import psutil
+        (d / f"claim_{live.pid}.pid").write_text(repr(psutil.Process(live.pid).create_time()))
+        # Another process of this machine is alive: a dead one's counters stay (totals never go
+        # backwards when one process restarts), its live gauge goes.
+        assert claim_dir(d) is False
+        assert (d / f"counter_{dead.pid}.db").exists()
+        assert not (d / f"gauge_livesum_{dead.pid}.db").exists()
+    finally:
+        live.kill()
+        live.wait()
+    # Nobody alive any more: the next process to start wipes what the last run left.
+    (d / f"claim_{os.getpid()}.pid").unlink()
+    assert claim_dir(d) is True
+    assert not (d / f"counter_{dead.pid}.db").exists()
+    assert not (d / f"claim_{live.pid}.pid").exists() and (d / f"claim_{os.getpid()}.pid").exists()
+
+
+# -- a run across real processes ------------------------------------------------------------------------
+def test_metrics_and_json_logs_follow_a_run_from_web_to_worker(app, app_env, factory, tmp_path):
+    acc, user = factory.account()
+    site = factory.site(acc, keywords=6)
+    factory.fast_config(site)
+    api_token = factory.token(user)
+    env = {**os.environ, **app_env, "METRICS_TOKEN": TOKEN, "LOG_FORMAT": "json"}
+    port = _free_port()
+    web_log = tmp_path / "web.log"
+    with open(web_log, "wb") as out:
+        web = subprocess.Popen(
+            [str(ROOT / ".venv" / "bin" / "gunicorn") if (ROOT / ".venv" / "bin" / "gunicorn").exists()
+             else "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+             "--access-logfile", "-", "wsgi:app"],
+            cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    worker = None
+    base = f"http://127.0.0.1:{port}"
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+
+    def scrape():
+        resp = requests.get(f"{base}/metrics", headers=auth, timeout=10)
+        assert resp.status_code == 200
+        return samples(resp.text)
+
+    try:
+        def up():
+            try:
+                return requests.get(f"{base}/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_for(up, timeout=60, message="gunicorn up")
+        assert requests.get(f"{base}/metrics", timeout=5).status_code == 401
+        before = scrape()
+
+        trace = f"trace-{uuid.uuid4().hex[:12]}"
+        resp = requests.post(f"{base}/api/v1/automation/run_now/?site_id={site.id}", timeout=30,
+                             headers={"Authorization": f"Bearer {api_token}", "X-Request-ID": trace})
+        assert resp.status_code == 201, resp.text
+        assert resp.headers["X-Request-ID"] == trace
+        run_id = resp.json()["data"]["run_id"]
+
+        queued = scrape()  # read from Redis and the database at scrape time
+        assert value(queued, "automation_queue_depth", queue="automation") == 1
+        assert value(queued, "automation_oldest_job_age_seconds", queue="automation") >= 0
+        assert value(queued, "automation_runs_active", status="running") == 1
+        assert value(queued, "automation_runs_total", status="started", trigger_type="api") - \
+            value(before, "automation_runs_total", status="started", trigger_type="api") == 1
+
+        worker = start_worker(app_env, "--burst", extra_env={"LOG_FORMAT": "json"})
+        worker_out, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, worker_out.decode()[-2000:]
+        db.session.remove()
+        run = db.session.get(AutomationRun, run_id)
+        assert run.status == "completed"
+        after = scrape()
+
+        # Run, item, credit and AI counters moved by exactly what the run did (in the worker).
+        d = lambda name, **lb: total(after, name, **lb) - total(before, name, **lb)  # noqa: E731
+        assert d("automation_runs_total", status="completed", trigger_type="api") == 1
+        assert d("automation_runs_total", status="failed") == 0
+        for n in range(1, 8):
+            res = run.stage_result(n) or {}
+            assert d("automation_items_processed_total", stage=str(n)) == res.get("items_processed", 0), n
+            assert d("automation_items_failed_total", stage=str(n)) == res.get("items_failed", 0), n
+        assert run.total_credits_used > 0
+        assert d("automation_credits_charged_total") == run.total_credits_used
+        calls = db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.run_id == run_id)).scalar()
+        assert calls > 0 and d("automation_ai_call_seconds_count", provider="local") == calls
+        assert d("automation_ai_call_seconds_count", function="generate_content") == \
+            run.stage_result(4)["items_processed"]
+        assert d("automation_http_requests_total", route="/api/v1/automation/run_now/", status="201") == 1
+        assert value(after, "automation_queue_depth", queue="automation") == 0
+        assert value(after, "automation_runs_active", status="running") == 0
+        assert value(after, "automation_workers_alive") == 0  # the burst worker left
+        names = {fam.name for fam in text_string_to_metric_families(requests.get(f"{base}/metrics", headers=auth).text)}
+        # the parser strips _total from counter families
+        missing = [m for m in ISSUE_METRICS if m.removesuffix("_total") not in names]
+        assert not missing, missing
+        assert not any("account" in k for (_n, ls) in after for k, _v in ls)
+    finally:
+        if worker is not None and worker.poll() is None:
+            _stop(worker)
+        _stop(web)
+
+    # Every line of both processes is one JSON object; the request id crosses from web to worker.
+    web_lines = _json_lines(web_log.read_text())
+    worker_lines = _json_lines(worker_out.decode())
+    for line in web_lines + worker_lines:
+        assert {"time", "level", "logger", "message"} <= line.keys(), line
+    web_traced = [ln for ln in web_lines if ln.get("request_id") == trace]
+    assert any(ln["logger"] == "automation.events" and ln["message"].startswith("run.started")
+               and ln["run_id"] == run_id and ln["site_id"] == site.id for ln in web_traced), web_traced
+    assert any(ln["logger"] == "gunicorn.access" for ln in web_traced)  # the access line too
+    worker_traced = [ln for ln in worker_lines if ln.get("request_id") == trace]
+    assert any(ln["logger"] == "automation.events" and ln["message"].startswith("run.completed")
+               for ln in worker_traced), worker_lines[-20:]
+    assert {ln["pid"] for ln in worker_traced}.isdisjoint({ln["pid"] for ln in web_traced})
+    jobs = {ln.get("job_id") for ln in worker_traced}
+    assert all(j and j.startswith(f"automation-run-{run_id}-") for j in jobs)
+    assert len(jobs) > 1  # the follow-up jobs the run queued for itself carry it too
+    assert all(ln.get("run_id") == run_id for ln in worker_traced)
+    assert any(ln.get("site_id") == site.id for ln in worker_traced)
+
+
+# -- the status page -------------------------------------------------------------------------------------
+def _failed_job_for(app, run_id):
+    """A job of `run_id` that fails in a real RQ worker (an unexpected keyword argument)."""
+    from rq import Queue
+    from webapp.redis_conn import get_redis
+    job = Queue(app.config["RQ_QUEUE"], connection=get_redis()).enqueue(
+        "webapp.automation.tasks.resume_automation_task", run_id, None, bogus=1,
+        description=f"automation run {run_id}")
+    return job.id
+
+
+def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth, factory):
+    from rq import Queue
+    from rq.registry import FailedJobRegistry
+    from webapp.automation.service import AutomationService
+    from webapp.redis_conn import get_redis
+    a_acc, _ = factory.account("Acme")
+    b_acc, _ = factory.account("Other")
+    a_site, b_site = factory.site(a_acc, keywords=2), factory.site(b_acc, keywords=2)
+    factory.fast_config(a_site)
+    factory.fast_config(b_site)
+    a_run = AutomationService(a_acc.id).start(a_site.id).id
+    b_run = AutomationService(b_acc.id).start(b_site.id).id
+    drain(app)
+    mine, theirs = _failed_job_for(app, a_run), _failed_job_for(app, b_run)
+    drain(app)
+    r = get_redis()
+    failed = FailedJobRegistry(app.config["RQ_QUEUE"], connection=r)
+    assert {mine, theirs} <= set(failed.get_job_ids())
+
+    assert client.get("/ops").status_code == 302  # signed-in users only
+    auth.login()
+    html = client.get("/ops").get_data(as_text=True)
+    assert 'id="queues"' in html and "automation-control" in html
+    assert 'id="sum-failed">2<' in html
+    assert mine in html and theirs not in html
+    assert "1 failed job(s) of other accounts" in html
+
+    assert client.post(f"/ops/failed/{mine}/requeue").status_code == 400  # no CSRF token
+    token = csrf_from(html)
+    assert client.post(f"/ops/failed/{theirs}/requeue", data={"csrf_token": token}).status_code == 404
+    assert client.post("/ops/failed/no-such-job/requeue", data={"csrf_token": token}).status_code == 404
+    resp = client.post(f"/ops/failed/{mine}/requeue", data={"csrf_token": token})
+    assert resp.status_code == 302
+    assert mine not in failed.get_job_ids() and theirs in failed.get_job_ids()
+    assert mine in Queue(app.config["RQ_QUEUE"], connection=r).get_job_ids()

@@ -1,0 +1,238 @@
+"""Process logs for web, worker and scheduler: set up here, once per process.
+
+LOG_FORMAT=text (default) keeps the familiar `time LEVEL logger: message` lines;
+LOG_FORMAT=json writes one JSON object per line: time, level, logger, message, and
+request_id, run_id, site_id, job_id whenever they are known.
+
+Where the ids come from:
+- web: every request gets a `request_id` (the X-Request-ID of a trusted proxy, else a new one),
+  returned as the X-Request-ID header; `site_id`/`run_id` from the URL when it names them;
+- the RQ jobs a request queues carry its request_id in `job.meta` (`job_meta()`), and the
+  worker binds it, with the job id, while the job runs: web and worker lines share the id,
+  and so do the follow-up jobs a run queues for itself;
+- the engine binds `run_id`/`site_id` once it has loaded the run (`bind()`).
+"""
+import contextvars
+import json
+import logging
+import re
+import sys
+import uuid
+from datetime import datetime, timezone
+
+_FIELDS = ("request_id", "run_id", "site_id", "job_id")
+_context = contextvars.ContextVar("automation_log_context", default={})
+REQUEST_ID_HEADER = "X-Request-ID"
+# What we accept from a proxy: short, printable, no spaces (it ends up in every log line).
+_VALID_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s%(ids)s"
+
+
+def new_request_id():
+    return uuid.uuid4().hex
+
+
+def bind(**ids):
+    """Add ids to this thread's log context (None values are ignored); returns a token for reset()."""
+    current = dict(_context.get())
+    current.update({k: v for k, v in ids.items() if v is not None})
+    return _context.set(current)
+
+
+def reset(token):
+    _context.reset(token)
+
+
+def current(name):
+    return _context.get().get(name)
+
+
+def job_meta():
+    """`meta` for an RQ job queued now: the request id travels with it into the worker."""
+    rid = current_request_id()
+    return {"request_id": rid} if rid else {}
+
+
+def current_request_id():
+    try:
+        from flask import g, has_request_context
+        if has_request_context() and getattr(g, "request_id", None):
+            return g.request_id
+    except ImportError:  # pragma: no cover
+        pass
+    return current("request_id")
+
+
+class ContextFilter(logging.Filter):
+    """Puts the known ids on every record (an explicit `extra=` wins)."""
+
+    def filter(self, record):
+        ctx = _context.get()
+        web = _request_ids()
+        for name in _FIELDS:
+            if getattr(record, name, None) is None:
+                setattr(record, name, web.get(name) or ctx.get(name))
+        known = [f"{n}={getattr(record, n)}" for n in _FIELDS if getattr(record, n, None) is not None]
+        record.ids = f" [{' '.join(known)}]" if known else ""
+        return True
+
+
+def _request_ids():
+    from flask import g, has_request_context, request
+    if not has_request_context():
+        return {}
+    out = {"request_id": getattr(g, "request_id", None)}
+    args = request.view_args or {}
+    for name in ("site_id", "run_id"):
+        value = args.get(name)
+        if value is None:
+            raw = request.args.get(name, "")
+            value = int(raw) if raw.isdigit() else None
+        out[name] = value
+    return out
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record):
+        out = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name in _FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                out[name] = value
+        out["pid"] = record.process
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, default=str, ensure_ascii=False)
+
+
+def formatter(fmt):
+    return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+class _OurHandler(logging.StreamHandler):
+    """Marks the handler this module installed, so a second create_app() reconfigures it."""
+
+
+def configure(fmt="text", level=logging.INFO, force=False):
+    """Install the process's log handler on the root logger (stderr).
+
+    Left alone when something else already configured logging (e.g. pytest capturing, or an
+    app embedding this one), unless `force`. Idempotent."""
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, _OurHandler)]
+    if ours:
+        handler = ours[0]
+    elif root.handlers and not force:
+        return None
+    else:
+        handler = _OurHandler(sys.stderr)
+        root.addHandler(handler)
+        root.setLevel(level)
+    handler.setFormatter(formatter(fmt))
+    if not any(isinstance(f, ContextFilter) for f in handler.filters):
+        handler.addFilter(ContextFilter())
+    logging.captureWarnings(True)  # warnings become log lines too: every line stays JSON
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    return handler
+
+
+def init_app(app):
+    """Web side: request ids in and out, and the log set-up for this process."""
+    from flask import g, request
+
+    configure(app.config["LOG_FORMAT"])
+    trusted = app.config["TRUSTED_PROXIES"]
+
+    @app.before_request
+    def _request_id():
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        g.request_id = incoming if incoming and _VALID_ID.match(incoming) and _trusted(request.remote_addr, trusted) \
+            else new_request_id()
+
+    @app.after_request
+    def _echo_request_id(response):
+        rid = getattr(g, "request_id", None)
+        if rid:
+            response.headers[REQUEST_ID_HEADER] = rid
+        return response
+
+    from .automation import hooks
+    hooks.subscribe(log_run_event)
+
+
+def _trusted(addr, networks):
+    import ipaddress
+    try:
+        ip = ipaddress.ip_address(addr or "")
+    except ValueError:
+        return False
+    return any(ip in net for net in networks)
+
+
+_events_log = logging.getLogger("automation.events")
+
+
+def log_run_event(event, run, actor, reason):
+    """One line per run lifecycle event, in whichever process it happens (web or worker)."""
+    _events_log.info("%s by %s%s", event, actor, f": {reason}" if reason else "",
+                     extra={"run_id": run.id, "site_id": run.site_id})
+
+
+# -- the worker side ------------------------------------------------------------------------
+class job_context:
+    """Binds a job's ids (its request_id from meta, else a new one for the chain it starts)
+    for the duration of the job."""
+
+    def __init__(self, job):
+        self.job = job
+
+    def __enter__(self):
+        meta = getattr(self.job, "meta", None) or {}
+        run_id = None
+        if self.job.func_name.startswith("webapp.automation.tasks.") and self.job.args:
+            run_id = self.job.args[0]
+        self.token = bind(job_id=self.job.id, request_id=meta.get("request_id") or new_request_id(), run_id=run_id)
+        return self
+
+    def __exit__(self, *exc):
+        reset(self.token)
+        return False
+
+
+# -- gunicorn's own loggers --------------------------------------------------------------------
+try:
+    from gunicorn.glogging import Logger as _GunicornLogger
+except ImportError:  # pragma: no cover - gunicorn is a runtime dependency
+    _GunicornLogger = object
+
+
+class GunicornLogger(_GunicornLogger):
+    """gunicorn's error and access logs in the same format as the app's (gunicorn.conf.py)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        from .config import log_format
+        if log_format() != "json":
+            return  # text: gunicorn's own familiar format
+        fmt = JsonFormatter()
+        for lg in (self.error_log, self.access_log):
+            for h in lg.handlers:
+                h.setFormatter(fmt)
+                h.addFilter(ContextFilter())
+
+    def access(self, resp, req, environ, request_time):
+        # The access line is written after the app returned: take the id from the response.
+        rid = dict((k.lower(), v) for k, v in (resp.headers or [])).get(REQUEST_ID_HEADER.lower())
+        token = bind(request_id=rid)
+        try:
+            super().access(resp, req, environ, request_time)
+        finally:
+            reset(token)

@@ -1,0 +1,215 @@
+"""One snapshot of what a page shows about runs: every element that shows run state (site page
+panels, run detail page, dashboard rows, the header credit pill) is rendered from the plain
+dict built here, first when the page loads and then by the live refresh (`/live/...` routes,
+static/js/app.js), so no two numbers on one screen come from different reads.
+
+Numbers come from the database rows (the run row's stage results are committed with each
+item); the live processing state in Redis contributes only the names of the items in flight
+(see automation.state.reconcile). A snapshot is a plain, JSON-able dict: `version(snapshot)`
+fingerprints it so an unchanged page costs the client a 204 and no rendering. To show a new
+field, add it in `run_view` / `site_snapshot` and read it in the template.
+"""
+import hashlib
+import json
+
+from flask import current_app
+from sqlalchemy import func, select
+
+from ..automation.logger import line_count, run_log_path
+from ..automation.service import overview_rows
+from ..automation.stages import STAGES
+from ..automation.state import percent, read_state, reconcile
+from ..extensions import db
+from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, Site
+from ..redis_conn import get_redis
+
+# Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
+# them for this long; a run's state change (stage, status) changes the cache key, so the
+# pipeline, estimate and balance are read afresh the moment a run moves on or ends.
+COUNTS_TTL_ACTIVE = 3
+COUNTS_TTL_IDLE = 10
+ACTIONS = {"running": ["pause", "cancel"], "paused": ["resume", "cancel"]}
+
+
+def fmt(dt):
+    return dt.strftime("%Y-%m-%d %H:%M:%S") if dt else None
+
+
+def iso(dt):
+    return dt.isoformat() + "Z" if dt else None
+
+
+def duration(run):
+    end = run.completed_at or run.cancelled_at
+    if not end or not run.started_at:
+        return ""
+    secs = int((end - run.started_at).total_seconds())
+    return f"{secs // 3600}h {secs % 3600 // 60}m" if secs >= 3600 else f"{secs // 60}m {secs % 60}s"
+
+
+def stage_rows(run):
+    """The seven stage rows of a run, as its run row records them."""
+    active = run.status in ACTIVE_STATUSES
+    rows = []
+    for n, stage in STAGES.items():
+        r = run.stage_result(n)
+        current = active and n == run.current_stage
+        row = {"number": n, "name": stage.name, "uses_ai": stage.function is not None, "current": current,
+               "total": None, "processed": 0, "created": 0, "failed": 0, "credits": 0, "percentage": 0.0,
+               "finished_at": None, "failures": []}
+        if not r:
+            row["status"] = ("starting" if run.status == "running" else run.status) if current else "waiting"
+        else:
+            status = r.get("status") or "running"
+            if status == "running" and run.status != "running":
+                status = run.status  # paused, cancelled or failed in the middle of this stage
+            total = r.get("items_total") or 0
+            done = (r.get("items_processed") or 0) + (r.get("items_failed") or 0)
+            row.update(status=status, total=total, processed=r.get("items_processed") or 0,
+                       created=r.get("items_created") or 0, failed=r.get("items_failed") or 0,
+                       credits=r.get("credits_used") or 0,
+                       percentage=100.0 if status in ("completed", "skipped") else percent(done, total),
+                       finished_at=(r.get("finished_at") or "")[:19].replace("T", " ") or None,
+                       failures=list(r.get("failures") or []))
+        rows.append(row)
+    return rows
+
+
+def run_view(run, with_events=False):
+    """Everything a page shows about one run."""
+    processing = None
+    if run.status == "running":
+        try:
+            state = read_state(get_redis(), run.id)
+        except Exception:  # Redis away: numbers still come from the row, names are left out
+            state = None
+        processing = reconcile(run, STAGES[run.current_stage].name, state)
+    view = {
+        "id": run.id, "site_id": run.site_id, "status": run.status, "active": run.status in ACTIVE_STATUSES,
+        "trigger_type": run.trigger_type, "started_by": run.started_by or "",
+        "started_at": fmt(run.started_at), "started_at_iso": iso(run.started_at),
+        "paused_at": fmt(run.paused_at), "resumed_at": fmt(run.resumed_at),
+        "cancelled_at": fmt(run.cancelled_at), "completed_at": fmt(run.completed_at),
+        "duration": duration(run), "current_stage": run.current_stage,
+        "credits_used": run.total_credits_used or 0, "error_message": run.error_message,
+        "pause_reason": run.pause_reason, "actions": ACTIONS.get(run.status, []),
+        "stages": stage_rows(run), "processing": processing,
+    }
+    if with_events:
+        view["events"] = [{"action": e.action, "actor": e.actor, "reason": e.reason, "at": fmt(e.created_at)}
+                          for e in db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id)
+                                                      .order_by(RunEvent.id)).scalars()]
+    return view
+
+
+def _counts(svc, site_id, marker, fresh):
+    """(stage counts, estimate inputs) for a site; cached per run state while polled."""
+    key = f"automation:snapshot:counts:{svc.account_id}:{int(site_id)}:{marker}"
+    if not fresh:
+        try:
+            raw = get_redis().get(key)
+            if raw:
+                counts, inputs = json.loads(raw)
+                return {int(k): v for k, v in counts.items()}, inputs
+        except Exception:
+            pass
+    counts, inputs = svc.pending_counts(site_id)
+    try:
+        active = not marker.startswith("idle")
+        get_redis().set(key, json.dumps([counts, inputs]), ex=COUNTS_TTL_ACTIVE if active else COUNTS_TTL_IDLE)
+    except Exception:
+        pass
+    return counts, inputs
+
+
+def _marker(run):
+    if run is None:
+        return "idle:none"
+    if run.status in ACTIVE_STATUSES:
+        return f"run:{run.id}:{run.status}:{run.current_stage}"
+    return f"idle:{run.id}:{run.status}"
+
+
+def latest_run(site_id):
+    return db.session.execute(select(AutomationRun).where(AutomationRun.site_id == site_id)
+                              .order_by(AutomationRun.id.desc()).limit(1)).scalar_one_or_none()
+
+
+def site_snapshot(svc, site, fresh=False):
+    """The site automation page: current run, estimate and balance, pipeline, history, the
+    live log's run. `fresh=True` (a full page load) reads the pending counts now."""
+    last = latest_run(site.id)
+    run = last if last is not None and last.status in ACTIVE_STATUSES else None
+    counts, inputs = _counts(svc, site.id, _marker(last), fresh)
+    estimate = svc.estimate_from(inputs)
+    pipeline = overview_rows(counts)
+    start_block = None
+    if run:
+        start_block = f"Run {run.id} is {run.status}."
+    elif not any(s["pending"] for s in pipeline):
+        start_block = "Nothing to process: import keywords first."
+    elif not estimate["sufficient"]:
+        start_block = (f"Not enough credits: this run needs {estimate['required_credits']:,} "
+                       f"(estimate × 1.2), you have {estimate['current_balance']:,}.")
+    skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
+                               .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
+    log = {"run_id": run.id, "ws": f"/ws/runs/{run.id}/logs"} if run else None
+    return {
+        "site": {"id": site.id, "name": site.name},
+        "run": run_view(run) if run else None,
+        "balance": estimate["current_balance"],
+        "estimate": estimate,
+        "pipeline": pipeline,
+        "chart_max": max([s["pending"] for s in pipeline] + [1]),
+        "start_block": start_block,
+        "skips": [{"at": s.created_at.strftime("%Y-%m-%d %H:%M"), "reason": s.reason} for s in skips],
+        "history": [{"id": r.id, "status": r.status, "trigger_type": r.trigger_type, "started_by": r.started_by or "",
+                     "started_at": r.started_at.strftime("%Y-%m-%d %H:%M"), "duration": duration(r),
+                     "current_stage": r.current_stage, "credits_used": r.total_credits_used or 0}
+                    for r in svc.history(site.id)],
+        "log": log,
+    }
+
+
+def run_snapshot(svc, run):
+    """The run detail page: the run with its audit trail, and the balance."""
+    db.session.refresh(run)
+    return {"run": run_view(run, with_events=True), "balance": svc.account().credits}
+
+
+def log_window(run, lines):
+    """Where the lines shown on the run page sit in the whole log (for "lines hidden")."""
+    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+    total = line_count(path)
+    return {"total": total, "first": max(1, total - len(lines) + 1) if lines else total + 1}
+
+
+def dashboard_snapshot(svc):
+    """The sites dashboard: one row per site (its active run, next slot, pending items)."""
+    sites = db.session.execute(select(Site).where(Site.account_id == svc.account_id).order_by(Site.name)).scalars().all()
+    active = {r.site_id: r for r in db.session.execute(select(AutomationRun).where(
+        AutomationRun.account_id == svc.account_id, AutomationRun.status.in_(ACTIVE_STATUSES))).scalars()}
+    last_ids = dict(db.session.execute(select(AutomationRun.site_id, func.max(AutomationRun.id)).where(
+        AutomationRun.account_id == svc.account_id).group_by(AutomationRun.site_id)).all())
+    configs = {c.site_id: c for c in db.session.execute(select(AutomationConfig).where(
+        AutomationConfig.account_id == svc.account_id)).scalars()}
+    rows = []
+    for s in sites:
+        run = active.get(s.id)
+        marker = _marker(run) if run else f"idle:{last_ids.get(s.id)}"
+        counts, _ = _counts(svc, s.id, marker, fresh=False)
+        cfg = configs.get(s.id)
+        row = {"site": {"id": s.id, "name": s.name, "domain": s.domain or ""}, "pending": sum(counts.values()),
+               "next_run": (f"{cfg.next_run_at.strftime('%Y-%m-%d %H:%M')} UTC ({cfg.frequency})"
+                            if cfg and cfg.is_enabled and cfg.next_run_at else None), "run": None}
+        if run:
+            view = run_view(run)
+            cur = view["stages"][run.current_stage - 1]
+            row["run"] = {"id": run.id, "status": run.status, "current_stage": run.current_stage,
+                          "stage_name": cur["name"], "stage_status": cur["status"], "percentage": cur["percentage"]}
+        rows.append(row)
+    return {"rows": rows, "balance": svc.account().credits}
+
+
+def version(snapshot):
+    return hashlib.sha1(json.dumps(snapshot, sort_keys=True, default=str).encode()).hexdigest()[:16]
