@@ -46,11 +46,14 @@ def run_worker(app, burst=False):
             from webapp.extensions import db
             db.session.remove()
         from webapp.scheduling import CONTROL_QUEUE
+        from webapp.notify.jobs import NOTIFY_QUEUE
         log = logging.getLogger("worker")
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
         while True:
-            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
+            # Notifications before the pipeline: a busy pipeline must not starve them.
+            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(NOTIFY_QUEUE, connection=conn),
+                      Queue(app.config["RQ_QUEUE"], connection=conn)]
             w = AutomationWorker(queues, connection=conn)
             try:
                 w.work(burst=burst, with_scheduler=False, logging_level="INFO")

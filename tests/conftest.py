@@ -242,7 +242,9 @@ def drain(app, max_jobs=10_000):
     from webapp.redis_conn import get_redis
     from webapp.scheduling import CONTROL_QUEUE
     r = get_redis()
-    queues = [Queue(CONTROL_QUEUE, connection=r), Queue(app.config["RQ_QUEUE"], connection=r)]
+    from webapp.notify.jobs import NOTIFY_QUEUE
+    queues = [Queue(CONTROL_QUEUE, connection=r), Queue(NOTIFY_QUEUE, connection=r),
+              Queue(app.config["RQ_QUEUE"], connection=r)]
     w = SimpleWorker(queues, connection=r)
     w.work(burst=True, max_jobs=max_jobs, with_scheduler=False, logging_level="WARNING")
     db.session.remove()

@@ -77,7 +77,7 @@ def test_update_config(api):
     ({"scheduled_time": "6:30"}, "'scheduled_time'"), ({"stage_1_batch_size": 0}, "'stage_1_batch_size'"),
     ({"stage_6_batch_size": 1001}, "'stage_6_batch_size'"), ({"within_stage_delay": -1}, "'within_stage_delay'"),
     ({"between_stage_delay": 3601}, "'between_stage_delay'"), ({"stage_2_batch_size": "5"}, "'stage_2_batch_size'"),
-    ({"is_enabled": "yes"}, "'is_enabled'"), ({"colour": "red"}, "'colour' unknown field"),
+    ({"is_enabled": "yes"}, "'is_enabled'"), ({"colour": "red"}, "'colour' is not a known field"),
     ({"frequency": None}, "'frequency'"),
 ])
 def test_update_config_invalid_names_field_and_changes_nothing(api, body, field):

@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import requests
@@ -292,3 +293,73 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     assert resp.status_code == 302
     assert mine not in failed.get_job_ids() and theirs in failed.get_job_ids()
     assert mine in Queue(app.config["RQ_QUEUE"], connection=r).get_job_ids()
+
+
+def test_ops_page_and_metrics_show_the_tick_stale_runs_and_recoveries(app, client, auth, factory):
+    from datetime import timedelta
+    from rq import Queue
+    from sqlalchemy import update
+    from webapp.automation.recovery import check_stale_runs
+    from webapp.automation.scheduled import check_scheduled_automations
+    from webapp.automation.service import AutomationService
+    from webapp.metrics import ScrapeCollector
+    from webapp.models.base import utcnow
+    from webapp.redis_conn import get_redis
+    app.config["METRICS_TOKEN"] = TOKEN
+
+    def scrape():
+        return samples(client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True))
+
+    a_acc, _ = factory.account("Acme")
+    b_acc, _ = factory.account("Other")
+    a_site, b_site = factory.site(a_acc, keywords=2), factory.site(b_acc, keywords=2)
+    auth.login()
+    assert "never" in client.get("/ops").get_data(as_text=True).split('id="last-tick"')[1].split("</dd>")[0]
+    check_scheduled_automations()  # the real tick records itself
+    html = client.get("/ops").get_data(as_text=True)
+    assert "never" not in html.split('id="last-tick"')[1].split("</dd>")[0]
+    assert abs(value(scrape(), "automation_scheduler_last_tick_timestamp_seconds") - time.time()) < 60
+
+    # A run whose worker vanished: its job is gone and its heartbeat is old.
+    a_run = AutomationService(a_acc.id).start(a_site.id).id
+    b_run = AutomationService(b_acc.id).start(b_site.id).id
+    Queue(app.config["RQ_QUEUE"], connection=get_redis()).empty()
+    db.session.execute(update(AutomationRun).values(heartbeat_at=utcnow() - timedelta(hours=1)))
+    db.session.commit()
+    before = scrape()
+    assert value(before, "automation_runs_stale") == 2
+    html = client.get("/ops").get_data(as_text=True)
+    assert 'id="sum-stale">2<' in html
+    stale_table = html.split('id="stale-runs"')[1].split("</table>")[0]
+    assert f"#{a_run}<" in stale_table and f"#{b_run}<" not in stale_table  # another account's: a count only
+
+    assert sorted(check_stale_runs()) == sorted([(a_run, "recovered"), (b_run, "recovered")])
+    after = scrape()
+    assert value(after, "automation_stale_runs_recovered_total") - value(before, "automation_stale_runs_recovered_total") == 2
+    assert value(after, "automation_runs_stale") == 0
+    html = client.get("/ops").get_data(as_text=True)
+    recoveries = html.split('id="recoveries"')[1].split("</ul>")[0]
+    assert f"run #{a_run}<" in recoveries and f"run #{b_run}<" not in recoveries
+    assert list(ScrapeCollector().collect())  # also usable without a request
+
+
+# -- the docs promise only what exists ---------------------------------------------------------------
+def test_dashboard_and_alerts_use_documented_metrics_that_exist(app):
+    import re
+    import prometheus_client
+    from webapp.metrics import ScrapeCollector, scheduler_ticked
+    from webapp.redis_conn import get_redis
+    scheduler_ticked(get_redis())  # the last-tick gauge exists once a tick ran
+    docs = ROOT / "docs"
+    table = set(re.findall(r"^\| `(automation_\w+)` \|", (docs / "OPERATIONS.md").read_text(), re.M))
+    exposed = {fam.name for fam in ScrapeCollector().collect()}
+    for collector in list(prometheus_client.REGISTRY._collector_to_names):
+        for fam in getattr(collector, "describe", lambda: [])():
+            if fam.name.startswith("automation_"):
+                exposed.add(fam.name + ("_total" if fam.type == "counter" else ""))
+    assert table == exposed, (table ^ exposed)
+    assert set(ISSUE_METRICS) <= table
+    dashboard = json.loads((docs / "grafana-dashboard.json").read_text())
+    used = set(re.findall(r"automation_\w+", json.dumps(dashboard) + (docs / "prometheus-alerts.yml").read_text()))
+    used = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
+    assert used and used <= table, used - table

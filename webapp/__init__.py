@@ -34,13 +34,16 @@ def create_app(test_config=None):
     from . import security
     security.init_app(app)
 
-    from . import auth, api, cli, health, media, metrics, web
+    from . import auth, api, cli, health, media, metrics, notify, web
+    from .writer import views as writer_views
     metrics.init_app(app)  # GET /metrics and the request counters (webapp/metrics.py)
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)
     media.init_app(app)
     health.init_app(app)
+    notify.init_app(app)
+    writer_views.init_app(app)
     cli.init_app(app)
     return app
 

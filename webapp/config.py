@@ -18,6 +18,20 @@ def _int(env, name, default):
         raise SystemExit(f"config error: {name} must be an integer, got {raw!r}")
 
 
+def _float(env, name, default):
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"config error: {name} must be a number, got {raw!r}")
+
+
+def _flag(env, name):
+    return (env.get(name) or "0").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _positive_or_none(env, name):
     value = _int(env, name, None)
     if value is not None and value < 1:
@@ -102,6 +116,16 @@ def load_config(instance_path, env=None):
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Notifications (webapp/notify/): webhook targets on private networks are refused unless
+        # WEBHOOK_ALLOW_PRIVATE=1 (development, tests); failed deliveries are retried after
+        # NOTIFY_RETRY_BASE_SECONDS, doubling, for NOTIFY_RETRY_WINDOW_SECONDS.
+        "WEBHOOK_ALLOW_PRIVATE": _flag(env, "WEBHOOK_ALLOW_PRIVATE"),
+        "WEBHOOK_TIMEOUT": _float(env, "WEBHOOK_TIMEOUT", 10.0),
+        "NOTIFY_RETRY_BASE_SECONDS": _float(env, "NOTIFY_RETRY_BASE_SECONDS", 30.0),
+        "NOTIFY_RETRY_MAX_DELAY_SECONDS": _float(env, "NOTIFY_RETRY_MAX_DELAY_SECONDS", 3600.0),
+        "NOTIFY_RETRY_WINDOW_SECONDS": _float(env, "NOTIFY_RETRY_WINDOW_SECONDS", 24 * 3600.0),
+        "SMTP_URL": env.get("SMTP_URL") or None,
+        "MAIL_FROM": env.get("MAIL_FROM") or None,
         # Operations (docs/OPERATIONS.md): /metrics is off (404) until a token is set.
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
         "METRICS_DIR": metrics_dir(env),

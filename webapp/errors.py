@@ -15,7 +15,7 @@ class AppError(Exception):
         message = message or describe(errors or {"body": "invalid request"})
         super().__init__(message)
         self.message = message
-        self.errors = errors or None
+        self.errors = errors or getattr(self, "errors", None)  # subclasses may set it first
         if status is not None:
             self.status = status
 

@@ -22,6 +22,8 @@ def periodic_jobs():
          "func": "webapp.automation.scheduled.check_scheduled_automations_task", "interval": 60},
         {"id": "periodic-check_stale_runs", "func": "webapp.automation.recovery.check_stale_runs_task",
          "interval": stale_every},
+        # Notification jobs lost with Redis (or a killed worker) are queued again.
+        {"id": "periodic-notify_sweep", "func": "webapp.notify.jobs.sweep_task", "interval": 300},
     ]
 
 

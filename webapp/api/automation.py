@@ -105,8 +105,8 @@ def estimate():
 @endpoint("/automation/pipeline_overview", ["GET"], query=s.SiteQuery, ok=s.ok("OverviewResponse", s.Overview),
           errors=SITE_ERRORS, tags=["automation"])
 def pipeline_overview():
-    """Pending items per stage (cached 1 s)."""
-    return ok({"stages": service().pipeline_overview(request.context.query.site_id)})
+    stages = service().pipeline_overview(request.context.query.site_id)
+    return ok({"stages": stages, "awaiting_review": stages[-1].get("awaiting_review", 0)})
 
 
 @endpoint("/automation/current_processing", ["GET"], query=s.SiteRunQuery,

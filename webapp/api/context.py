@@ -37,3 +37,15 @@ def api_auth(fn):
         authenticate()
         return fn(*args, **kwargs)
     return wrapper
+
+
+def json_body():
+    """The request's JSON object, for views that validate their body themselves."""
+    if request.mimetype != "application/json":
+        raise ApiError("Content-Type must be application/json.", 415)
+    data = request.get_json(silent=True)
+    if data is None:
+        raise ApiError("Malformed JSON body.", 400, {"body": "malformed JSON"})
+    if not isinstance(data, dict):
+        raise ApiError("JSON body must be an object.", 400, {"body": "must be an object"})
+    return data

@@ -45,7 +45,7 @@ def keywords_bulk():
                                {"keywords": "is required" if isinstance(data, dict) else "JSON body must be an object"})
             extra = sorted(set(data) - {"keywords"})
             if extra:
-                raise ApiError(errors={k: "unknown field" for k in extra})
+                raise ApiError(errors={k: "is not a known field" for k in extra})
             if not isinstance(data["keywords"], list):
                 raise ApiError(errors={"keywords": "must be a list"})
             rows = data["keywords"]
@@ -75,14 +75,17 @@ def _page(query, model, serialize):
     return ok({"items": [serialize(r) for r in rows], "page": page, "per_page": per_page, "total": total})
 
 
-def _list_route(path, model, serialize, page_model):
+def _list_route(path, model, serialize, page_model, query=s.PageQuery):
     def view():
         site = scoped_site()
         q = select(model).where(model.site_id == site.id, model.account_id == g.account_id)
+        status = getattr(request.context.query, "status", None)
+        if status:
+            q = q.where(model.status == status)
         return _page(q, model, serialize)
     view.__name__ = f"list_{path.strip('/').replace('/', '_')}"
     view.__doc__ = f"The site's {path.strip('/').split('/')[-1]}, by id, a page at a time."
-    endpoint(path, ["GET"], query=s.PageQuery, ok=s.ok(page_model.__name__ + "Response", page_model),
+    endpoint(path, ["GET"], query=query, ok=s.ok(page_model.__name__ + "Response", page_model),
              errors=SITE_ERRORS, tags=[path.strip("/").split("/")[0]])(view)
 
 
@@ -93,7 +96,8 @@ def image_dict(i):
 
 def content_dict(c, body=False):
     d = {"id": c.id, "task_id": c.task_id, "title": c.title, "status": c.status, "word_count": c.word_count,
-         "created_at": iso(c.created_at)}
+         "created_at": iso(c.created_at), "review_note": c.review_note, "reviewed_by": c.reviewed_by,
+         "reviewed_at": iso(c.reviewed_at)}
     if body:
         d["body"] = c.body
         d["images"] = [image_dict(i) for i in c.images]
@@ -111,11 +115,11 @@ _list_route("/planner/ideas", ContentIdea, lambda i: {
     "status": i.status}, s.IdeaPage)
 _list_route("/writer/tasks", Task, lambda t: {"id": t.id, "idea_id": t.idea_id, "title": t.title, "status": t.status},
             s.TaskPage)
-_list_route("/writer/content", Content, content_dict, s.ContentPage)
+_list_route("/writer/content", Content, content_dict, s.ContentPage, query=s.ContentPageQuery)
 _list_route("/writer/images", Image, image_dict, s.ImagePage)
 
 
-@endpoint("/writer/content/<int(min=1, max=2147483647):content_id>", ["GET"],
+@endpoint("/writer/content/<int(max=2147483647):content_id>", ["GET"],
           ok=s.ok("ContentDetailResponse", s.ContentDetail), errors={404: "Content not found, or another account's"},
           tags=["writer"])
 def content_detail(content_id):

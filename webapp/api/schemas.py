@@ -13,6 +13,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
 
 from ..automation.config_schema import ConfigUpdate  # noqa: F401  (the update_config body)
+from ..notify.webhooks import WEBHOOK_EVENTS
+from ..writer.review import CONTENT_STATUSES, MAX_BULK, MAX_NOTE
 
 MAX_ID = 2**31 - 1  # the database's INTEGER range: larger ids cannot exist
 RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
@@ -95,6 +97,10 @@ class PageQuery(Query):
     site_id: Id
     page: QueryInt(1, 1_000_000, "1-based page") = 1
     per_page: QueryInt(1, 200, "items per page (default 50)") = 50
+
+
+class ContentPageQuery(PageQuery):
+    status: Literal[CONTENT_STATUSES] = Field(None, description="only articles in this state (review: the queue)")
 
 
 class IdempotencyHeaders(BaseModel):
@@ -287,10 +293,12 @@ class OverviewStage(Model):
     pending: int
     uses_ai: bool
     item_type: str
+    awaiting_review: Optional[int] = Field(None, description="stage 7 only")
 
 
 class Overview(Model):
     stages: list[OverviewStage] = Field(min_length=7, max_length=7)
+    awaiting_review: int = Field(description="articles waiting for a reviewer's decision")
 
 
 class Processing(Model):
@@ -392,9 +400,12 @@ class ContentOut(Model):
     id: int
     task_id: int
     title: str
-    status: str
+    status: Literal[CONTENT_STATUSES]
     word_count: int
     created_at: Timestamp
+    review_note: Optional[str]
+    reviewed_by: Optional[str]
+    reviewed_at: Timestamp
 
 
 class ContentFull(ContentOut):
@@ -417,3 +428,108 @@ IdeaPage = page_of("IdeaPage", IdeaOut)
 TaskPage = page_of("TaskPage", TaskOut)
 ContentPage = page_of("ContentPage", ContentOut)
 ImagePage = page_of("ImagePage", ImageOut)
+
+
+# -- review -------------------------------------------------------------------------------------
+Note = Annotated[str, Field(max_length=MAX_NOTE)]
+
+
+class ApproveBody(BaseModel):
+    """Optional body of approve."""
+    model_config = ConfigDict(extra="forbid")
+    note: Note = None
+
+
+class RejectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: Note = Field(description="required: say what to change (not blank)")
+
+
+class BulkReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK)]
+    action: Literal["approve", "reject"]
+    note: Note = Field(None, description="required to reject")
+
+
+class ContentReviewed(Model):
+    content: ContentOut
+
+
+class BulkReviewed(Model):
+    updated: int
+    status: Optional[Literal[CONTENT_STATUSES]]
+    items: list[ContentOut]
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, Field(min_length=1, max_length=2000, description="http(s) URL of a public host")]
+    events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: all of them")] = None
+
+
+class WebhookOut(Model):
+    id: int
+    site_id: int
+    url: str
+    events: list[Literal[WEBHOOK_EVENTS]]
+    secret_hint: str
+    created_by: Optional[str]
+    created_at: Timestamp
+
+
+class WebhookWithSecret(WebhookOut):
+    secret: str = Field(description="shown once: verify X-Automation-Signature with it")
+
+
+class Webhooks(Model):
+    webhooks: list[WebhookOut]
+
+
+class WebhookCreated(Model):
+    webhook: WebhookWithSecret
+
+
+class WebhookDeleted(Model):
+    deleted: int
+
+
+class DeliveryAttempt(Model):
+    number: int
+    at: Timestamp
+    duration_ms: Optional[int]
+    status_code: Optional[int]
+    ok: bool
+    error: Optional[str]
+
+
+class Delivery(Model):
+    id: int
+    delivery_id: str
+    webhook_id: int
+    event: str
+    run_id: Optional[int]
+    status: str
+    attempt_count: int
+    next_attempt_at: Timestamp
+    last_error: Optional[str]
+    created_at: Timestamp
+    delivered_at: Timestamp
+    attempts: list[DeliveryAttempt]
+
+
+class Deliveries(Model):
+    deliveries: list[Delivery]
+    page: int
+    limit: int
+    total: int
+
+
+class DeliveryQuery(Query):
+    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
+    limit: QueryInt(1, 100, "deliveries per page (default 20)") = 20
+
+
+class DeliveryQueued(Model):
+    delivery: Delivery

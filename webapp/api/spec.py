@@ -37,7 +37,7 @@ FRIENDLY = {"ConfigUpdate": CONFIG_FRIENDLY}  # model title -> {field: message} 
 _EXTRA = {}  # (path, method) -> changes to the generated operation (see `doc`)
 
 # Answers every route can give, documented once here.
-COMMON = {401: "Not authenticated (missing, unknown or revoked token)", 414: "Request line too long",
+COMMON = {401: "Not authenticated (missing, unknown or revoked token)", 405: "Method not allowed", 414: "Request line too long",
           500: "Unexpected error (the message carries a request id; no stack trace)"}
 BODY = {413: "Request body too large", 415: "Wrong Content-Type"}
 
@@ -57,13 +57,16 @@ def _after(req, resp, resp_validation_error, instance, model_adapter=None):
 
 
 def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=None, headers=None,
-             errors=None, auth=True, body_required=True, tags=(), doc=None, extra_ok=None, links=None):
+             errors=None, auth=True, body_required=True, tags=(), doc=None, extra_ok=None, links=None,
+             body_doc=None):
     """Register a view under /api/v1`rule` (a trailing slash is optional for callers).
 
     ok/status: the data model of the success answer and its status; extra_ok: {status: (model,
     description)} for other successes; errors: {status: description} beyond the common ones;
     json/form/query/headers: request models; body_required: False for optional bodies;
     doc: a dict merged into the generated operation (for bodies spectree cannot describe);
+    body_doc: a JSON body model documented but validated by the view's service (which has its
+    own field messages); `body_required` says whether it must be sent.
     links: {name: (operation id, {parameter: runtime expression})} from the success answer to the
     routes it enables (the operation id of a route is its view's name; schemathesis' stateful
     phase follows them).
@@ -71,13 +74,17 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
     from .context import api_auth
 
     def deco(fn):
+        nonlocal doc
+        if body_doc is not None:
+            doc = {**(doc or {}), "requestBody": {"required": body_required, "content": {"application/json": {
+                "schema": body_doc.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
         codes = {f"HTTP_{status}": ok} if ok is not None else {}
         for code, (model, desc) in (extra_ok or {}).items():
             codes[f"HTTP_{code}"] = (model, desc)
         documented = dict(COMMON if auth else {k: v for k, v in COMMON.items() if k != 401})
         if json is not None or form is not None or (doc or {}).get("requestBody"):
             documented.update(BODY)
-        if query is not None or json is not None or form is not None or headers is not None:
+        if any(m is not None for m in (query, json, form, headers, body_doc)):
             documented[400] = "Invalid input: `errors` names every field at fault"
         documented.update(errors or {})
         for code, desc in documented.items():
@@ -108,20 +115,15 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
 
 def _json_object(view, required, form):
     """The body checks spectree leaves to us: content type, well-formed JSON, an object."""
+    from .context import json_body
+
     @wraps(view)
     def inner(*a, **kw):
         if request.method in ("POST", "PUT", "PATCH"):
             has_body = bool(request.content_length) or bool(request.get_data(cache=True))
-            if has_body or required:
-                if request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data") and form:
-                    return view(*a, **kw)  # form bodies (e.g. `reason`) are validated by the form model
-                if request.mimetype != "application/json":
-                    raise ApiError("Content-Type must be application/json.", 415)
-                data = request.get_json(silent=True)
-                if data is None:
-                    raise ApiError("Malformed JSON body.", 400, {"body": "malformed JSON"})
-                if not isinstance(data, dict):
-                    raise ApiError("JSON body must be an object.", 400, {"body": "must be an object"})
+            form_body = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
+            if (has_body or required) and not (form and form_body):  # form bodies: the form model
+                json_body()
         return view(*a, **kw)
     return inner
 

@@ -64,7 +64,7 @@ def pydantic_errors(exc, friendly=None):
         if loc in errors:
             continue
         if err["type"] == "extra_forbidden":
-            errors[loc] = "unknown field"
+            errors[loc] = "is not a known field"
         elif friendly and loc in friendly and err["type"] != "missing":
             errors[loc] = friendly[loc]
         else:

@@ -22,8 +22,9 @@ def enqueue_step(client, run_id, token, first=False, delay=0):
     """Queue the next batch of `run_id` for the job chain `token`."""
     func = "webapp.automation.tasks.run_automation_task" if first else "webapp.automation.tasks.resume_automation_task"
     job_id = f"automation-run-{int(run_id)}-{uuid.uuid4().hex[:12]}"
-    job = queue(client).enqueue(func, run_id, token, job_id=job_id, job_timeout=JOB_TIMEOUT,
-                                result_ttl=RESULT_TTL, failure_ttl=7 * 24 * 3600,
-                                description=f"automation run {run_id}", meta=job_meta())
-    client.set(job_key(run_id), job.id, ex=7 * 24 * 3600)
-    return job
+    # The run's latest job id is recorded before the job can be picked up: a job that finds
+    # another id here knows it was superseded (see RunExecutor.wait_for_exec_lock).
+    client.set(job_key(run_id), job_id, ex=7 * 24 * 3600)
+    return queue(client).enqueue(func, run_id, token, job_id=job_id, job_timeout=JOB_TIMEOUT,
+                                 result_ttl=RESULT_TTL, failure_ttl=7 * 24 * 3600,
+                                 description=f"automation run {run_id}", meta=job_meta())

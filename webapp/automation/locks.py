@@ -9,6 +9,14 @@ import uuid
 # Compare-and-delete / compare-and-expire: only the owner may release or renew.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RENEW = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# Set-if-absent-or-ours: a worker renews its run's site lock without ever overwriting a lock
+# taken meanwhile by a new start (the run may have been cancelled while its item ran).
+_CLAIM = ("local v = redis.call('get', KEYS[1]) "
+          "if v == false or v == ARGV[1] then return redis.call('set', KEYS[1], ARGV[1], 'PX', ARGV[2]) "
+          "else return false end")
+# Compare-and-set: replace exactly the holder we judged stale, not whoever holds it now.
+_REPLACE = ("if redis.call('get', KEYS[1]) == ARGV[1] then "
+            "return redis.call('set', KEYS[1], ARGV[2], 'PX', ARGV[3]) else return false end")
 
 
 def site_lock_key(site_id):
@@ -39,6 +47,18 @@ class TTLLock:
             self.token = new_token
             return True
         return False
+
+    def claim(self):
+        """Take the lock if it is free or already ours; never take it from another holder."""
+        return bool(self.r.eval(_CLAIM, 1, self.key, self.token, self.ttl_ms))
+
+    def replace(self, stale_holder):
+        """Take the lock from `stale_holder` (a value read a moment ago), atomically."""
+        return bool(self.r.eval(_REPLACE, 1, self.key, stale_holder, self.token, self.ttl_ms))
+
+    def holder(self):
+        value = self.r.get(self.key)
+        return value.decode() if value is not None else None
 
     def force(self):
         """Take the lock whoever holds it (a resumed run reclaims its site)."""

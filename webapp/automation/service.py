@@ -4,6 +4,7 @@ site or run is a NotFound, indistinguishable from a missing one."""
 import json
 import uuid
 
+import redis
 from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,6 +15,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
                       RunItemFailure, Site)
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
+from ..writer.review import awaiting_review
 from . import costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
@@ -156,6 +158,7 @@ class AutomationService:
         if counts is None:
             raise NotFound(f"Site {site_id} not found.")
         overview = overview_rows(counts)
+        overview[-1]["awaiting_review"] = awaiting_review(site_id, self.account_id)
         try:
             get_redis().set(key, json.dumps(overview), px=int(OVERVIEW_TTL * 1000))
         except Exception:
@@ -205,6 +208,8 @@ class AutomationService:
         except Exception as e:  # redis down: refuse cleanly rather than race
             raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
         if not got:
+            got = self._take_ended_runs_lock(lock)
+        if not got:
             active = self.active_run(site.id)
             if active:
                 raise BadRequest(f"A run is already active for this site (run {active.id} is {active.status}).")
@@ -219,6 +224,29 @@ class AutomationService:
         jobs.enqueue_step(r, run.id, run.job_token, first=True)
         hooks.emit("run.started", run, self.actor, reason)
         return run
+
+    def _take_ended_runs_lock(self, lock):
+        """The site lock is held by a run the database says has ended (its worker was still
+        finishing an item when the run was cancelled, and renewed the lock once more): that
+        lock guards nothing, so a start takes it over. A lock held by another start in
+        progress, or by an active run, is left alone."""
+        try:
+            holder = lock.holder()
+            if holder is None:  # released meanwhile
+                return lock.acquire()
+        except redis.RedisError as e:
+            raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
+        if not holder.startswith("run:") or not holder[4:].isdigit():
+            return False  # another start holds it
+        status = db.session.execute(select(AutomationRun.status).where(
+            AutomationRun.id == int(holder[4:]))).scalar_one_or_none()
+        db.session.commit()  # end the read: the create that follows must see fresh rows
+        if status in ACTIVE_STATUSES:
+            return False
+        try:
+            return lock.replace(holder)
+        except redis.RedisError as e:
+            raise Unavailable(f"Cannot start: Redis unavailable ({e.__class__.__name__}).")
 
     def _create_run(self, site, trigger_type, reason, scope):
         active = self.active_run(site.id)

@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 import redis
 from flask import current_app, has_app_context
+from rq import get_current_job
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -30,6 +31,7 @@ from .state import build_state, publish_state
 
 log = logging.getLogger(__name__)
 UP_NEXT = 3
+LOCK_WAIT = 10  # seconds a job waits for its run's exec lock before queuing itself again
 STAGE_7_BATCH = 50
 _APP = None
 _shutdown_requested = False
@@ -125,7 +127,7 @@ class RunExecutor:
                 # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
                 if not self.exec_lock.acquire():
                     raise Stop("exec lock lost")
-            site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id).force()
+            site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id).claim()
         except redis.RedisError as e:
             # Redis is down: keep going on the database (the truth, with its guarded updates
             # and the job token); the lock is taken again once Redis answers.
@@ -137,12 +139,9 @@ class RunExecutor:
         if not self.ok_to_continue():
             return "not running"
         self.exec_lock = TTLLock(self.r, exec_lock_key(self.run_id), max(2, self.stale_seconds))
-        deadline = time.monotonic() + min(10, self.stale_seconds)
-        while not self.exec_lock.acquire():
-            if time.monotonic() > deadline:
-                log.info("run %s: another job holds the exec lock; leaving it", self.run_id)
-                return "locked"
-            time.sleep(0.1)
+        waited = self.wait_for_exec_lock()
+        if waited is not True:
+            return waited
         # Objects this job loaded stay usable after each item's commit: every write goes
         # through guarded SQL updates, so nothing relies on reloading them (one SELECT less
         # per attribute per item). The session is removed when the job ends.
@@ -167,6 +166,38 @@ class RunExecutor:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
                 pass
+
+    def wait_for_exec_lock(self):
+        """True once this job holds the run's exec lock; else why it left.
+
+        The lock is busy when the job before this one is still finishing its item (e.g. the
+        run was paused and resumed while an AI call was in flight: that old job stops at the
+        item's end, on the token). Giving up would strand the run until the stale check, so
+        this job waits while it is still the run's current job; after LOCK_WAIT seconds it
+        queues itself again (freeing this worker for other runs) rather than block it for a
+        whole slow item. A duplicate job (not the run's latest) leaves: one chain per run."""
+        # Shorter than the lock's TTL: a job never sits out a live holder's whole lease.
+        deadline = time.monotonic() + min(LOCK_WAIT, max(1.0, self.stale_seconds / 2))
+        next_check = 0.0
+        while not self.exec_lock.acquire():
+            now = time.monotonic()
+            if now >= next_check:
+                next_check = now + 1.0
+                if not self.ok_to_continue():
+                    return "not running"
+                if self.superseded():
+                    log.info("run %s: a newer job of this run is queued; leaving it", self.run_id)
+                    return "superseded"
+            if now > deadline:
+                log.info("run %s: the previous job is still finishing its item; queued again", self.run_id)
+                return "requeued" if self.enqueue_next() else "locked"
+            time.sleep(0.05)
+        return True
+
+    def superseded(self):
+        job = get_current_job()
+        latest = self.r.get(jobs.job_key(self.run_id))
+        return job is not None and latest is not None and latest.decode() != job.id
 
     def enqueue_next(self):
         try:

@@ -7,3 +7,6 @@ from .automation import (  # noqa: F401
     ACTIVE_STATUSES, AITaskLog, AutomationConfig, AutomationRun, CreditTransaction,
     RunEvent, RunItemFailure,
 )
+from .notify import (  # noqa: F401
+    MailDelivery, NotificationPreference, Webhook, WebhookAttempt, WebhookDelivery,
+)

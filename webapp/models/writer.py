@@ -19,9 +19,13 @@ class Content(TenantMixin, db.Model):
     title = db.Column(db.String(255), nullable=False)
     body = db.Column(db.Text, nullable=False)
     word_count = db.Column(db.Integer, nullable=False, default=0)
-    status = db.Column(db.String(16), nullable=False, default="draft")  # draft | review
+    status = db.Column(db.String(16), nullable=False, default="draft")  # draft | review | approved | rejected
     prompts_generated = db.Column(db.Boolean, nullable=False, default=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # The review decision (webapp/writer/review.py): who, when, and the note (required to reject).
+    review_note = db.Column(db.Text)
+    reviewed_by = db.Column(db.String(255))
+    reviewed_at = db.Column(db.DateTime)
     task = db.relationship("Task")
     images = db.relationship("Image", backref="content", order_by="Image.position")
     __table_args__ = (

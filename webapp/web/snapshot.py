@@ -22,6 +22,7 @@ from ..automation.state import percent, read_state, reconcile
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, Site
 from ..redis_conn import get_redis
+from ..writer.review import awaiting_review
 
 # Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
 # them for this long; a run's state change (stage, status) changes the cache key, so the
@@ -168,6 +169,7 @@ def site_snapshot(svc, site, fresh=False):
                      "current_stage": r.current_stage, "credits_used": r.total_credits_used or 0}
                     for r in svc.history(site.id)],
         "log": log,
+        "awaiting_review": awaiting_review(site.id, svc.account_id),
     }
 
 

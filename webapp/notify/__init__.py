@@ -1,0 +1,26 @@
+"""Notifications: webhooks per site and email per user, fed by run lifecycle events.
+
+The listener registered here only queues one `dispatch_event` job per event (one Redis call,
+after the run's change is committed); everything that can be slow — DB rows for deliveries,
+HTTP, SMTP, retries — happens in RQ jobs on the `automation-notify` queue (jobs.py).
+"""
+import logging
+import uuid
+
+from ..automation import hooks
+from .webhooks import WEBHOOK_EVENTS
+
+log = logging.getLogger(__name__)
+
+
+def on_run_event(event, run, actor, reason):
+    if event not in WEBHOOK_EVENTS:
+        return
+    from .jobs import enqueue_dispatch
+    enqueue_dispatch(event, run.id, run.to_dict(), reason, uuid.uuid4().hex)
+
+
+def init_app(app):
+    hooks.subscribe(on_run_event)
+    from . import views
+    views.init_app(app)

@@ -1,0 +1,1 @@
+"""The writer's domain (tasks, content, images): what happens to content after stage 7."""
