@@ -1,14 +1,42 @@
-"""gunicorn settings read from the working directory (`gunicorn wsgi:app`)."""
+"""gunicorn settings, read from the working directory (`gunicorn wsgi:app`; `make run`, the
+Procfile and the README's production command all use this file).
+
+Serving model: the gevent worker. Every connection — a request, an open websocket, a client
+that sends its headers one byte at a time — is a greenlet, not a thread, so open sockets and
+slow clients cost memory (~tens of KB each, docs/BENCHMARKS.md) but no request capacity. The
+worker monkey-patches the standard library (sockets, threading, time) before the app is
+imported, which makes redis-py and flask-sock cooperative; psycopg2 is a C extension and
+needs psycogreen's wait callback, installed below, or every PostgreSQL query would block the
+whole process. One process uses one core: run one worker per core (`--workers`).
+"""
 import signal
 
-worker_class = "gthread"
-threads = 32  # each open websocket holds one thread
+worker_class = "gevent"
+# Connections one process holds at once (requests + websockets + idle keep-alives). Each
+# websocket also uses a file descriptor: the limit below is raised to match at start.
+worker_connections = 10000
 graceful_timeout = 5
-keepalive = 5  # > the UI's 2-3 s polling interval, so polling browsers keep their connection
+keepalive = 5  # > the UI's 2 s polling interval, so polling browsers keep their connection
+
+
+def on_starting(server):
+    """Raise the open-files limit toward worker_connections (soft limit up to the hard one)."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = worker_connections + 1000
+    if soft != resource.RLIM_INFINITY and soft < want:
+        new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
 
 
 def post_worker_init(worker):
-    """On SIGTERM, tell open websockets to close cleanly (1001) before gunicorn stops."""
+    """In each worker, after gevent's patching: make psycopg2 cooperative, and on SIGTERM tell
+    open websockets to close cleanly (1001) before gunicorn stops."""
+    try:
+        from psycogreen.gevent import patch_psycopg
+        patch_psycopg()
+    except ImportError:  # a thread-based worker class chosen on the command line
+        pass
     from webapp.web import live
     previous = signal.getsignal(signal.SIGTERM)
 

@@ -2,7 +2,7 @@
 on Ctrl-C / SIGTERM.
 
 Started here: the embedded Redis (only when REDIS_URL is unset), the web server (gunicorn
-with threads, so websockets work), one RQ worker and the scheduler. Each child runs in its
+with its gevent worker, see gunicorn.conf.py), one RQ worker and the scheduler. Each child runs in its
 own process group and is stopped with SIGTERM, then SIGKILL after a grace period.
 """
 import os
@@ -54,9 +54,9 @@ def main():
     host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "5000")
     bin_dir = Path(sys.executable).parent
     commands = {
-        "web": [str(bin_dir / "gunicorn"), "--bind", f"{host}:{port}", "--worker-class", "gthread",
-                "--workers", env.get("WEB_WORKERS", "1"), "--threads", env.get("WEB_THREADS", "32"),
-                "--graceful-timeout", "5", "--access-logfile", "-", "wsgi:app"],
+        # gunicorn.conf.py: the gevent worker (websockets and slow clients are greenlets).
+        "web": [str(bin_dir / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"{host}:{port}",
+                "--workers", env.get("WEB_WORKERS", "1"), "--access-logfile", "-", "wsgi:app"],
         "worker": [sys.executable, "worker.py"],
         "scheduler": [sys.executable, "worker.py", "--scheduler"],
     }

@@ -379,3 +379,76 @@ def test_mail_retried_when_smtp_is_down(app, factory):
     m = db.session.execute(db.select(MailDelivery)).scalar_one()
     assert m.status == "retrying" and m.attempts == 1 and "Connection" in m.last_error
     assert len(list(Scheduler(queue_name=NOTIFY_QUEUE, connection=get_redis()).get_jobs())) == 1
+
+
+def test_viewer_sets_own_email_choice_but_cannot_manage_webhooks(app, client, auth, factory):
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    acc, user = factory.account()
+    user.role = "viewer"
+    db.session.commit()
+    site = factory.site(acc)
+    sid = site.id
+    auth.login()
+    page = client.get("/settings/notifications").get_data(as_text=True)
+    resp = client.post("/settings/notifications", data={"csrf_token": csrf_from(page), "email_events": ["run.failed"]})
+    assert resp.status_code == 302
+    from webapp.models import NotificationPreference
+    assert db.session.execute(db.select(NotificationPreference.email_events)).scalar_one() == ["run.failed"]
+    html = client.get(f"/sites/{sid}/automation").get_data(as_text=True)
+    assert 'title="Needs the operator role"' in html.split('id="webhooks"')[1]
+    r = client.post(f"/sites/{sid}/webhooks", data={"csrf_token": csrf_from(page), "url": "http://127.0.0.1:1/"})
+    assert r.status_code == 403
+
+
+def test_https_target_pinned_to_the_address_verifies_the_host_name(tmp_path, monkeypatch):
+    """TLS to the checked address still proves the URL's host: SNI and the certificate name."""
+    import ssl
+    import subprocess
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                    "/CN=hooks.example.test", "-addext", "subjectAltName=DNS:hooks.example.test",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    rec = Receiver()
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    rec.server.socket = ctx.wrap_socket(rec.server.socket, server_side=True)
+    port = rec.server.server_port
+    real = socket.getaddrinfo
+
+    def fake(host, *a, **kw):
+        if host in ("hooks.example.test", "other.example.test"):
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+    try:
+        status, _ = targets.post(f"https://hooks.example.test:{port}/in", b"{}", {}, 5, allow_private=True,
+                                 ca_certs=str(cert))
+        assert status == 200 and rec.calls[0]["headers"]["Host"] == f"hooks.example.test:{port}"
+        with pytest.raises(Exception, match="(?i)hostname|match|certificate"):
+            targets.post(f"https://other.example.test:{port}/in", b"{}", {}, 5, allow_private=True, ca_certs=str(cert))
+        assert len(rec.calls) == 1
+    finally:
+        rec.close()
+
+
+def test_sweep_requeues_a_delivery_whose_job_was_lost(app, client, factory, receiver):
+    from datetime import timedelta
+    from webapp.models.base import utcnow
+    from webapp.notify.jobs import sweep
+    from rq import Queue
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    acc, user = factory.account()
+    site = factory.site(acc)
+    sid = site.id
+    token = factory.token(user)
+    rec = receiver()
+    hook = add_hook(client, token, sid, rec.url)
+    client.post(f"/api/v1/sites/{sid}/webhooks/{hook['id']}/test/", headers=bearer(token))
+    Queue(NOTIFY_QUEUE, connection=get_redis()).empty()  # Redis lost the job
+    assert sweep() == 0  # not yet overdue: a busy queue is not a lost job
+    d = db.session.execute(db.select(WebhookDelivery)).scalar_one()
+    d.next_attempt_at = utcnow() - timedelta(minutes=10)
+    db.session.commit()
+    assert sweep() == 1
+    drain(app)
+    assert len(rec.calls) == 1 and db.session.execute(db.select(WebhookDelivery.status)).scalar_one() == "delivered"

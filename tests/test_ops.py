@@ -240,11 +240,11 @@ def test_metrics_and_json_logs_follow_a_run_from_web_to_worker(app, app_env, fac
     assert any(ln["logger"] == "automation.events" and ln["message"].startswith("run.completed")
                for ln in worker_traced), worker_lines[-20:]
     assert {ln["pid"] for ln in worker_traced}.isdisjoint({ln["pid"] for ln in web_traced})
-    jobs = {ln.get("job_id") for ln in worker_traced}
-    assert all(j and j.startswith(f"automation-run-{run_id}-") for j in jobs)
-    assert len(jobs) > 1  # the follow-up jobs the run queued for itself carry it too
-    assert all(ln.get("run_id") == run_id for ln in worker_traced)
-    assert any(ln.get("site_id") == site.id for ln in worker_traced)
+    assert all(ln.get("job_id") for ln in worker_traced)
+    run_lines = [ln for ln in worker_traced if ln["job_id"].startswith(f"automation-run-{run_id}-")]
+    assert len({ln["job_id"] for ln in run_lines}) > 1  # the follow-up jobs the run queued carry it too
+    assert all(ln.get("run_id") == run_id for ln in run_lines)
+    assert any(ln.get("site_id") == site.id for ln in run_lines)
 
 
 # -- the status page -------------------------------------------------------------------------------------
@@ -268,6 +268,8 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     a_site, b_site = factory.site(a_acc, keywords=2), factory.site(b_acc, keywords=2)
     factory.fast_config(a_site)
     factory.fast_config(b_site)
+    for role in ("operator", "viewer"):
+        factory.user(a_acc, f"{role}@example.com", role)
     a_run = AutomationService(a_acc.id).start(a_site.id).id
     b_run = AutomationService(b_acc.id).start(b_site.id).id
     drain(app)
@@ -293,6 +295,21 @@ def test_ops_page_shows_details_scoped_and_requeues_with_csrf(app, client, auth,
     assert resp.status_code == 302
     assert mine not in failed.get_job_ids() and theirs in failed.get_job_ids()
     assert mine in Queue(app.config["RQ_QUEUE"], connection=r).get_job_ids()
+
+    # Operators and viewers of the same account see the aggregates only, and cannot requeue.
+    drain(app)
+    assert mine in failed.get_job_ids()
+    auth.logout()
+    for role in ("operator", "viewer"):
+        auth.login(f"{role}@example.com")
+        html = client.get("/ops").get_data(as_text=True)
+        assert 'id="sum-failed">2<' in html and 'id="sum-workers">' in html
+        assert 'id="queues"' not in html and 'id="failed-jobs"' not in html and mine not in html
+        assert "for account owners" in html
+        resp = client.post(f"/ops/failed/{mine}/requeue", data={"csrf_token": csrf_from(html)})
+        assert resp.status_code == 403, role
+        assert mine in failed.get_job_ids()
+        auth.logout()
 
 
 def test_ops_page_and_metrics_show_the_tick_stale_runs_and_recoveries(app, client, auth, factory):
@@ -363,3 +380,59 @@ def test_dashboard_and_alerts_use_documented_metrics_that_exist(app):
     used = set(re.findall(r"automation_\w+", json.dumps(dashboard) + (docs / "prometheus-alerts.yml").read_text()))
     used = {re.sub(r"_(bucket|count|sum)$", "", name) for name in used}
     assert used and used <= table, used - table
+
+
+def test_scheduler_logs_json_line_by_line(app, app_env):
+    from rq import Queue
+    from webapp.ops import RQ_SCHEDULED_JOBS, TICK_JOB_ID
+    from webapp.redis_conn import get_redis
+    from webapp.scheduling import CONTROL_QUEUE
+    proc = start_worker(app_env, "--scheduler", extra_env={"LOG_FORMAT": "json"})
+    try:
+        # Registered (and logged), then queued by the scheduler's first pass.
+        wait_for(lambda: get_redis().zscore(RQ_SCHEDULED_JOBS, TICK_JOB_ID) is not None
+                 and Queue(CONTROL_QUEUE, connection=get_redis()).count > 0, timeout=60,
+                 message="periodic jobs registered and queued")
+    finally:
+        _stop(proc)
+    lines = _json_lines(proc.stdout.read().decode())
+    assert any(ln["logger"] == "webapp.scheduling" and "registered" in ln["message"] for ln in lines), lines
+    assert all(ln["level"] in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") for ln in lines)
+
+
+def test_websockets_open_gauge_follows_sockets(app, client, factory, live_server):
+    import websocket
+    from webapp.automation.service import AutomationService
+    app.config["METRICS_TOKEN"] = TOKEN
+    acc, user = factory.account()
+    site = factory.site(acc, keywords=2)
+    run_id = AutomationService(acc.id).start(site.id).id
+    api_token = factory.token(user)
+
+    def gauge():
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+        return value(samples(text), "automation_websockets_open")
+
+    base = gauge()
+    url = f"{live_server.replace('http://', 'ws://')}/ws/runs/{run_id}/logs"
+    sockets = [websocket.create_connection(url, header=[f"Authorization: Bearer {api_token}"]) for _ in range(2)]
+    try:
+        wait_for(lambda: gauge() == base + 2, timeout=20, message="two sockets counted")
+    finally:
+        for ws in sockets:
+            ws.close()
+    wait_for(lambda: gauge() == base, timeout=20, message="closed sockets no longer counted")
+
+
+def test_operations_settings_are_checked_at_start(tmp_path):
+    import pytest
+    from webapp.config import load_config
+    cfg = load_config(tmp_path, {"LOG_FORMAT": "JSON", "TRUSTED_PROXIES": "10.0.0.0/8, 192.168.1.5",
+                                 "METRICS_TOKEN": "t"})
+    assert cfg["LOG_FORMAT"] == "json" and cfg["METRICS_TOKEN"] == "t"
+    assert [str(n) for n in cfg["TRUSTED_PROXIES"]] == ["10.0.0.0/8", "192.168.1.5/32"]
+    assert load_config(tmp_path, {})["METRICS_TOKEN"] is None
+    with pytest.raises(SystemExit, match="LOG_FORMAT"):
+        load_config(tmp_path, {"LOG_FORMAT": "xml"})
+    with pytest.raises(SystemExit, match="TRUSTED_PROXIES"):
+        load_config(tmp_path, {"TRUSTED_PROXIES": "10.0.0.300"})

@@ -31,8 +31,10 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
-    from . import security
+    from . import access, audit, security
     security.init_app(app)
+    access.init_app(app)
+    audit.init_app(app)
 
     from . import auth, api, cli, health, media, metrics, notify, web
     from .writer import views as writer_views

@@ -77,23 +77,44 @@ def init_app(app):
     @click.argument("email")
     @click.option("--password", required=True)
     @click.option("--account", "account_name", required=True)
-    def create_user(email, password, account_name):
+    @click.option("--role", default=None, help="owner | operator | viewer (default: owner for the account's "
+                                               "first user, operator after)")
+    def create_user(email, password, account_name, role):
         """Create a user in an account."""
+        from . import audit, team
+        from .errors import AppError
         email = email.strip().lower()
         if "@" not in email or len(email) > 255:
             fail(f"invalid email {email!r}")
         if len(password) < 8:
             fail("password must be at least 8 characters")
+        if role is not None and role not in ("owner", "operator", "viewer"):
+            fail(f"role must be owner, operator or viewer, got {role!r}")
         acc = _account(account_name)
-        user = User(email=email, account_id=acc.id)
-        user.set_password(password)
-        db.session.add(user)
         try:
+            user = team.new_user(acc.id, email, password, role)
+            audit.record(acc.id, "cli", "user.create", target=user.email, role=user.role)
             db.session.commit()
-        except IntegrityError:
+        except (AppError, IntegrityError):
             db.session.rollback()
             fail(f"a user with email {email!r} already exists")
-        click.echo(f"Created user {email} in account {acc.name!r}.")
+        click.echo(f"Created user {email} ({user.role}) in account {acc.name!r}.")
+
+    @app.cli.command("set-role")
+    @click.argument("email")
+    @click.argument("role")
+    def set_role(email, role):
+        """Change a user's role: owner, operator or viewer."""
+        from . import team
+        from .errors import AppError
+        if role not in ("owner", "operator", "viewer"):
+            fail(f"role must be owner, operator or viewer, got {role!r}")
+        try:
+            user = team.set_role_cli(email, role)
+        except AppError as e:
+            db.session.rollback()
+            fail(e.message)
+        click.echo(f"{user.email} is now a {user.role}.")
 
     @app.cli.command("create-site")
     @click.argument("name")
@@ -176,7 +197,7 @@ def init_app(app):
             fail(f"{file} is not UTF-8 text")
         try:
             rows = parse_csv(text)
-            report = import_rows(site, rows)
+            report = import_rows(site, rows, actor="cli")
         except AppError as e:
             fail(e.message)
         click.echo(f"Imported {report['created']} keywords, skipped {report['duplicates']} duplicates, "

@@ -39,6 +39,26 @@ def _positive_or_none(env, name):
     return value
 
 
+def _ws_cap(env):
+    cap = _int(env, "WS_MAX_PER_USER", 20)
+    if cap < 1:
+        raise SystemExit(f"config error: WS_MAX_PER_USER must be at least 1, got {cap}")
+    return cap
+
+
+def _origins(env):
+    """ALLOWED_ORIGINS: comma-separated `scheme://host[:port]` values."""
+    out = []
+    for raw in (env.get("ALLOWED_ORIGINS") or "").split(","):
+        value = raw.strip().rstrip("/").lower()
+        if not value:
+            continue
+        if not (value.startswith("http://") or value.startswith("https://")) or "/" in value.split("://", 1)[1]:
+            raise SystemExit(f"config error: ALLOWED_ORIGINS entries must look like https://host[:port], got {raw.strip()!r}")
+        out.append(value)
+    return out
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -116,6 +136,10 @@ def load_config(instance_path, env=None):
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Websockets (webapp/web/sockets.py): open sockets per user across all web processes,
+        # and the origins besides the app's own whose pages may open them.
+        "WS_MAX_PER_USER": _ws_cap(env),
+        "ALLOWED_ORIGINS": _origins(env),
         # Notifications (webapp/notify/): webhook targets on private networks are refused unless
         # WEBHOOK_ALLOW_PRIVATE=1 (development, tests); failed deliveries are retried after
         # NOTIFY_RETRY_BASE_SECONDS, doubling, for NOTIFY_RETRY_WINDOW_SECONDS.

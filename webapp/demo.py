@@ -45,7 +45,7 @@ def seed(n_keywords=60, credits=100_000):
         db.session.flush()
         top_up(acc, credits, reason="demo credits")
     if db.session.execute(select(User).where(User.email == DEMO_EMAIL)).scalar_one_or_none() is None:
-        user = User(email=DEMO_EMAIL, account_id=acc.id)
+        user = User(email=DEMO_EMAIL, account_id=acc.id, role="owner")
         user.set_password(DEMO_PASSWORD)
         db.session.add(user)
     db.session.commit()

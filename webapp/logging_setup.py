@@ -54,12 +54,9 @@ def job_meta():
 
 
 def current_request_id():
-    try:
-        from flask import g, has_request_context
-        if has_request_context() and getattr(g, "request_id", None):
-            return g.request_id
-    except ImportError:  # pragma: no cover
-        pass
+    from flask import g, has_request_context
+    if has_request_context() and getattr(g, "request_id", None):
+        return g.request_id
     return current("request_id")
 
 

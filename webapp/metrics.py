@@ -16,6 +16,7 @@ import hmac
 import logging
 import os
 import time
+from datetime import timezone
 from pathlib import Path
 
 from .config import metrics_dir
@@ -42,6 +43,8 @@ CREDITS_CHARGED = Counter("automation_credits_charged", "Credits charged for AI 
 STALE_RUNS_RECOVERED = Counter("automation_stale_runs_recovered",
                                "Runs continued on another worker after their worker stopped beating")
 SCHEDULER_TICKS = Counter("automation_scheduler_ticks", "Scheduled-runs ticks that ran")
+NOTIFICATION_ATTEMPTS = Counter("automation_notification_attempts", "Webhook and email delivery attempts by "
+                                "outcome (delivered, retrying, failed)", ["channel", "result"])
 # livesum: the open sockets of the processes alive now; a dead process's count is dropped
 # (mark_process_dead from gunicorn's child_exit / at exit / when a process claims the dir).
 WEBSOCKETS_OPEN = Gauge("automation_websockets_open", "Open websockets", multiprocess_mode="livesum")
@@ -70,6 +73,11 @@ def items_failed(stage, count):
 
 def ai_rate_limited(count=1):
     AI_RATE_LIMITED.inc(count)
+
+
+def notification_attempt(channel, result):
+    """One webhook or email attempt ended: channel webhook|email, result delivered|retrying|failed."""
+    NOTIFICATION_ATTEMPTS.labels(channel=channel, result=result).inc()
 
 
 def websocket_opened():
@@ -246,7 +254,6 @@ class ScrapeCollector:
 
 
 def _unix(naive_utc):
-    from datetime import timezone
     return naive_utc.replace(tzinfo=timezone.utc).timestamp()
 
 

@@ -26,8 +26,9 @@ _SITE_TASKS = ("webapp.automation.scheduled.start_scheduled_run",)
 
 
 def queue_names():
+    from .notify.jobs import NOTIFY_QUEUE
     from .scheduling import CONTROL_QUEUE
-    return [CONTROL_QUEUE, current_app.config["RQ_QUEUE"]]
+    return [CONTROL_QUEUE, NOTIFY_QUEUE, current_app.config["RQ_QUEUE"]]
 
 
 def record_tick(r):

@@ -49,7 +49,7 @@ def _opt_int(value, name, lo, hi):
     return n
 
 
-def import_rows(site, rows):
+def import_rows(site, rows, actor="system"):
     """Insert valid new keywords; report duplicates and invalid rows by row number (1-based)."""
     if not isinstance(rows, list):
         raise BadRequest("'keywords' must be a list.")
@@ -96,6 +96,10 @@ def import_rows(site, rows):
         db.session.add(Keyword(account_id=site.account_id, site_id=site.id, keyword=kw, volume=volume,
                                difficulty=difficulty))
         created += 1
+    if created:
+        from .audit import record
+        record(site.account_id, actor, "keywords.import", site_id=site.id, created=created, duplicates=duplicates,
+               invalid=len(errors))
     try:
         db.session.commit()
     except IntegrityError:  # a concurrent import added some of the same keywords

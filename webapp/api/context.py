@@ -19,6 +19,7 @@ def authenticate():
             raise ApiError("Invalid or revoked API token.", 401)
         touch(token)
         g.user, g.account_id, g.actor = user, user.account_id, f"token:{token.id} ({user.email})"
+        _authorise(user, token)
         return
     if current_user.is_authenticated:
         if request.method not in SAFE_METHODS:
@@ -27,8 +28,18 @@ def authenticate():
             except (CSRFError, Exception) as e:  # ValidationError carries the reason
                 raise ApiError(f"CSRF token missing or invalid: {e}", 400)
         g.user, g.account_id, g.actor = current_user, current_user.account_id, f"user:{current_user.email}"
+        _authorise(current_user, None)
         return
     raise ApiError("Authentication required: send 'Authorization: Bearer <token>' or log in.", 401)
+
+
+def _authorise(user, token):
+    """Roles and token scopes, decided in one place (webapp/access.py)."""
+    from ..access import Forbidden, check
+    try:
+        check(user, token=token)
+    except Forbidden as e:
+        raise ApiError(e.message, 403)
 
 
 def api_auth(fn):

@@ -62,7 +62,7 @@ def keywords_bulk():
                 raise ApiError("The CSV body must be UTF-8.", 400)
         else:
             raise ApiError("Send JSON {'keywords': [...]}, a CSV body (text/csv) or a multipart 'file'.", 415)
-        report = import_rows(site, rows)
+        report = import_rows(site, rows, actor=g.actor)
     except AppError as e:
         raise ApiError.from_app(e)
     return ok(report, 201 if report["created"] else 200)

@@ -533,3 +533,72 @@ class DeliveryQuery(Query):
 
 class DeliveryQueued(Model):
     delivery: Delivery
+
+
+# -- team: tokens, sites, audit ---------------------------------------------------------------
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=120)] = "api"
+    expires_at: Optional[Annotated[str, Field(max_length=40, description="ISO 8601 date or time in the future; "
+                                                                          "null: never")]] = None
+    scope: Literal["full", "read"] = "full"
+
+
+class TokenOut(Model):
+    id: int
+    name: str
+    scope: Literal["full", "read"]
+    created_at: Timestamp
+    last_used_at: Timestamp
+    expires_at: Timestamp
+    revoked_at: Timestamp
+    user: Optional[str]
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; send as 'Authorization: Bearer <token>'")
+
+
+class Tokens(Model):
+    tokens: list[TokenOut]
+
+
+class SiteUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=120)] = None
+    domain: Optional[Annotated[str, Field(max_length=255)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = None
+
+
+class DeleteSiteQuery(Query):
+    confirm: Annotated[str, Field(max_length=255, description="the site's name")] = None
+
+
+class SiteDeleted(Model):
+    deleted: int
+    name: str
+
+
+class AuditQuery(Query):
+    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
+    limit: QueryInt(1, 200, "entries per page (default 50)") = 50
+    site_id: QueryInt(1, MAX_ID, "only this site's entries") = None
+    actor: Annotated[str, Field(max_length=255, description="entries whose actor contains this")] = None
+    action: Annotated[str, Field(max_length=64, description="e.g. run.pause, config.update")] = None
+
+
+class AuditEntryOut(Model):
+    id: int
+    at: Timestamp
+    actor: str
+    action: str
+    site_id: Optional[int]
+    run_id: Optional[int]
+    details: dict[str, Any]
+
+
+class AuditLog(Model):
+    entries: list[AuditEntryOut]
+    total: int
+    page: int
+    limit: int

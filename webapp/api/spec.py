@@ -82,6 +82,8 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
         for code, (model, desc) in (extra_ok or {}).items():
             codes[f"HTTP_{code}"] = (model, desc)
         documented = dict(COMMON if auth else {k: v for k, v in COMMON.items() if k != 401})
+        if auth and set(methods) - {"GET", "HEAD"}:
+            documented[403] = "Your role (or the token's read-only scope) does not allow this change"
         if json is not None or form is not None or (doc or {}).get("requestBody"):
             documented.update(BODY)
         if any(m is not None for m in (query, json, form, headers, body_doc)):

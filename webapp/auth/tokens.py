@@ -19,7 +19,8 @@ def user_for_bearer(header):
     # One query for token and user: every API call pays for this lookup.
     row = db.session.execute(
         db.select(ApiToken, User).join(User, User.id == ApiToken.user_id)
-        .where(ApiToken.token_hash == ApiToken.hash(raw), ApiToken.revoked_at.is_(None), User.active.is_(True))
+        .where(ApiToken.token_hash == ApiToken.hash(raw), ApiToken.revoked_at.is_(None), User.active.is_(True),
+               (ApiToken.expires_at.is_(None)) | (ApiToken.expires_at > utcnow()))
     ).first()
     if row is None:
         return None, None

@@ -117,16 +117,23 @@ def merged_errors(current, sent):
     """Rules that span fields, checked on `current` updated with `sent`, blamed on what was sent."""
     freq = sent.get("frequency", current.get("frequency"))
     day = sent.get("scheduled_day", current.get("scheduled_day"))
-    ranges = {"weekly": (0, 6, "0 (Monday) to 6 (Sunday)"), "monthly": (1, 31, "1 to 31")}
-    if day is None or freq not in ranges:
-        return {}
-    lo, hi, words = ranges[freq]
-    if lo <= day <= hi:
+    problem = day_error(freq, day)
+    if problem is None:
         return {}
     if "scheduled_day" in sent:
-        return {"scheduled_day": f"must be {words} for a {freq} schedule"}
-    return {"frequency": f"{freq} needs scheduled_day {words}, and the saved one is {day}: "
-                         f"send scheduled_day with it (null for the default day)"}
+        return {"scheduled_day": problem}
+    # Only the frequency was sent: it is what made the saved day wrong.
+    return {"frequency": f"needs a different scheduled_day: the saved one ({day}) {problem}; send "
+                         f"scheduled_day with it (null for the default day)"}
+
+
+def day_error(frequency, day):
+    """The message for a scheduled_day that does not fit its frequency, else None."""
+    if day is not None and frequency == "weekly" and not 0 <= day <= 6:
+        return "must be 0 (Monday) to 6 (Sunday) for a weekly schedule"
+    if day is not None and frequency == "monthly" and not 1 <= day <= 31:
+        return "must be 1 to 31 for a monthly schedule"
+    return None
 
 
 def validate_update(data, current=None):

@@ -169,74 +169,71 @@ EVENT_LABELS = {"start": "started", "pause": "paused", "resume": "resumed", "can
 
 
 def timeline_svg(run, results, intervals, events, stage_names, now=None):
-    """The run's stages as bars on a time axis, pauses shaded, events marked; one SVG that
-    scales to its container (viewBox), so it reads at 420 px: the labels sit above the bars
-    rather than beside them. No inline styles (CSP): classes from app.css and attributes."""
+    """The run's stages as bars on a time axis, pauses shaded, events marked. Positions are
+    percentages of the SVG's width and text is in pixels, so it fills any container and its
+    labels stay the same readable size at 420 px as at 1400 px (labels sit above the bars).
+    No inline styles (CSP): classes from app.css and plain attributes."""
     now = now or utcnow()
     start = run.started_at
     end = run_end(run) or now
     span = max(1.0, _seconds(start, end))
-    width, left, right = 600, 8, 8
-    plot = width - left - right
-    row_h, top = 30, 8
 
-    def x(t):
-        return left + plot * min(1.0, max(0.0, _seconds(start, t) / span))
+    def x(t):  # percent of the width, inside a 1% margin
+        return 1 + 98 * min(1.0, max(0.0, _seconds(start, t) / span))
 
-    out = []
+    row_h, top = 34, 4
     rows = list(range(1, STAGE_COUNT + 1))
-    height = top + row_h * len(rows) + 34
-    out.append(f'<svg class="timeline" viewBox="0 0 {width} {height}" role="img" '
-               f'aria-labelledby="timeline-title timeline-desc" xmlns="http://www.w3.org/2000/svg">')
+    chart_bottom = top + row_h * len(rows)
+    height = chart_bottom + 30
     desc = []
     for n in rows:
         r = results.get(n)
         if r:
-            status = r.get("status") or "running"
-            desc.append(f"stage {n} {status}" + (f" {fmt_seconds(r.get('duration_seconds'))}"
-                                                    if r.get("duration_seconds") is not None else ""))
-    out.append(f'<title id="timeline-title">Timeline of run {run.id}</title>')
-    out.append(f'<desc id="timeline-desc">{escape("; ".join(desc) or "no stage started yet")}</desc>')
-    chart_bottom = top + row_h * len(rows)
+            desc.append(f"stage {n} {r.get('status') or 'running'}"
+                        + (f" {fmt_seconds(r.get('duration_seconds'))}" if r.get("duration_seconds") is not None else ""))
+    out = [f'<svg class="timeline" width="100%" height="{height}" role="img" '
+           f'aria-labelledby="timeline-title-{run.id} timeline-desc-{run.id}" xmlns="http://www.w3.org/2000/svg">',
+           f'<title id="timeline-title-{run.id}">Timeline of run {run.id}</title>',
+           f'<desc id="timeline-desc-{run.id}">{escape("; ".join(desc) or "no stage started yet")}</desc>']
     for a, b in intervals:
         x0, x1 = x(a), x(min(b, end))
-        out.append(f'<rect class="tl-pause" x="{x0:.1f}" y="{top}" width="{max(1.5, x1 - x0):.1f}" '
+        out.append(f'<rect class="tl-pause" x="{x0:.2f}%" y="{top}" width="{max(0.4, x1 - x0):.2f}%" '
                    f'height="{chart_bottom - top}"><title>paused {escape(fmt_seconds(_seconds(a, b)))}</title></rect>')
     for i, n in enumerate(rows):
         y = top + i * row_h
         r = results.get(n)
         name = stage_names.get(n, f"Stage {n}")
         if not r:
-            out.append(f'<text class="tl-label tl-muted" x="{left}" y="{y + 11}">{n}. {escape(name)} · not started</text>')
+            out.append(f'<text class="tl-label tl-muted" x="1%" y="{y + 13}">{n}. {escape(name)} · not started</text>')
             continue
         status = r.get("status") or "running"
-        if status == "running" and run.status in ("cancelled", "failed"):
+        if status == "running" and run.status != "running":
             status = run.status
         s = parse_time(r.get("started_at")) or start
         f = parse_time(r.get("finished_at")) or end
         x0, x1 = x(s), x(f)
         dur = r.get("duration_seconds")
         label = f"{n}. {name} · {status}" + (f" · {fmt_seconds(dur)}" if dur is not None else "")
-        out.append(f'<text class="tl-label" x="{left}" y="{y + 11}">{escape(label)}</text>')
+        out.append(f'<text class="tl-label" x="1%" y="{y + 13}">{escape(label)}</text>')
         tip = escape(f"{name}: {status}, {done_items(r)} items" + (f", {fmt_seconds(dur)}" if dur is not None else ""))
         if status == "skipped":  # nothing pending: a hollow dashed marker, not a full bar
-            out.append(f'<rect class="tl-bar tl-skipped" x="{x0:.1f}" y="{y + 15}" width="{max(6.0, x1 - x0):.1f}" '
-                       f'height="9" rx="2"><title>{tip}</title></rect>')
+            out.append(f'<rect class="tl-bar tl-skipped" x="{x0:.2f}%" y="{y + 18}" width="{max(1.2, x1 - x0):.2f}%" '
+                       f'height="10" rx="2"><title>{tip}</title></rect>')
         else:
-            out.append(f'<rect class="tl-bar tl-{escape(status)}" x="{x0:.1f}" y="{y + 15}" '
-                       f'width="{max(2.0, x1 - x0):.1f}" height="9" rx="2"><title>{tip}</title></rect>')
+            out.append(f'<rect class="tl-bar tl-{escape(status)}" x="{x0:.2f}%" y="{y + 18}" '
+                       f'width="{max(0.5, x1 - x0):.2f}%" height="10" rx="2"><title>{tip}</title></rect>')
     for e in events:
         if e.action not in EVENT_LABELS or e.created_at is None:
             continue
         ex = x(e.created_at)
         tip = escape(f"{EVENT_LABELS[e.action]} by {e.actor} at {e.created_at:%Y-%m-%d %H:%M:%S} UTC"
                      + (f": {e.reason}" if e.reason else ""))
-        out.append(f'<g class="tl-event tl-event-{escape(e.action)}"><line x1="{ex:.1f}" x2="{ex:.1f}" y1="{top}" '
-                   f'y2="{chart_bottom}"/><circle cx="{ex:.1f}" cy="{chart_bottom + 4}" r="4"/>'
+        out.append(f'<g class="tl-event tl-event-{escape(e.action)}"><line x1="{ex:.2f}%" x2="{ex:.2f}%" y1="{top}" '
+                   f'y2="{chart_bottom}"/><circle cx="{ex:.2f}%" cy="{chart_bottom + 5}" r="4"/>'
                    f'<title>{tip}</title></g>')
-    axis_y = chart_bottom + 24
-    out.append(f'<text class="tl-axis" x="{left}" y="{axis_y}">{start:%H:%M:%S} UTC</text>')
-    out.append(f'<text class="tl-axis" x="{width - right}" y="{axis_y}" text-anchor="end">'
+    axis_y = chart_bottom + 25
+    out.append(f'<text class="tl-axis" x="1%" y="{axis_y}">{start:%H:%M:%S} UTC</text>')
+    out.append(f'<text class="tl-axis" x="99%" y="{axis_y}" text-anchor="end">'
                f'{"now" if run_end(run) is None else f"{end:%H:%M:%S} UTC"} · {escape(fmt_seconds(span))}</text>')
     out.append("</svg>")
     return Markup("".join(out))
@@ -246,6 +243,8 @@ def fmt_seconds(seconds):
     """12 s · 4 min 05 s · 2 h 03 min."""
     if seconds is None:
         return ""
+    if seconds < 1:
+        return "< 1 s"
     s = int(round(seconds))
     if s < 60:
         return f"{s} s"

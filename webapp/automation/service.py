@@ -9,6 +9,7 @@ from flask import current_app
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import audit
 from ..errors import BadRequest, NotFound, Unavailable
 from ..extensions import db
 from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun, Cluster, Keyword, RunEvent,
@@ -98,8 +99,12 @@ class AutomationService:
         site = db.session.get(Site, cfg.site_id)
         clean = validate_update(data, current=cfg.to_dict())
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
+        old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
             setattr(cfg, k, v)
+        changed = {k: [old[k], v] for k, v in clean.items() if old[k] != v}
+        if changed:
+            audit.record(self.account_id, self.actor, "config.update", site_id=site.id, changes=changed)
         if schedule_changed:
             if cfg.is_enabled:
                 if cfg.scheduled_day is None and cfg.frequency != "daily":

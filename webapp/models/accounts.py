@@ -25,6 +25,11 @@ class User(UserMixin, db.Model):
     # Part of every session cookie (see get_id); bumping it ends all earlier sessions
     # (webapp/security.py: end_sessions).
     session_generation = db.Column(db.Integer, nullable=False, default=0, server_default="0")
+    # owner | operator | viewer (webapp/access.py decides what each may do).
+    role = db.Column(db.String(16), nullable=False, default="operator", server_default="owner")
+    # An invited user sets a password through a one-time link (only its SHA-256 is stored).
+    invite_hash = db.Column(db.String(64), unique=True)
+    invite_expires_at = db.Column(db.DateTime)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     account = db.relationship(Account)
 
@@ -62,15 +67,45 @@ class ApiToken(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     last_used_at = db.Column(db.DateTime)
     revoked_at = db.Column(db.DateTime)
+    expires_at = db.Column(db.DateTime)  # None = never
+    scope = db.Column(db.String(8), nullable=False, default="full", server_default="full")  # full | read
     user = db.relationship(User)
+
+    def to_dict(self):
+        from .base import iso
+        return {"id": self.id, "name": self.name, "scope": self.scope, "created_at": iso(self.created_at),
+                "last_used_at": iso(self.last_used_at), "expires_at": iso(self.expires_at),
+                "revoked_at": iso(self.revoked_at), "user": self.user.email if self.user else None}
 
     @staticmethod
     def hash(raw):
         return hashlib.sha256(raw.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user, name="api"):
+    def issue(cls, user, name="api", expires_at=None, scope="full"):
         raw = "ac_" + secrets.token_urlsafe(32)
-        tok = cls(user_id=user.id, account_id=user.account_id, token_hash=cls.hash(raw), name=name)
+        tok = cls(user_id=user.id, account_id=user.account_id, token_hash=cls.hash(raw), name=name,
+                  expires_at=expires_at, scope=scope)
         db.session.add(tok)
         return tok, raw
+
+
+class AuditEntry(db.Model):
+    """The account's audit log: every state change by a person or the system, written in the
+    same transaction as the change (webapp/audit.py)."""
+    __tablename__ = "audit_entry"
+    id = db.Column(db.Integer, primary_key=True)
+    account_id = db.Column(db.Integer, db.ForeignKey("account.id", ondelete="CASCADE"), nullable=False)
+    # No foreign key: the entry for a deleted site must outlive the site.
+    site_id = db.Column(db.Integer)
+    run_id = db.Column(db.Integer)
+    actor = db.Column(db.String(255), nullable=False)
+    action = db.Column(db.String(64), nullable=False)
+    details = db.Column(db.JSON)
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    __table_args__ = (db.Index("ix_audit_account_id", "account_id", "id"),)
+
+    def to_dict(self):
+        from .base import iso
+        return {"id": self.id, "at": iso(self.created_at), "actor": self.actor, "action": self.action,
+                "site_id": self.site_id, "run_id": self.run_id, "details": self.details or {}}

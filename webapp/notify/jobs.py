@@ -22,7 +22,9 @@ from rq_scheduler import Scheduler
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
+from .. import metrics
 from ..extensions import db
+from ..logging_setup import job_meta
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
 from ..redis_conn import get_redis
@@ -43,12 +45,13 @@ def _app_context():
 
 def _enqueue(func, *args, delay=None):
     r = get_redis()
+    meta = job_meta()  # the request (or job) behind the event: its id follows into the delivery's logs
     if delay:
         Scheduler(queue_name=NOTIFY_QUEUE, connection=r).enqueue_in(
-            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600)
+            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600, meta=meta)
     else:
         Queue(NOTIFY_QUEUE, connection=r).enqueue(func, *args, job_timeout=JOB_TIMEOUT, result_ttl=600,
-                                                  failure_ttl=7 * 24 * 3600)
+                                                  failure_ttl=7 * 24 * 3600, meta=meta)
 
 
 def enqueue_dispatch(event, run_id, snapshot, reason, event_key):
@@ -179,6 +182,7 @@ def _deliver(pk, attempt):
         else:
             d.status, d.next_attempt_at = "failed", None
     db.session.commit()
+    metrics.notification_attempt("webhook", d.status)
     if retry:
         enqueue_delivery(d.id, attempt + 1, delay=retry[0])
     log.info("webhook %s delivery %s attempt %s: %s", wh.id, d.delivery_id, attempt, d.status)
@@ -208,6 +212,7 @@ def _send_mail(pk, attempt):
         retry = _next_try(m.created_at, attempt)
         m.status, m.next_attempt_at = ("retrying", retry[1]) if retry else ("failed", None)
     db.session.commit()
+    metrics.notification_attempt("email", "delivered" if m.status == "sent" else m.status)
     if retry:
         enqueue_mail(m.id, attempt + 1, delay=retry[0])
     return m.status

@@ -3,6 +3,7 @@ its own with deliveries and attempts), and a user's email notification opt-in.""
 from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
+from ..access import needs
 from ..errors import AppError, NotFound
 from . import mail
 from .webhooks import WEBHOOK_EVENTS, FieldErrors, WebhookService
@@ -89,6 +90,7 @@ def send_test(site_id, webhook_id):
 
 @bp.route("/settings/notifications", methods=["GET", "POST"])
 @login_required
+@needs("viewer")  # a user's own email choice: every role may set it
 def notifications():
     if request.method == "POST":
         try:

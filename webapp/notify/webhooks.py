@@ -10,6 +10,7 @@ import uuid
 from flask import current_app
 from sqlalchemy import func, select
 
+from .. import audit
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
@@ -102,11 +103,15 @@ class WebhookService:
         wh = Webhook(account_id=self.account_id, site_id=site.id, url=url, events=events, secret=new_secret(),
                      created_by=self.actor)
         db.session.add(wh)
+        db.session.flush()
+        audit.record(self.account_id, self.actor, "webhook.create", site_id=site.id, webhook_id=wh.id, url=url,
+                     events=events)
         db.session.commit()
         return wh
 
     def delete(self, site_id, webhook_id):
         wh = self.get(site_id, webhook_id)
+        audit.record(self.account_id, self.actor, "webhook.delete", site_id=wh.site_id, webhook_id=wh.id, url=wh.url)
         db.session.delete(wh)
         db.session.commit()
         return webhook_id

@@ -6,15 +6,16 @@ from .snapshot import duration
 from .views import bp
 
 
-def article_html(body):
-    """The generated markdown subset (#/## headings, paragraphs) as escaped HTML."""
+def article_html(body, skip_title=False):
+    """The generated markdown subset (#/## headings, paragraphs) as escaped HTML;
+    `skip_title` drops the leading `# title` when the page shows it as its h1."""
     out = []
-    for block in (body or "").split("\n\n"):
+    for i, block in enumerate((body or "").split("\n\n")):
         block = block.strip()
-        if not block:
+        if not block or (skip_title and i == 0 and block.startswith("# ")):
             continue
-        if block.startswith("## "):
-            out.append(f"<h3>{escape(block[3:])}</h3>")
+        if block.startswith("## "):  # sections under the page's h1 (the title)
+            out.append(f"<h2>{escape(block[3:])}</h2>")
         elif block.startswith("# "):
             out.append(f"<h2>{escape(block[2:])}</h2>")
         else:
@@ -31,13 +32,27 @@ def log_class(line):
     return " ln-error" if ERROR_LINE.search(line or "") else ""
 
 
+def image_caption(image, content=None):
+    """What an image is: its role and its article ("Featured image · How to …")."""
+    content = content or image.content
+    if image.kind == "featured":
+        role = "Featured image"
+    else:
+        role = f"In-article image {image.position}"
+    return f"{role} · {content.title}" if content else role
+
+
 def init_app(app):
-    from . import live, ops
+    from . import config_form, live, ops, team, timefmt
+    timefmt.init_app(app)
+    config_form.init_app(app)
     app.register_blueprint(bp)
+    app.register_blueprint(team.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(ops.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
+    app.jinja_env.filters["image_caption"] = image_caption
     app.jinja_env.filters["log_class"] = log_class
 
     @app.context_processor

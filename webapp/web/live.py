@@ -2,8 +2,10 @@
 
 The log file is the source of truth; Redis pub/sub only wakes the follower up, so any web
 process can stream any run, and a missed message (or a Redis restart) delays a line by at
-most POLL seconds instead of losing it. Access: the session cookie, or a bearer token
-header; otherwise closed with 4401 (not logged in) or 4404 (not found / another account's).
+most POLL seconds instead of losing it. Admission (Origin 4403, auth 4401, per-user cap 4429)
+and the periodic re-authentication of open sockets are in webapp/web/sockets.py; a run that
+is not the caller's account's is 4404. Served by gunicorn's gevent worker (gunicorn.conf.py):
+each socket is a greenlet, not a thread, so open sockets cost no request capacity.
 """
 import fcntl
 import json
@@ -15,12 +17,12 @@ from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
 from .. import metrics
-from ..auth.tokens import caller_account_id
 from ..automation.logger import log_channel, run_log_path
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
 from ..models import AutomationRun
 from ..redis_conn import get_redis
+from . import sockets
 
 # Routes on our own blueprint: registered on every app create_app builds (tests build many).
 bp = Blueprint("live", __name__)
@@ -31,17 +33,28 @@ SHUTDOWN = threading.Event()
 INITIAL_LINES = 100
 
 
-def _authorised_run(ws, run_id):
-    account_id = caller_account_id()
-    if account_id is None:
-        ws.close(4401, "not logged in")
-        return None
-    run = db.session.execute(select(AutomationRun).where(AutomationRun.id == run_id,
-                                                         AutomationRun.account_id == account_id)).scalar_one_or_none()
-    if run is None:
-        ws.close(4404, "run not found")
-        return None
-    return run
+def _authorised_run(ws, conn, run_id):
+    try:
+        run = db.session.execute(select(AutomationRun).where(
+            AutomationRun.id == run_id, AutomationRun.account_id == conn.caller.account_id)).scalar_one_or_none()
+        if run is None:
+            ws.close(4404, "run not found")
+            return None
+        db.session.expunge(run)
+        return run
+    finally:
+        db.session.remove()  # do not hold a DB connection for the life of the socket
+
+
+def _lock_shared(fh):
+    # Non-blocking tries with a short sleep: a blocking flock would stall every greenlet of
+    # the process (gevent) while a writer holds the lock.
+    while True:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            time.sleep(0.005)
 
 
 class LogFollower:
@@ -70,7 +83,7 @@ class LogFollower:
         # Count lines once under the writer's lock, then start n lines before the end.
         try:
             with open(self.path, "rb") as fh:
-                fcntl.flock(fh, fcntl.LOCK_SH)
+                _lock_shared(fh)
                 total = sum(1 for _ in fh)
                 fcntl.flock(fh, fcntl.LOCK_UN)
         except FileNotFoundError:
@@ -156,14 +169,18 @@ def hub():
 _HUB_LOCK = threading.Lock()
 
 
-def _stream(ws, channel, produce):
+def _stream(ws, conn, channel, produce):
     """Send what produce() returns, now and after every wake-up (a pub/sub message on
-    `channel`, or POLL seconds), until the client leaves or the server shuts down."""
+    `channel`, or POLL seconds), until the client leaves, the server shuts down or the
+    caller's token / session is gone."""
     h = hub()
     ev = h.register(channel)
     metrics.websocket_opened()
     try:
         while ws.connected and not SHUTDOWN.is_set():
+            if not conn.still_allowed():
+                conn.close_for_auth()
+                return
             for message in produce():
                 ws.send(message)
             ev.wait(POLL)
@@ -177,21 +194,25 @@ def _stream(ws, channel, produce):
 
 @sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
 def ws_logs(ws, run_id):
-    run = _authorised_run(ws, run_id)
-    if run is None:
-        return
-    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-    db.session.remove()  # do not hold a DB connection for the life of the socket
-    follower = LogFollower(path, request.args.get("after", type=int))
-    _stream(ws, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
+    with sockets.admitted(ws, "logs") as conn:
+        run = conn and _authorised_run(ws, conn, run_id)
+        if run is None:
+            return
+        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+        follower = LogFollower(path, request.args.get("after", type=int))
+        _stream(ws, conn, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
 
 
 @sock.route("/ws/runs/<int:run_id>/processing", bp=bp)
 def ws_processing(ws, run_id):
-    run = _authorised_run(ws, run_id)
-    if run is None:
-        return
-    db.session.remove()
+    with sockets.admitted(ws, "processing") as conn:
+        run = conn and _authorised_run(ws, conn, run_id)
+        if run is None:
+            return
+        _stream_processing(ws, conn, run_id)
+
+
+def _stream_processing(ws, conn, run_id):
     last = [object()]
 
     def changed_state():
@@ -204,4 +225,4 @@ def ws_processing(ws, run_id):
         last[0] = state
         return [json.dumps(state)]
 
-    _stream(ws, state_channel(run_id), changed_state)
+    _stream(ws, conn, state_channel(run_id), changed_state)

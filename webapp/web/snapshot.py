@@ -22,6 +22,7 @@ from ..automation.state import percent, read_state, reconcile
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, Site
 from ..redis_conn import get_redis
+from .insight_view import insight_view, timeline
 from ..writer.review import awaiting_review
 
 # Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
@@ -57,7 +58,7 @@ def stage_rows(run):
         current = active and n == run.current_stage
         row = {"number": n, "name": stage.name, "uses_ai": stage.function is not None, "current": current,
                "total": None, "processed": 0, "created": 0, "failed": 0, "credits": 0, "percentage": 0.0,
-               "finished_at": None, "failures": []}
+               "finished_at": None, "finished_at_iso": None, "failures": []}
         if not r:
             row["status"] = ("starting" if run.status == "running" else run.status) if current else "waiting"
         else:
@@ -71,13 +72,14 @@ def stage_rows(run):
                        credits=r.get("credits_used") or 0,
                        percentage=100.0 if status in ("completed", "skipped") else percent(done, total),
                        finished_at=(r.get("finished_at") or "")[:19].replace("T", " ") or None,
+                       finished_at_iso=r.get("finished_at"),
                        failures=list(r.get("failures") or []))
         rows.append(row)
     return rows
 
 
-def run_view(run, with_events=False):
-    """Everything a page shows about one run."""
+def run_view(run, with_events=False, svc=None):
+    """Everything a page shows about one run (with `svc`: its insights too)."""
     processing = None
     if run.status == "running":
         try:
@@ -87,8 +89,9 @@ def run_view(run, with_events=False):
         processing = reconcile(run, STAGES[run.current_stage].name, state)
     view = {
         "id": run.id, "site_id": run.site_id, "status": run.status, "active": run.status in ACTIVE_STATUSES,
-        "trigger_type": run.trigger_type, "started_by": run.started_by or "",
+        "trigger_type": run.trigger_type, "started_by": run.started_by or "", "retry_of": run.retry_of_run_id,
         "started_at": fmt(run.started_at), "started_at_iso": iso(run.started_at),
+        "times": {k: iso(getattr(run, f"{k}_at")) for k in ("paused", "resumed", "cancelled", "completed")},
         "paused_at": fmt(run.paused_at), "resumed_at": fmt(run.resumed_at),
         "cancelled_at": fmt(run.cancelled_at), "completed_at": fmt(run.completed_at),
         "duration": duration(run), "current_stage": run.current_stage,
@@ -96,10 +99,15 @@ def run_view(run, with_events=False):
         "pause_reason": run.pause_reason, "actions": ACTIONS.get(run.status, []),
         "stages": stage_rows(run), "processing": processing,
     }
+    events = None
+    if with_events or svc is not None:
+        events = db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
     if with_events:
-        view["events"] = [{"action": e.action, "actor": e.actor, "reason": e.reason, "at": fmt(e.created_at)}
-                          for e in db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id)
-                                                      .order_by(RunEvent.id)).scalars()]
+        view["events"] = [{"action": e.action, "actor": e.actor, "reason": e.reason, "at": fmt(e.created_at),
+                           "at_iso": iso(e.created_at)} for e in events]
+    if svc is not None:
+        view["insights"], view["_insights"] = insight_view(svc, run, events)
+        view["_events"] = events
     return view
 
 
@@ -136,7 +144,46 @@ def latest_run(site_id):
                               .order_by(AutomationRun.id.desc()).limit(1)).scalar_one_or_none()
 
 
-def site_snapshot(svc, site, fresh=False):
+HISTORY_PER_PAGE = 20
+RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
+TRIGGERS = ("manual", "api", "scheduled", "retry")
+
+
+class HistoryQuery:
+    """The site page's history filters and page (`?status=&trigger=&page=`); bad values are
+    ignored rather than refused: they come from links and selects."""
+
+    def __init__(self, args=None):
+        args = args or {}
+        self.status = args.get("status") if args.get("status") in RUN_STATUSES else None
+        self.trigger = args.get("trigger") if args.get("trigger") in TRIGGERS else None
+        try:
+            self.page = max(1, min(int(args.get("page", 1)), 100_000))
+        except (TypeError, ValueError):
+            self.page = 1
+
+    def params(self, **over):
+        p = {"status": self.status, "trigger": self.trigger, "page": self.page if self.page > 1 else None}
+        p.update(over)
+        return {k: v for k, v in p.items() if v}
+
+
+def history_view(svc, site, q):
+    runs, total = svc.history_page(site.id, page=q.page, limit=HISTORY_PER_PAGE, status=q.status,
+                                   trigger_type=q.trigger)
+    rows = []
+    for r, d in zip(runs, svc.summaries(runs)):
+        finished = r.status not in ACTIVE_STATUSES
+        rows.append({"id": r.id, "status": r.status, "trigger_type": r.trigger_type, "started_by": r.started_by or "",
+                     "started_at": iso(r.started_at), "active_seconds": d["active_seconds"] if finished else None,
+                     "paused_seconds": d["paused_seconds"] if finished else None,
+                     "current_stage": r.current_stage, "credits_used": r.total_credits_used or 0})
+    return {"rows": rows, "total": total, "page": q.page, "pages": max(1, -(-total // HISTORY_PER_PAGE)),
+            "status": q.status, "trigger": q.trigger, "statuses": RUN_STATUSES, "triggers": TRIGGERS,
+            "query": q.params()}
+
+
+def site_snapshot(svc, site, fresh=False, history=None):
     """The site automation page: current run, estimate and balance, pipeline, history, the
     live log's run. `fresh=True` (a full page load) reads the pending counts now."""
     last = latest_run(site.id)
@@ -156,27 +203,38 @@ def site_snapshot(svc, site, fresh=False):
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     log = {"run_id": run.id, "ws": f"/ws/runs/{run.id}/logs"} if run else None
     return {
-        "site": {"id": site.id, "name": site.name},
-        "run": run_view(run) if run else None,
+        "site": {"id": site.id, "name": site.name, "timezone": site.timezone},
+        "run": public(run_view(run, svc=svc)) if run else None,
         "balance": estimate["current_balance"],
         "estimate": estimate,
         "pipeline": pipeline,
         "chart_max": max([s["pending"] for s in pipeline] + [1]),
         "start_block": start_block,
-        "skips": [{"at": s.created_at.strftime("%Y-%m-%d %H:%M"), "reason": s.reason} for s in skips],
-        "history": [{"id": r.id, "status": r.status, "trigger_type": r.trigger_type, "started_by": r.started_by or "",
-                     "started_at": r.started_at.strftime("%Y-%m-%d %H:%M"), "duration": duration(r),
-                     "current_stage": r.current_stage, "credits_used": r.total_credits_used or 0}
-                    for r in svc.history(site.id)],
+        "skips": [{"at": s.created_at.strftime("%Y-%m-%d %H:%M"), "at_iso": iso(s.created_at), "reason": s.reason}
+                  for s in skips],
+        "history": history_view(svc, site, history or HistoryQuery()),
         "log": log,
         "awaiting_review": awaiting_review(site.id, svc.account_id),
     }
 
 
+def public(view):
+    """A run view without the objects kept for the caller (not part of the snapshot)."""
+    return {k: v for k, v in view.items() if not k.startswith("_")}
+
+
 def run_snapshot(svc, run):
-    """The run detail page: the run with its audit trail, and the balance."""
+    """The run detail page: the run with its audit trail and insights, and the balance. The
+    timeline SVG is drawn against the clock, so it is left out of the version (VOLATILE)."""
     db.session.refresh(run)
-    return {"run": run_view(run, with_events=True), "balance": svc.account().credits}
+    view = run_view(run, with_events=True, svc=svc)
+    svg = timeline(run, view.pop("_insights"), view.pop("_events"))
+    return {"run": view, "balance": svc.account().credits, "timeline": svg,
+            "site": {"id": run.site_id, "timezone": _timezone(run.site_id)}}
+
+
+def _timezone(site_id):
+    return db.session.execute(select(Site.timezone).where(Site.id == site_id)).scalar() or "UTC"
 
 
 def log_window(run, lines):
@@ -213,5 +271,9 @@ def dashboard_snapshot(svc):
     return {"rows": rows, "balance": svc.account().credits}
 
 
+VOLATILE = ("timeline",)  # drawn against the clock: refreshed with the rest, not a change by itself
+
+
 def version(snapshot):
-    return hashlib.sha1(json.dumps(snapshot, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    stable = {k: v for k, v in snapshot.items() if k not in VOLATILE}
+    return hashlib.sha1(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:16]

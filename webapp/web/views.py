@@ -11,17 +11,16 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.config_schema import field_errors
 from ..automation.logger import line_count, read_before, run_log_path, tail
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
 from ..planner import import_rows, parse_csv
-from . import snapshot
+from . import config_form, snapshot
+from .insight_view import FAILED_PER_PAGE
 
 bp = Blueprint("web", __name__)
-CONFIG_INT_FIELDS = [f"stage_{n}_batch_size" for n in range(1, 7)] + ["within_stage_delay", "between_stage_delay"]
 TABS = {
     "keywords": (Keyword, "Keywords"), "clusters": (Cluster, "Clusters"), "ideas": (ContentIdea, "Ideas"),
     "tasks": (Task, "Tasks"), "content": (Content, "Content"), "images": (Image, "Images"),
@@ -67,7 +66,7 @@ def dashboard():
 
 # -- site automation page ----------------------------------------------------------------------
 def automation_context(svc, site, errors=None, form_values=None, fresh=True):
-    snap = snapshot.site_snapshot(svc, site, fresh=fresh)
+    snap = snapshot.site_snapshot(svc, site, fresh=fresh, history=snapshot.HistoryQuery(request.args))
     log_lines, log_next = [], 0
     if snap["run"]:
         path = run_log_path(current_app.config["LOG_DIR"], current_user.account_id, site.id, snap["run"]["id"])
@@ -92,7 +91,8 @@ def automation_panel(site_id, name):
         abort(404)
     svc = service()
     site = owned_site(svc, site_id)
-    return render_template(f"partials/{name}.html", snap=snapshot.site_snapshot(svc, site), site=site)
+    return render_template(f"partials/{name}.html", snap=snapshot.site_snapshot(
+        svc, site, history=snapshot.HistoryQuery(request.args)), site=site)
 
 
 # -- live refresh: the same snapshot, rendered into the same partials, as JSON --------------------
@@ -112,7 +112,7 @@ def live_regions(snap, regions):
 def live_site(site_id):
     svc = service()
     site = owned_site(svc, site_id)
-    snap = snapshot.site_snapshot(svc, site)
+    snap = snapshot.site_snapshot(svc, site, history=snapshot.HistoryQuery(request.args))
     return live_regions(snap, {
         "run-panel": ("partials/run.html", {"site": site}),
         "estimate-panel": ("partials/estimate.html", {}),
@@ -129,10 +129,13 @@ def live_run(run_id):
     svc = service()
     run = owned_run(svc, run_id)
     snap = snapshot.run_snapshot(svc, run)
+    site = db.session.get(Site, run.site_id)
     return live_regions(snap, {
         "run-head": ("partials/run_head.html", {}),
         "run-summary": ("partials/run_summary.html", {}),
         "run-stages": ("partials/run_stages.html", {}),
+        "timeline-card": ("partials/run_timeline.html", {}),
+        "failed-card": ("partials/failed_items.html", {"site": site, **failed_context(svc, run, failed_page_arg())}),
         "credit-balance": ("partials/credits.html", {}),
     })
 
@@ -145,32 +148,15 @@ def live_dashboard():
                                "credit-balance": ("partials/credits.html", {})})
 
 
+@bp.post("/sites/<int:site_id>/automation")
 @bp.post("/sites/<int:site_id>/automation/config")
 @login_required
 def save_config(site_id):
+    """The form posts to the page's own URL: with errors the page is shown again right there
+    (400, every invalid field named), else back to it at the form."""
     svc = service()
     site = owned_site(svc, site_id)
-    raw = request.form
-    data, errors = {}, {}
-    for name in CONFIG_INT_FIELDS:
-        value = (raw.get(name) or "").strip()
-        try:
-            data[name] = int(value)
-        except ValueError:
-            errors[name] = "must be a whole number"
-    data["is_enabled"] = raw.get("is_enabled") == "on"
-    data["frequency"] = raw.get("frequency", "")
-    data["scheduled_time"] = (raw.get("scheduled_time") or "").strip()
-    day = (raw.get("scheduled_day") or "").strip()
-    if day:
-        try:
-            data["scheduled_day"] = int(day)
-        except ValueError:
-            errors["scheduled_day"] = "must be a whole number"
-    else:
-        data["scheduled_day"] = None
-    if not errors:
-        _, errors = field_errors(data)
+    data, errors = config_form.parse(request.form)
     if not errors:
         try:
             svc.update_config(site.id, data)
@@ -178,7 +164,7 @@ def save_config(site_id):
             errors.update(e.errors or {"form": e.message})
     if errors:
         db.session.rollback()
-        ctx = automation_context(svc, site, errors=errors, form_values=raw)
+        ctx = automation_context(svc, site, errors=errors, form_values=request.form)
         return render_template("automation.html", **ctx), 400
     flash("Configuration saved.", "success")
     return redirect(url_for("web.site_automation", site_id=site.id) + "#config")
@@ -238,9 +224,34 @@ def run_detail(run_id):
         else:
             lines = tail(path, RUN_PAGE_LINES)
             window = snapshot.log_window(run, lines)
+    failed_page = failed_page_arg()
     snap = snapshot.run_snapshot(svc, run)
     return render_template("run.html", snap=snap, run=run, site=site, lines=lines, q=q, window=window,
-                           log_next=line_count(path), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES)
+                           log_next=line_count(path), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES,
+                           **failed_context(svc, run, failed_page))
+
+
+def failed_page_arg():
+    return max(1, min(request.args.get("failed_page", 1, type=int) or 1, 100_000))
+
+
+def failed_context(svc, run, page):
+    return {"failed_page": page, "failed_per_page": FAILED_PER_PAGE,
+            "failed_items": svc.failed_items(run, page, FAILED_PER_PAGE)}
+
+
+@bp.post("/runs/<int:run_id>/retry_failed")
+@login_required
+def retry_failed(run_id):
+    svc = service()
+    run = owned_run(svc, run_id)
+    try:
+        new = svc.retry_failed(run.id)
+    except AppError as e:
+        flash(e.message, "error")
+        return redirect(url_for("web.run_detail", run_id=run.id))
+    flash_run(f"Run {new.id} started: it retries the failed items of run {run.id}.", "success", new)
+    return redirect(url_for("web.run_detail", run_id=new.id))
 
 
 @bp.get("/runs/<int:run_id>/log.txt")
@@ -276,7 +287,7 @@ def keywords(site_id):
                 text = request.form.get("keywords", "")
             if not text.strip():
                 raise AppError("Paste keywords (one per line) or choose a CSV file.")
-            report = import_rows(site, parse_csv(text))
+            report = import_rows(site, parse_csv(text), actor=f"user:{current_user.email}")
             flash(f"Imported {report['created']} keywords ({report['duplicates']} duplicates skipped, "
                   f"{len(report['errors'])} invalid rows).", "success" if not report["errors"] else "warning")
         except AppError as e:
@@ -309,3 +320,16 @@ def article(site_id, content_id):
     if content is None:
         abort(404)
     return render_template("article.html", site=site, content=content)
+
+
+@bp.get("/sites/<int:site_id>/images/<int(max=2147483647):image_id>")
+@login_required
+def image(site_id, image_id):
+    """One generated image full size, captioned with its article and role."""
+    svc = service()
+    site = owned_site(svc, site_id)
+    img = db.session.execute(select(Image).where(Image.id == image_id, Image.site_id == site.id,
+                                                 Image.account_id == current_user.account_id)).scalar_one_or_none()
+    if img is None:
+        abort(404)
+    return render_template("image.html", site=site, image=img, content=img.content)

@@ -7,6 +7,7 @@ longer in review refuses the whole request and changes nothing).
 """
 from sqlalchemy import func, select, update
 
+from .. import audit
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Content
@@ -90,5 +91,10 @@ class ReviewService:
             done = [f"{i} ({s})" for i, s in found.items() if s != "review"]
             field = "content" if single else "ids"
             raise ReviewError({field: f"not in review: {', '.join(done[:20]) or 'changed meanwhile'}"})
+        sites = db.session.execute(select(Content.site_id).where(*scope).distinct()).scalars().all()
+        for sid in sites:  # one audit entry per site touched, in the review's transaction
+            site_ids = db.session.execute(select(Content.id).where(*scope, Content.site_id == sid)).scalars().all()
+            audit.record(self.account_id, f"user:{self.reviewer}", f"content.{action}", site_id=sid,
+                         content_ids=site_ids, note=note)
         db.session.commit()
         return db.session.execute(select(Content).where(Content.id.in_(ids)).order_by(Content.id)).scalars().all()

@@ -1,0 +1,188 @@
+"""Who may hold a websocket, how many, and for how long. Every websocket route goes through
+`admitted(ws, kind)`:
+
+1. Origin: a handshake whose `Origin` header is present and is neither this app's own origin
+   (same host, http or https) nor listed in ALLOWED_ORIGINS is closed with 4403. Clients that
+   send no Origin (API consumers, scripts) are not affected.
+2. Authentication: a bearer token header, else the session cookie; neither → 4401.
+3. Per-user cap: at most WS_MAX_PER_USER open sockets per user, counted across all web
+   processes in Redis; one more is closed with 4429 and a reason (the page then polls).
+4. Follows auth: while open, the socket re-runs step 2 every RECHECK_SECONDS — the token
+   lookup (revoked, expired, user deactivated) or the session user loader (logged out,
+   logged out elsewhere, deactivated) — and closes with 4401 when it fails.
+
+The count is a Redis sorted set per user: member = one socket, score = when its claim
+expires. An open socket renews its claim at each recheck; a crashed process stops renewing,
+so its sockets stop counting after CLAIM_TTL seconds without anyone cleaning up.
+
+`subscribe(fn)` registers `fn(event, kind)` called with "open"/"close" as sockets come and
+go (metrics); `open_sockets()` is this process's count by kind.
+"""
+import logging
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+import redis
+from flask import current_app, request
+
+from ..auth.tokens import user_for_bearer
+from ..extensions import db
+from ..redis_conn import get_redis
+
+log = logging.getLogger(__name__)
+
+RECHECK_SECONDS = 5.0   # a revoked token / ended session closes its sockets within this (+ POLL)
+CLAIM_TTL = 30          # a socket whose process died stops counting after this many seconds
+
+_ADMIT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[4]) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+
+_listeners = []
+_open = {}
+_open_lock = threading.Lock()
+
+
+def subscribe(fn):
+    """Register `fn(event, kind)`, event "open" or "close"; errors are logged, never raised."""
+    if fn not in _listeners:
+        _listeners.append(fn)
+    return fn
+
+
+def open_sockets():
+    with _open_lock:
+        return dict(_open)
+
+
+def _changed(event, kind):
+    # The one place where a socket is counted as open or closed (for metrics).
+    with _open_lock:
+        _open[kind] = _open.get(kind, 0) + (1 if event == "open" else -1)
+    for fn in list(_listeners):
+        try:
+            fn(event, kind)
+        except Exception:
+            log.exception("socket listener %r failed", fn)
+
+
+def claims_key(user_id):
+    return f"automation:ws:claims:{int(user_id)}"
+
+
+def origin_allowed():
+    origin = request.headers.get("Origin")
+    if not origin:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if origin in current_app.config["ALLOWED_ORIGINS"]:
+        return True
+    parts = urlsplit(origin)
+    # Our own origin: the host the browser connected to. The scheme is not compared so that
+    # TLS ended at a proxy (browser on https, app on http) still counts as the same origin.
+    return parts.scheme in ("http", "https") and parts.netloc == request.host.lower()
+
+
+class Caller:
+    def __init__(self, user, kind):
+        self.user_id, self.account_id, self.kind = user.id, user.account_id, kind
+
+
+def authenticate():
+    """The caller of this websocket request, read afresh from the database, or None."""
+    try:
+        header = request.headers.get("Authorization")
+        if header:
+            user, _tok = user_for_bearer(header)
+            return Caller(user, "token") if user else None
+        from ..security import session_user
+        user = session_user()
+        return Caller(user, "session") if user else None
+    finally:
+        db.session.remove()  # never hold a database connection for the life of a socket
+
+
+class Connection:
+    """An admitted socket: its caller, its claim on the user's cap, its periodic recheck."""
+
+    def __init__(self, ws, kind, caller):
+        self.ws, self.kind, self.caller = ws, kind, caller
+        self.claim = uuid.uuid4().hex
+        self.next_check = time.monotonic() + RECHECK_SECONDS
+
+    def admit(self):
+        cap = current_app.config["WS_MAX_PER_USER"]
+        now = time.time()
+        try:
+            ok = get_redis().eval(_ADMIT, 1, claims_key(self.caller.user_id), now, now + CLAIM_TTL, self.claim,
+                                  cap, CLAIM_TTL * 2)
+        except redis.RedisError as e:
+            # Redis away: the log tail still works from the file; do not lock everyone out.
+            log.warning("websocket cap not checked (Redis: %s)", e.__class__.__name__)
+            return True
+        return bool(ok)
+
+    def renew(self):
+        try:
+            r = get_redis()
+            pipe = r.pipeline(transaction=False)
+            pipe.zadd(claims_key(self.caller.user_id), {self.claim: time.time() + CLAIM_TTL})
+            pipe.expire(claims_key(self.caller.user_id), CLAIM_TTL * 2)
+            pipe.execute()
+        except redis.RedisError:
+            pass
+
+    def release(self):
+        try:
+            get_redis().zrem(claims_key(self.caller.user_id), self.claim)
+        except redis.RedisError:
+            pass  # the claim expires by itself
+
+    def still_allowed(self):
+        """False once the token or session behind this socket is gone (checked every
+        RECHECK_SECONDS; cheap in between)."""
+        if time.monotonic() < self.next_check:
+            return True
+        self.next_check = time.monotonic() + RECHECK_SECONDS
+        caller = authenticate()
+        if caller is None or caller.user_id != self.caller.user_id:
+            return False
+        self.renew()
+        return True
+
+    def close_for_auth(self):
+        reason = "token revoked" if self.caller.kind == "token" else "logged out"
+        self.ws.close(4401, reason)
+
+
+@contextmanager
+def admitted(ws, kind):
+    """Yield a Connection for an allowed socket, or None after closing it with the reason."""
+    if not origin_allowed():
+        ws.close(4403, "origin not allowed")
+        yield None
+        return
+    caller = authenticate()
+    if caller is None:
+        ws.close(4401, "not logged in")
+        yield None
+        return
+    conn = Connection(ws, kind, caller)
+    if not conn.admit():
+        cap = current_app.config["WS_MAX_PER_USER"]
+        ws.close(4429, f"Too many live connections (at most {cap} per user)")
+        yield None
+        return
+    _changed("open", kind)
+    try:
+        yield conn
+    finally:
+        conn.release()
+        _changed("close", kind)
