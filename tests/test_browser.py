@@ -27,6 +27,7 @@ def browser(tmp_path):
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
                  "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chrome'}"):
         opts.add_argument(flag)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # console: CSP violations
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(30)
     yield driver
@@ -54,6 +55,13 @@ def wait(driver, predicate, timeout=30, message=""):
             pass
         time.sleep(0.2)
     raise AssertionError(f"timed out: {message}\n{driver.page_source[-3000:]}")
+
+
+def csp_violations(driver):
+    """Console messages about the Content-Security-Policy since the last call (the pages must
+    work under it: no inline script or style, htmx configured not to inject any)."""
+    return [e["message"] for e in driver.get_log("browser") if "Content Security Policy" in e["message"]
+            or "Content-Security-Policy" in e["message"]]
 
 
 def test_full_browser_flow(app, app_env, factory, browser, live_server, tmp_path):
@@ -95,6 +103,7 @@ def test_full_browser_flow(app, app_env, factory, browser, live_server, tmp_path
         wait(d, lambda: d.find_elements(By.XPATH, "//li[contains(@class,'stage')][1]//progress[@role='progressbar'][@aria-valuenow='100.0']"),
              timeout=20, message="stage 1 progress bar full")
         shot(d, "automation-running", tmp_path)
+        assert csp_violations(d) == []
 
         d.find_element(By.XPATH, "//button[normalize-space()='Pause']").click()
         wait(d, lambda: "badge-paused" in d.page_source and ">Resume</button>" in d.page_source, message="paused")
@@ -119,6 +128,7 @@ def test_full_browser_flow(app, app_env, factory, browser, live_server, tmp_path
         shot(d, "article", tmp_path)
         d.get(f"{live}/")
         shot(d, "dashboard", tmp_path)
+        assert csp_violations(d) == []
     finally:
         os.killpg(worker.pid, signal.SIGTERM)
         worker.wait(30)

@@ -52,6 +52,27 @@ return out.slice(0, 8);
 """
 
 
+LOW_CONTRAST = """
+function rgb(s) { var m = s.match(/[\\d.]+/g); return m ? m.map(Number) : [0, 0, 0, 0]; }
+function lum(c) { var a = c.slice(0, 3).map(function (v) { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); });
+  return 0.2126 * a[0] + 0.7152 * a[1] + 0.0722 * a[2]; }
+function bg(el) { for (; el; el = el.parentElement) { var c = rgb(getComputedStyle(el).backgroundColor);
+  if (c.length < 4 || c[3] > 0.5) return c; } return [255, 255, 255, 1]; }
+var out = [];
+document.querySelectorAll('body *').forEach(function (el) {
+  var text = Array.prototype.some.call(el.childNodes, function (n) { return n.nodeType === 3 && n.textContent.trim(); });
+  if (!text || !el.getClientRects().length || el.closest('[disabled], svg, .skip-link')) return;
+  var st = getComputedStyle(el); if (st.visibility === 'hidden') return;
+  var fg = rgb(st.color), b = bg(el), l1 = lum(fg), l2 = lum(b);
+  var ratio = (Math.max(l1, l2) + 0.05) / (Math.min(l1, l2) + 0.05);
+  var size = parseFloat(st.fontSize), bold = parseInt(st.fontWeight, 10) >= 700;
+  var need = (size >= 24 || (bold && size >= 18.66)) ? 3 : 4.5;
+  if (ratio < need) out.push(el.tagName + '.' + el.className + ' "' + el.textContent.trim().slice(0, 30) + '" ' + ratio.toFixed(2));
+});
+return out.slice(0, 12);
+"""
+
+
 def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, live_server, tmp_path):
     from selenium.webdriver.common.by import By
     d, live = browser, live_server
@@ -63,6 +84,7 @@ def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, 
     d.get(f"{live}/runs/{run_id}")
     assert d.find_element(By.CSS_SELECTOR, "svg.timeline").is_displayed()
     assert len(d.find_elements(By.CSS_SELECTOR, "svg.timeline rect.tl-bar")) == 7
+    assert d.execute_script(LOW_CONTRAST) == []
     rows = d.find_elements(By.CSS_SELECTOR, "#failed-card tbody tr")
     assert len(rows) == min(len(failed), 20)
     shot(d, "run-insights", tmp_path)
@@ -103,7 +125,11 @@ def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, 
     Select(d.find_element(By.ID, "frequency")).select_by_value("weekly")
     assert d.find_element(By.ID, "scheduled_weekday").is_displayed()
     assert not d.find_element(By.ID, "scheduled_monthday").is_displayed()
+    assert d.execute_script(LOW_CONTRAST) == []
     shot(d, "config-errors", tmp_path)
+    d.get(f"{live}/")
+    assert d.execute_script(LOW_CONTRAST) == []
+    shot(d, "dashboard-runs", tmp_path)
 
 
 def test_pages_at_420px_do_not_scroll_sideways(app, failed_run, browser, live_server, tmp_path):
@@ -121,7 +147,13 @@ def test_pages_at_420px_do_not_scroll_sideways(app, failed_run, browser, live_se
         width, inner = no_sideways_scroll(d)
         assert inner <= 420 and width <= inner, (path, width, inner, d.execute_script(OVERFLOWING))
         assert len(d.find_elements(By.TAG_NAME, "h1")) == 1, path
+        assert d.execute_script(LOW_CONTRAST) == [], path
         assert d.find_element(By.CSS_SELECTOR, "a.skip-link").get_attribute("href").endswith("#main")
+    # The contrast check itself catches grey-on-white text.
+    d.execute_script("var p = document.createElement('p'); p.id = 'probe'; p.className = 'probe';"
+                     "p.textContent = 'faint'; p.setAttribute('hidden', ''); document.body.appendChild(p);"
+                     "p.removeAttribute('hidden'); p.style.color = '#bbbbbb'; p.style.background = '#ffffff';")
+    assert any('"faint"' in x for x in d.execute_script(LOW_CONTRAST))
     d.get(f"{live}/runs/{run_id}")
     tl = d.find_element(By.CSS_SELECTOR, "svg.timeline")
     assert tl.is_displayed() and tl.size["width"] <= 420

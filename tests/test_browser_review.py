@@ -1,9 +1,11 @@
-"""In headless Chromium: the tab title follows a run to its end, and the review queue is
+"""In headless Chromium: a webhook added on the automation page receives the run's
+run.completed (real worker), the tab title follows the run to its end, and the review queue is
 worked with the keyboard alone (j, a, r + note, Ctrl+Enter)."""
 from webapp.extensions import db
 from webapp.models import Content
 
-from conftest import start_worker
+from conftest import start_worker, wait_for
+from test_notify import Receiver, verify
 from test_browser import browser, shot, wait  # noqa: F401  (the browser fixture)
 
 
@@ -15,7 +17,9 @@ def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_serv
     site = factory.site(acc, name="Garden Journal", keywords=8)
     factory.fast_config(site, stage_4_batch_size=1)
     site_id = site.id
-    worker = start_worker(app_env, extra_env={"AI_LOCAL_LATENCY_MS": "60"})
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    rec = Receiver()
+    worker = start_worker(app_env, extra_env={"AI_LOCAL_LATENCY_MS": "60", "WEBHOOK_ALLOW_PRIVATE": "1"})
     try:
         d.get(f"{live}/login")
         d.find_element(By.ID, "email").send_keys("acme@example.com")
@@ -23,14 +27,25 @@ def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_serv
         d.find_element(By.CSS_SELECTOR, "button.primary").click()
         wait(d, lambda: "Garden Journal" in d.page_source, message="dashboard")
         d.get(f"{live}/sites/{site_id}/automation")
+        d.find_element(By.ID, "webhook-url").send_keys(rec.url)
+        d.find_element(By.CSS_SELECTOR, ".webhook-form button.primary").click()
+        secret = d.find_element(By.CSS_SELECTOR, "#webhook-secret .secret").text
+        assert secret.startswith("whsec_")
+        d.get(f"{live}/sites/{site_id}/automation")
         d.find_element(By.CSS_SELECTOR, "#run-panel button.primary").click()
         wait(d, lambda: d.title.startswith("▶ ") and "% · Run #" in d.title, timeout=30, message="running title")
         run_title = d.title
         wait(d, lambda: d.title.startswith("✓ Completed · Run #"), timeout=90, message="completed title")
         assert run_title.split("Run #")[1] == d.title.split("Run #")[1]
+        wait_for(lambda: rec.calls, timeout=30, message="run.completed at the receiver")
+        assert verify(rec.calls[0], secret)["event"] == "run.completed"
+        d.get(f"{live}/sites/{site_id}/webhooks")
+        wait(d, lambda: "HTTP 200" in d.page_source and "run.completed" in d.page_source, message="delivery listed")
+        shot(d, "webhooks", tmp_path)
     finally:
         worker.terminate()
         worker.wait(20)
+        rec.close()
 
     ids = db.session.execute(db.select(Content.id).where(Content.site_id == site_id, Content.status == "review")
                              .order_by(Content.id)).scalars().all()

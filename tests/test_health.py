@@ -26,13 +26,15 @@ def test_status_counts_queues_workers_and_runs(app, app_env, client, factory):
     site = factory.site(acc, keywords=4)
     factory.fast_config(site)
     AutomationService(acc.id).start(site.id)
-    s = client.get("/status").json
+    app.config["STATUS_TOKEN"] = "operator-secret"
+    op = {"Authorization": "Bearer operator-secret"}  # worker details are for operators only
+    s = client.get("/status", headers=op).json
     assert s["queues"]["automation"] == 1 and s["runs"] == {"running": 1, "paused": 0, "stale": 0}
-    assert s["workers"] == []
+    assert s["workers"] == [] and s["worker_count"] == 0
     w = start_worker(app_env)
     try:
         wait_for(lambda: client.get("/status").json["runs"]["running"] == 0, timeout=60, message="run done")
-        s = client.get("/status").json
+        s = client.get("/status", headers=op).json
         assert s["queues"]["automation"] == 0 and [x["pid"] for x in s["workers"]] == [w.pid]
     finally:
         os.killpg(w.pid, signal.SIGTERM)

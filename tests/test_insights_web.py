@@ -143,3 +143,30 @@ def test_images_open_full_size_with_article_and_role(app, client, logged_in, fac
     other_site = factory.site(other, name="Secret")
     assert client.get(f"/sites/{other_site.id}/images/{featured.id}").status_code == 404
     assert client.get(f"/sites/{sid}/images/999999").status_code == 404
+
+
+def test_dashboard_last_run_dots_eta_and_schedule_in_site_zone(app, client, logged_in):
+    sid = logged_in["site_id"]
+    client.post(f"/sites/{sid}/automation", data=base_form(logged_in["csrf"], is_enabled="on",
+                                                          frequency="weekly", scheduled_weekday="2"))
+    app.config.update(AI_LOCAL_FAIL_EVERY=3, ITEM_MAX_ATTEMPTS=1)
+    client.post(f"/sites/{sid}/automation/run", data={"csrf_token": logged_in["csrf"]})
+    drain(app)
+    first = db.session.execute(select(AutomationRun.id).where(AutomationRun.site_id == sid)).scalar_one()
+    app.config.update(AI_LOCAL_FAIL_EVERY=None)
+    r = client.post(f"/runs/{first}/retry_failed", data={"csrf_token": logged_in["csrf"]})
+    assert r.status_code == 302, r.get_data(as_text=True)
+    html = client.get("/").get_data(as_text=True)
+    row = re.search(r'<tr id="site-row-%d">.*?</tr>' % sid, html, re.S).group(0)
+    # The active retry run: its progress and an ETA (estimating until an item is done).
+    assert 'badge-running' in row and "ETA" in row and "stage 1/7" in row
+    # The last finished run: result, failed count, duration and when.
+    assert 'class="badge badge-completed"' in row and "failed</span>" in row and '<time class="rel"' in row
+    dots = re.findall(r'class="dot dot-(\w+)( dot-failed-items)?" href="/runs/(\d+)"', row)
+    assert [(d[0], bool(d[1]), int(d[2])) for d in dots] == [("running", False, first + 1), ("completed", True, first)]
+    # The next slot in the site's zone, saying so (a Wednesday, Europe/Berlin).
+    assert re.search(r"Wed \d\d \w{3} 02:00 CES?T \(Europe/Berlin\)</time>", row), row
+    drain(app)
+    html = client.get("/").get_data(as_text=True)
+    row = re.search(r'<tr id="site-row-%d">.*?</tr>' % sid, html, re.S).group(0)
+    assert "idle" in row and len(re.findall(r'class="dot dot-completed', row)) == 2

@@ -452,3 +452,12 @@ def test_sweep_requeues_a_delivery_whose_job_was_lost(app, client, factory, rece
     assert sweep() == 1
     drain(app)
     assert len(rec.calls) == 1 and db.session.execute(db.select(WebhookDelivery.status)).scalar_one() == "delivered"
+
+
+def test_smtp_url_checked_at_start():
+    from webapp.config import load_config
+    with pytest.raises(SystemExit, match="SMTP_URL"):
+        load_config("/nonexistent", {"SECRET_KEY": "x", "SMTP_URL": "http://mail.example.com"})
+    cfg = load_config("/nonexistent", {"SECRET_KEY": "x", "SMTP_URL": "smtps://u:p@mail.example.com",
+                                       "WEBHOOK_ALLOW_PRIVATE": "1", "NOTIFY_RETRY_BASE_SECONDS": "0.5"})
+    assert cfg["WEBHOOK_ALLOW_PRIVATE"] is True and cfg["NOTIFY_RETRY_BASE_SECONDS"] == 0.5

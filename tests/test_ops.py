@@ -18,6 +18,7 @@ from webapp.extensions import db
 from webapp.models import AITaskLog, AutomationRun
 
 from conftest import ROOT, csrf_from, drain, start_worker, wait_for
+from test_browser import browser  # noqa: F401  (the Chromium fixture)
 
 TOKEN = "metrics-secret-token"
 ISSUE_METRICS = [  # the names docs/OPERATIONS.md and the issue promise, exactly
@@ -436,3 +437,55 @@ def test_operations_settings_are_checked_at_start(tmp_path):
         load_config(tmp_path, {"LOG_FORMAT": "xml"})
     with pytest.raises(SystemExit, match="TRUSTED_PROXIES"):
         load_config(tmp_path, {"TRUSTED_PROXIES": "10.0.0.300"})
+
+
+def test_job_owner_covers_pipeline_scheduler_and_notification_jobs(app, factory):
+    from rq.job import Job
+    from webapp.automation.service import AutomationService
+    from webapp.ops import ORPHAN, job_owner
+    from webapp.redis_conn import get_redis
+    r = get_redis()
+    acc, _ = factory.account()
+    site = factory.site(acc, keywords=2)
+    run_id = AutomationService(acc.id).start(site.id).id
+    acc_id, site_id = acc.id, site.id
+
+    def owner(func, *args):
+        return job_owner(Job.create(func, args=args, connection=r))
+
+    assert owner("webapp.automation.tasks.resume_automation_task", run_id, None) == acc_id
+    assert owner("webapp.automation.scheduled.start_scheduled_run", site_id, "2026-01-01T00:00:00") == acc_id
+    assert owner("webapp.notify.jobs.dispatch_event", "run.completed", run_id, {}, None, "k") == acc_id
+    assert owner("webapp.notify.jobs.deliver_webhook", 424242, 1) == ORPHAN  # its delivery is gone
+    assert owner("webapp.automation.tasks.run_automation_task", "x") == ORPHAN
+    assert owner("webapp.automation.recovery.check_stale_runs_task") is None  # a system job
+
+
+def test_ops_page_in_a_browser_reads_well_at_any_width(app, factory, browser, live_server, tmp_path):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from test_browser import shot, wait
+    from test_browser_insights import LOW_CONTRAST, OVERFLOWING, login, no_sideways_scroll
+    from webapp.automation.scheduled import check_scheduled_automations
+    from webapp.automation.service import AutomationService
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, name="Garden Journal", keywords=3)
+    factory.fast_config(site)
+    run_id = AutomationService(acc.id).start(site.id).id
+    drain(app)
+    _failed_job_for(app, run_id)
+    drain(app)
+    check_scheduled_automations()
+    d, live = browser, live_server
+    login(d, live)
+    d.find_element(By.LINK_TEXT, "Operations").click()
+    wait(d, lambda: d.find_elements(By.ID, "failed-jobs"), message="ops page")
+    assert d.execute_script(LOW_CONTRAST) == []
+    shot(d, "operations", tmp_path)
+    d.set_window_size(420, 900)
+    d.get(f"{live}/ops")
+    wait(d, lambda: d.find_elements(By.ID, "failed-jobs"), message="ops page at 420 px")
+    width, inner = no_sideways_scroll(d)
+    assert width <= inner, d.execute_script(OVERFLOWING)
+    assert d.execute_script(LOW_CONTRAST) == []
+    d.find_element(By.CSS_SELECTOR, "#failed-jobs button").click()  # Requeue, through the real form
+    wait(d, lambda: "is back on its queue" in d.page_source, message="requeued")

@@ -366,3 +366,26 @@ def test_reviews_and_webhooks_are_audited_and_follow_roles(app, client, team):
     assert [r.action for r in rows] == ["content.approve", "content.reject", "webhook.create", "webhook.delete"]
     assert rows[0].details["content_ids"] == [ids[0]] and rows[1].details == {"content_ids": ids[1:], "note": "too short"}
     assert all(r.actor.endswith("op@example.com") or "op@example.com" in r.actor for r in rows)
+
+
+def test_deactivation_closes_a_deactivated_viewers_open_socket(app, team, live_server):
+    """A viewer may watch a run live; deactivating them closes that socket (4401) at once."""
+    import time
+    import websocket
+    from webapp import team as team_service
+    from webapp.automation.service import AutomationService
+    run = AutomationService(team.account_id, actor="user:acme@example.com").start(team.site_id)
+    server = live_server.replace("http://", "")
+    ws = websocket.create_connection(f"ws://{server}/ws/runs/{run.id}/logs",
+                                     header=[f"Authorization: Bearer {team.tokens['viewer']}"], timeout=10)
+    ws.settimeout(10)
+    assert "Run started" in ws.recv()  # viewers watch live views
+    owner = db.session.get(User, team.ids["owner"])
+    t0 = time.time()
+    team_service.deactivate(owner, team.ids["viewer"])
+    ws.settimeout(15)
+    while True:
+        opcode, data = ws.recv_data(control_frame=True)
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            break
+    assert int.from_bytes(data[:2], "big") == 4401 and time.time() - t0 < 10

@@ -11,7 +11,8 @@ def create_app(test_config=None):
         template_folder="../templates",
         static_folder="../static",
     )
-    os.makedirs(app.instance_path, exist_ok=True)
+    from .security import make_private
+    make_private(app.instance_path)
     from .config import load_config
     app.config.update(load_config(app.instance_path))
     if test_config:
@@ -31,7 +32,8 @@ def create_app(test_config=None):
     csrf.init_app(app)
     sock.init_app(app)
     login_manager.init_app(app)
-    from . import access, audit, security
+    from . import access, audit, security, validation
+    validation.install(app)  # before any route: the strict <int:…> converter
     security.init_app(app)
     access.init_app(app)
     audit.init_app(app)

@@ -18,6 +18,28 @@ def _int(env, name, default):
         raise SystemExit(f"config error: {name} must be an integer, got {raw!r}")
 
 
+def _bool(env, name, default=False):
+    raw = (env.get(name) or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise SystemExit(f"config error: {name} must be 0 or 1, got {raw!r}")
+
+
+def _rate(env, name, default):
+    """A Flask-Limiter rate string ("10 per 15 minutes", "1200/minute"), checked at start."""
+    raw = (env.get(name) or "").strip() or default
+    from limits import parse_many
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise SystemExit(f"config error: {name} must be a rate such as '10 per 15 minutes', got {raw!r}")
+    return raw
+
+
 def _float(env, name, default):
     raw = env.get(name)
     if raw in (None, ""):
@@ -57,6 +79,13 @@ def _origins(env):
             raise SystemExit(f"config error: ALLOWED_ORIGINS entries must look like https://host[:port], got {raw.strip()!r}")
         out.append(value)
     return out
+
+
+def _smtp_url(env):
+    url = env.get("SMTP_URL") or None
+    if url and url.split("://", 1)[0] not in ("smtp", "smtps", "smtp+starttls"):
+        raise SystemExit(f"config error: SMTP_URL must start with smtp://, smtp+starttls:// or smtps://, got {url.split('://', 1)[0]!r}")
+    return url
 
 
 def persistent_secret_key(instance_path):
@@ -114,6 +143,7 @@ def load_config(instance_path, env=None):
     db_url = env.get("DATABASE_URL") or f"sqlite:///{instance_path / 'automation.db'}"
     if db_url.startswith("postgres://"):  # Heroku-style URLs
         db_url = "postgresql://" + db_url[len("postgres://"):]
+    secure = _bool(env, "SECURE_COOKIES")
     return {
         "SECRET_KEY": env.get("SECRET_KEY") or persistent_secret_key(instance_path),
         "SQLALCHEMY_DATABASE_URI": db_url,
@@ -148,17 +178,27 @@ def load_config(instance_path, env=None):
         "NOTIFY_RETRY_BASE_SECONDS": _float(env, "NOTIFY_RETRY_BASE_SECONDS", 30.0),
         "NOTIFY_RETRY_MAX_DELAY_SECONDS": _float(env, "NOTIFY_RETRY_MAX_DELAY_SECONDS", 3600.0),
         "NOTIFY_RETRY_WINDOW_SECONDS": _float(env, "NOTIFY_RETRY_WINDOW_SECONDS", 24 * 3600.0),
-        "SMTP_URL": env.get("SMTP_URL") or None,
+        "SMTP_URL": _smtp_url(env),
         "MAIL_FROM": env.get("MAIL_FROM") or None,
         # Operations (docs/OPERATIONS.md): /metrics is off (404) until a token is set.
         "METRICS_TOKEN": env.get("METRICS_TOKEN") or None,
         "METRICS_DIR": metrics_dir(env),
         "LOG_FORMAT": log_format(env),
         # Peers whose X-Request-ID header is kept (a reverse proxy on this machine by default);
-        # from anyone else the header is ignored and a fresh id is made.
+        # from anyone else the header is ignored and a fresh id is made. The same list decides
+        # whose X-Forwarded-For is believed for the client address (webapp/security.py).
         "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
         "WTF_CSRF_TIME_LIMIT": None,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
+        # Behind HTTPS: Secure cookies and HSTS (webapp/security.py).
+        "SECURE_COOKIES": secure,
+        "SESSION_COOKIE_SECURE": secure,
+        "REMEMBER_COOKIE_SECURE": secure,
+        "LOGIN_RATE_LIMIT_EMAIL": _rate(env, "LOGIN_RATE_LIMIT_EMAIL", "10 per 15 minutes"),
+        "LOGIN_RATE_LIMIT_IP": _rate(env, "LOGIN_RATE_LIMIT_IP", "50 per 15 minutes"),
+        "API_RATE_LIMIT": _rate(env, "API_RATE_LIMIT", "1200 per minute"),
+        # Unset: the detailed /status (worker names, pids) is for logged-in users only.
+        "STATUS_TOKEN": env.get("STATUS_TOKEN") or None,
     }

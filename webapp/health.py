@@ -1,5 +1,7 @@
 """Operations: GET /healthz (DB and Redis reachable, else 503) and GET /status (queue
-depths, live workers, active and stale runs: aggregate numbers only, no tenant data)."""
+depths, live workers, active and stale runs). Anonymous callers get aggregate numbers only;
+worker names, states and pids need a logged-in user or `Authorization: Bearer $STATUS_TOKEN`
+(webapp/security.py: status_details_allowed)."""
 from datetime import timedelta
 
 from flask import current_app, jsonify
@@ -9,6 +11,7 @@ from .extensions import db
 from .models import AutomationRun
 from .models.base import utcnow
 from .redis_conn import get_redis
+from .security import status_details_allowed
 
 
 def _check_db():
@@ -44,7 +47,9 @@ def init_app(app):
             r = get_redis()
             out["queues"] = {name: Queue(name, connection=r).count for name in (CONTROL_QUEUE, app.config["RQ_QUEUE"])}
             workers = Worker.all(connection=r)
-            out["workers"] = [{"name": w.name, "state": str(w.get_state()), "pid": w.pid} for w in workers]
+            out["worker_count"] = len(workers)
+            if status_details_allowed():
+                out["workers"] = [{"name": w.name, "state": str(w.get_state()), "pid": w.pid} for w in workers]
         if out["database"] == "ok":
             cutoff = utcnow() - timedelta(seconds=current_app.config["STALE_RUN_SECONDS"])
             counts = dict(db.session.execute(select(AutomationRun.status, func.count()).where(

@@ -15,14 +15,17 @@ from rq.registry import FailedJobRegistry
 from sqlalchemy import func, select
 
 from .extensions import db
-from .models import AutomationConfig, AutomationRun, RunEvent, Site
+from .models import AutomationConfig, AutomationRun, MailDelivery, RunEvent, Site, WebhookDelivery
 from .models.base import utcnow
 
 LAST_TICK_KEY = "automation:scheduler:last_tick"
 TICK_JOB_ID = "periodic-check_scheduled_automations"
 RQ_SCHEDULED_JOBS = "rq:scheduler:scheduled_jobs"  # rq-scheduler's sorted set (job id -> due time)
+ORPHAN = -1
 _RUN_TASKS = ("webapp.automation.tasks.run_automation_task", "webapp.automation.tasks.resume_automation_task")
 _SITE_TASKS = ("webapp.automation.scheduled.start_scheduled_run",)
+_RUN_EVENT_TASKS = ("webapp.notify.jobs.dispatch_event",)  # (event, run_id, ...)
+_DELIVERY_TASKS = {"webapp.notify.jobs.deliver_webhook": WebhookDelivery, "webapp.notify.jobs.send_mail": MailDelivery}
 
 
 def queue_names():
@@ -117,16 +120,26 @@ def recoveries_since(hours=24):
 
 
 def job_owner(job):
-    """The account a job works for, or None for a system job (periodic checks)."""
+    """The account a job works for; None for a system job (periodic checks); ORPHAN for a
+    tenant's job whose run/site/delivery is gone (shown to nobody: it may still name a tenant)."""
     try:
         if job.func_name in _RUN_TASKS and job.args:
-            return db.session.execute(select(AutomationRun.account_id).where(
-                AutomationRun.id == int(job.args[0]))).scalar()
-        if job.func_name in _SITE_TASKS and job.args:
-            return db.session.execute(select(Site.account_id).where(Site.id == int(job.args[0]))).scalar()
+            owner = _account_of(AutomationRun, job.args[0])
+        elif job.func_name in _SITE_TASKS and job.args:
+            owner = _account_of(Site, job.args[0])
+        elif job.func_name in _RUN_EVENT_TASKS and len(job.args) > 1:
+            owner = _account_of(AutomationRun, job.args[1])
+        elif job.func_name in _DELIVERY_TASKS and job.args:
+            owner = _account_of(_DELIVERY_TASKS[job.func_name], job.args[0])
+        else:
+            return None
     except (TypeError, ValueError):
-        pass
-    return None
+        return ORPHAN
+    return ORPHAN if owner is None else owner
+
+
+def _account_of(model, pk):
+    return db.session.execute(select(model.account_id).where(model.id == int(pk))).scalar()
 
 
 def failed_jobs(r, limit=50):

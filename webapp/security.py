@@ -3,15 +3,49 @@
 - session generations: every session cookie carries the user's `session_generation`; logout,
   a password change, `flask --app wsgi logout-user EMAIL` or deactivating a user call
   `end_sessions(user)`, and every earlier cookie stops working at once (web, API, websockets).
+- throttling (Flask-Limiter on the app's Redis, so limits hold across web processes): failed
+  logins per account email and per client address, shared by the login form and
+  `POST /api/v1/auth/token`; a general limit per API caller (token, else session user, else
+  address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each process keeps
+  counting in memory until Redis answers again (limits loosen per process, never vanish).
+- the client address: the socket peer, or when that peer is in TRUSTED_PROXIES (a list of
+  networks, shared with the request-id logging) the first X-Forwarded-For hop, from the right,
+  that is not a trusted proxy; a header a client sends itself is never believed.
+- headers on every response: CSP (no inline script or style anywhere), frame-ancestors 'none'
+  and X-Frame-Options, nosniff, Referrer-Policy; HSTS and Secure cookies with SECURE_COOKIES=1;
+  `WWW-Authenticate: Bearer` on every API 401.
 """
+import hashlib
 import logging
 
-from flask import session
+from flask import current_app, request, session
+from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy import update
 
 from .extensions import db, login_manager
 
 log = logging.getLogger(__name__)
+
+
+# -- private files ---------------------------------------------------------------------------------
+PRIVATE_FILES = ("automation.db", "automation.db-wal", "automation.db-shm", "secret_key", "redis.url")
+
+
+def make_private(instance_path):
+    """Everything this process creates is for its own user only (umask 077: files 0600,
+    folders 0700): the SQLite DB holds every tenant's data and password hashes, the logs and
+    media are tenants' content. An install made before this is tightened at start."""
+    import os
+    os.umask(0o077)
+    os.makedirs(instance_path, mode=0o700, exist_ok=True)
+    try:
+        os.chmod(instance_path, 0o700)
+        for name in PRIVATE_FILES:
+            path = os.path.join(instance_path, name)
+            if os.path.exists(path):
+                os.chmod(path, 0o600)
+    except PermissionError:  # not ours (a shared, pre-made folder): leave it as the owner set it
+        log.warning("cannot tighten permissions under %s", instance_path)
 
 
 # -- session generations --------------------------------------------------------------------------
@@ -69,5 +103,176 @@ def end_sessions(user, commit=True):
     log.info("ended all sessions of user %s", user.id)
 
 
+# -- client address and throttling ----------------------------------------------------------------
+def _ip(value):
+    import ipaddress
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        return None
+
+
+def client_address():
+    """The caller's address for throttling. The TCP peer, unless the peer is one of
+    TRUSTED_PROXIES: then X-Forwarded-For is read from the right (each proxy appends the address
+    it saw) and the first hop that is not a trusted proxy is the client. Whatever a client
+    writes into the header itself sits left of that hop and is never used."""
+    peer = request.remote_addr or ""
+    trusted = current_app.config.get("TRUSTED_PROXIES") or ()
+    ip = _ip(peer)
+    if ip is None or not any(ip in net for net in trusted):
+        return peer or "unknown"
+    hops = ",".join(request.headers.getlist("X-Forwarded-For")).split(",")
+    for hop in reversed([h for h in hops if h.strip()]):
+        hop_ip = _ip(hop)
+        if hop_ip is None:
+            break  # a trusted proxy never writes this: stop at the last address we can trust
+        if not any(hop_ip in net for net in trusted):
+            return str(hop_ip)
+    return peer
+
+
+def _login_email_key():
+    """Failed logins are counted per account email (normalised, hashed: no addresses in Redis)."""
+    if request.is_json:
+        data = request.get_json(silent=True)
+        email = data.get("email") if isinstance(data, dict) else None
+    else:
+        email = request.form.get("email")
+    email = email.strip().lower()[:255] if isinstance(email, str) else ""
+    return "email:" + hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _login_ip_key():
+    return "ip:" + client_address()
+
+
+def api_caller_key():
+    """One bucket per API token (hashed), else per session user, else per address."""
+    header = request.headers.get("Authorization") or ""
+    if header:
+        return "tok:" + hashlib.sha256(header.strip().encode("utf-8", "replace")).hexdigest()[:32]
+    uid = session.get("_user_id")
+    if isinstance(uid, str) and uid:
+        return "user:" + uid.partition(":")[0]
+    return "ip:" + client_address()
+
+
+def _failed_login(response):
+    # Only failures count: a user who types the password right is never slowed down.
+    return response.status_code == 401
+
+
+limiter = Limiter(key_func=client_address, key_prefix="automation", strategy="moving-window")
+
+
+def login_throttle(fn):
+    """Decorator for every route that checks a password (the form and the token route share
+    the same counters)."""
+    fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_EMAIL"], scope="login-email",
+                              key_func=_login_email_key, deduct_when=_failed_login)(fn)
+    fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_IP"], scope="login-ip",
+                              key_func=_login_ip_key, deduct_when=_failed_login)(fn)
+    return fn
+
+
+def retry_after_seconds(e):
+    try:
+        window = limiter.limiter.get_window_stats(e.limit.limit, *_breached_args(e))
+        import time
+        return max(1, int(window.reset_time - time.time()) + 1)
+    except Exception:  # storage away: the limit's own period is a safe upper bound
+        return int(e.limit.limit.get_expiry())
+
+
+def _breached_args(e):
+    for req_limit in limiter.current_limits:
+        if req_limit.breached:
+            return req_limit.request_args
+    return []
+
+
+def _on_rate_limited(e):
+    """429: JSON envelope on the API, the login page with a readable message on the form."""
+    from flask import jsonify, render_template
+    seconds = retry_after_seconds(e)
+    is_login = request.endpoint in ("auth.login", "api.issue_token", "api.issue_token_slash")
+    if is_login:
+        msg = f"Too many failed sign-in attempts. Try again in {seconds} seconds."
+    else:
+        msg = f"Rate limit exceeded ({e.description}). Try again in {seconds} seconds."
+    if request.path.startswith("/api/"):
+        resp = jsonify({"success": False, "error": msg})
+    elif request.endpoint == "auth.login":
+        from .auth.views import LoginForm
+        form = LoginForm()
+        form.email.data = request.form.get("email", "")[:255]
+        resp = current_app.make_response(render_template("login.html", form=form, throttled=msg))
+    else:
+        resp = current_app.make_response(render_template("error.html", code=429, message=msg))
+    resp.status_code = 429
+    resp.headers["Retry-After"] = str(seconds)
+    return resp
+
+
+def _limit_api_blueprint():
+    if getattr(_limit_api_blueprint, "done", False):
+        return
+    _limit_api_blueprint.done = True  # limits attach to the (module-level) blueprint once
+    from .api import bp
+    limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=api_caller_key)(bp)
+
+
+# -- /status details --------------------------------------------------------------------------------
+def status_details_allowed():
+    """Worker names and pids are for a logged-in user or an operator holding STATUS_TOKEN."""
+    import hmac
+    from flask_login import current_user
+    expected = current_app.config.get("STATUS_TOKEN")
+    header = request.headers.get("Authorization")
+    if expected and header:
+        from .auth.tokens import parse_bearer
+        given = parse_bearer(header) or ""
+        if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace")):
+            return True
+    return bool(current_user.is_authenticated)
+
+
+# -- response headers ------------------------------------------------------------------------------
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'self'; form-action 'self'; "
+       "frame-ancestors 'none'")
+
+
+def _security_headers(response):
+    h = response.headers
+    h.setdefault("Content-Security-Policy", CSP)
+    h.setdefault("X-Frame-Options", "DENY")
+    h.setdefault("X-Content-Type-Options", "nosniff")
+    h.setdefault("Referrer-Policy", "same-origin")
+    h.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+    if current_app.config.get("SECURE_COOKIES"):
+        h.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+    if response.status_code not in (429, 503):
+        # Flask-Limiter adds Retry-After to every limited response; it only means something here.
+        h.pop("Retry-After", None)
+    if response.status_code == 401 and request.path.startswith("/api/") and "WWW-Authenticate" not in h:
+        h["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
 def init_app(app):
     login_manager.user_loader(load_session_user)
+
+    # Registered before Flask-Limiter's own hook so that it runs after it (Flask runs
+    # after_request functions in reverse order).
+    app.after_request(_security_headers)
+    from .redis_conn import resolve_url
+    app.config.setdefault("RATELIMIT_STORAGE_URI", resolve_url(app) or "memory://")
+    app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # Redis down: count in this process's memory instead of failing every request.
+    app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
+    app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
+    limiter.init_app(app)
+    _limit_api_blueprint()
+    app.register_error_handler(RateLimitExceeded, _on_rate_limited)

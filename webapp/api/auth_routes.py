@@ -3,6 +3,7 @@ from flask import request
 from ..auth.tokens import check_credentials
 from ..extensions import db
 from ..models import ApiToken
+from ..security import login_throttle
 from . import schemas as s
 from .errors import ApiError, ok
 from .spec import endpoint
@@ -16,7 +17,9 @@ def ping():
 
 @endpoint("/auth/token", ["POST"], json=s.TokenRequest, form=s.TokenRequest, status=201,
           ok=s.ok("TokenResponse", s.Token), auth=False,
-          errors={401: "Invalid email or password"}, tags=["auth"])
+          errors={401: "Invalid email or password",
+                  429: "Too many failed logins for this email or address (Retry-After says when)"}, tags=["auth"])
+@login_throttle
 def issue_token():
     """Exchange email + password (JSON or form) for an API token."""
     body = request.context.json or request.context.form

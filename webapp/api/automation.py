@@ -3,6 +3,7 @@ their request and response models (schemas.py) so the OpenAPI document is theirs
 from flask import g, request
 
 from ..automation.service import AutomationService
+from ..validation import REASON_MAX, clean_text
 from . import schemas as s
 from .errors import ApiError, ok
 from .idempotency import idempotent
@@ -28,7 +29,8 @@ def service():
 def _reason():
     ctx = getattr(request, "context", None)
     body = (ctx.json or ctx.form) if ctx else None
-    return (body.reason if body else None) or None
+    # The model checked type and length; blank means none (the same rule as the form's).
+    return clean_text(body.reason if body else None, "reason", REASON_MAX)
 
 
 @endpoint("/automation/config", ["GET"], query=s.SiteQuery, ok=s.ok("ConfigResponse", s.ConfigOut),

@@ -5,7 +5,7 @@ from flask import g, request
 from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 
-from ..auth.tokens import touch, user_for_bearer
+from ..auth.tokens import parse_bearer, touch, user_for_bearer
 from .errors import ApiError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -14,6 +14,8 @@ SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
 def authenticate():
     header = request.headers.get("Authorization")
     if header:
+        if parse_bearer(header) is None:
+            raise ApiError("Malformed Authorization header: expected 'Bearer <token>'.", 401)
         user, token = user_for_bearer(header)
         if user is None:
             raise ApiError("Invalid or revoked API token.", 401)
@@ -30,7 +32,8 @@ def authenticate():
         g.user, g.account_id, g.actor = current_user, current_user.account_id, f"user:{current_user.email}"
         _authorise(current_user, None)
         return
-    raise ApiError("Authentication required: send 'Authorization: Bearer <token>' or log in.", 401)
+    raise ApiError("Authentication required: credentials missing; send 'Authorization: Bearer <token>' "
+                   "or log in.", 401)
 
 
 def _authorise(user, token):

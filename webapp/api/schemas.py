@@ -5,7 +5,6 @@ To add a field to a response, add it to its model here: responses are checked ag
 models (extra fields are refused), so a field the document does not list cannot be returned.
 To add a route, declare it with `spec.endpoint(...)` and give it models from this module.
 """
-import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, Optional
 
@@ -14,21 +13,22 @@ from pydantic_core import PydanticCustomError
 
 from ..automation.config_schema import ConfigUpdate  # noqa: F401  (the update_config body)
 from ..notify.webhooks import WEBHOOK_EVENTS
-from ..writer.review import CONTENT_STATUSES, MAX_BULK, MAX_NOTE
+from ..validation import (DOMAIN_MAX, EMAIL_MAX, MAX_ID, NAME_MAX, NOTE_MAX, PASSWORD_MAX, REASON_MAX,
+                          is_ascii_digits)
+from ..writer.review import CONTENT_STATUSES, MAX_BULK
 
-MAX_ID = 2**31 - 1  # the database's INTEGER range: larger ids cannot exist
 RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
 TRIGGER_TYPES = ("manual", "scheduled", "api", "retry")
-_DIGITS = re.compile(r"[0-9]{1,12}")
 
 
 def _query_int(value):
-    # Query strings arrive as text: accept plain ASCII digits only ("1e3", " 7", "٣" are not ids).
+    # Query strings arrive as text: plain ASCII digits only ("1e3", " 7", "٣" are not ids), the
+    # security rule of webapp/validation.py; the bounds are the Field's (and the document's).
     if isinstance(value, str):
         if value == "":
             raise PydanticCustomError("required", "is required")
-        if not _DIGITS.fullmatch(value):
-            raise PydanticCustomError("id_format", "must be an integer")
+        if not is_ascii_digits(value) or len(value) > 12:
+            raise PydanticCustomError("id_format", "must be an integer (digits 0-9 only)")
         return int(value)
     return value
 
@@ -115,21 +115,21 @@ class IdempotencyHeaders(BaseModel):
 class ReasonBody(BaseModel):
     """Optional body (JSON or form) of run_now, pause, resume and cancel."""
     model_config = ConfigDict(extra="forbid")
-    reason: Optional[Annotated[str, Field(max_length=500)]] = Field(None, description="recorded in the run's events")
+    reason: Optional[Annotated[str, Field(max_length=REASON_MAX)]] = Field(None, description="recorded in the run's events")
 
 
 class SiteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=120, pattern=r"\S")]
-    domain: Optional[Annotated[str, Field(max_length=255)]] = None
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"\S")]
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
     timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA zone, e.g. Europe/Berlin")] = "UTC"
 
 
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    email: Annotated[str, Field(min_length=1, max_length=255)]
-    password: Annotated[str, Field(min_length=1, max_length=1024)]
-    name: Optional[Annotated[str, Field(max_length=120)]] = Field(None, description="label of the token")
+    email: Annotated[str, Field(min_length=1, max_length=EMAIL_MAX)]
+    password: Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)]
+    name: Optional[Annotated[str, Field(max_length=NAME_MAX)]] = Field(None, description="label of the token")
 
 
 class KeywordsBulk(BaseModel):
@@ -431,7 +431,7 @@ ImagePage = page_of("ImagePage", ImageOut)
 
 
 # -- review -------------------------------------------------------------------------------------
-Note = Annotated[str, Field(max_length=MAX_NOTE)]
+Note = Annotated[str, Field(max_length=NOTE_MAX)]
 
 
 class ApproveBody(BaseModel):
@@ -538,7 +538,7 @@ class DeliveryQueued(Model):
 # -- team: tokens, sites, audit ---------------------------------------------------------------
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=120)] = "api"
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = "api"
     expires_at: Optional[Annotated[str, Field(max_length=40, description="ISO 8601 date or time in the future; "
                                                                           "null: never")]] = None
     scope: Literal["full", "read"] = "full"
@@ -565,8 +565,8 @@ class Tokens(Model):
 
 class SiteUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=120)] = None
-    domain: Optional[Annotated[str, Field(max_length=255)]] = None
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = None
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
     timezone: Annotated[str, Field(min_length=1, max_length=64)] = None
 
 

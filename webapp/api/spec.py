@@ -38,6 +38,7 @@ _EXTRA = {}  # (path, method) -> changes to the generated operation (see `doc`)
 
 # Answers every route can give, documented once here.
 COMMON = {401: "Not authenticated (missing, unknown or revoked token)", 405: "Method not allowed", 414: "Request line too long",
+          429: "Too many requests (API_RATE_LIMIT per token; Retry-After says when)",
           500: "Unexpected error (the message carries a request id; no stack trace)"}
 BODY = {413: "Request body too large", 415: "Wrong Content-Type"}
 

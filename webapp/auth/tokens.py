@@ -9,12 +9,20 @@ from ..models.base import utcnow
 from werkzeug.security import check_password_hash
 
 
+def parse_bearer(header):
+    """The token of an `Authorization: Bearer <token>` header (scheme in any case, RFC 7235),
+    or None when the header is not a well-formed bearer credential."""
+    scheme, _sep, raw = (header or "").strip().partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw or " " in raw or len(raw) > 200:
+        return None
+    return raw
+
+
 def user_for_bearer(header):
     """The active user behind an `Authorization: Bearer <token>` header, or None."""
-    if not header or not header.startswith("Bearer "):
-        return None, None
-    raw = header[len("Bearer "):].strip()
-    if not raw:
+    raw = parse_bearer(header)
+    if raw is None:
         return None, None
     # One query for token and user: every API call pays for this lookup.
     row = db.session.execute(

@@ -6,6 +6,7 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
+from ..security import login_throttle
 from .tokens import check_credentials
 
 bp = Blueprint("auth", __name__)
@@ -17,13 +18,16 @@ class LoginForm(FlaskForm):
 
 
 def _safe_next(target):
-    # Only same-site relative paths: never an open redirect.
-    if target and target.startswith("/") and not target.startswith("//") and not urlsplit(target).netloc:
+    # Only same-site relative paths: never an open redirect. Browsers read a backslash as a
+    # slash ("/\\evil" is "//evil"), and control characters (CR/LF) cannot go in a header.
+    if (target and target.startswith("/") and not target.startswith("//") and "\\" not in target
+            and target.isprintable() and not urlsplit(target).netloc):
         return target
     return url_for("web.dashboard")
 
 
 @bp.route("/login", methods=["GET", "POST"])
+@login_throttle
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("web.dashboard"))

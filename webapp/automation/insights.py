@@ -8,8 +8,9 @@ Time rules:
 - `active_seconds` + `paused_seconds` = the run's wall time (start to end, or to now);
 - a stage's `duration_seconds` is its wall time (started_at to finished_at, or to the run's
   end / now while it runs) minus the pauses inside it;
-- `eta_seconds` (running runs only) is null until the current stage has finished an item:
-  the current stage's remaining items at its observed rate, plus the later stages' items
+- `eta_seconds` (running runs only) is null until the current stage's pace is known (it has
+  finished an item, or the site's recent runs ran this stage): the current stage's remaining
+  items at that rate, plus the later stages' items
   (pending now, and what the earlier stages will produce, by the estimate's planning figures)
   at the rate this run observed for them, else the site's recent runs, else the current rate;
   plus the configured delays.
@@ -141,10 +142,13 @@ def eta_seconds(run, results, projected, history_rates, cfg):
         return None
     n = run.current_stage
     cur = results.get(n)
-    if not cur or not done_items(cur) or cur.get("duration_seconds") is None:
+    if cur and done_items(cur) and cur.get("duration_seconds") is not None:
+        rate = cur["duration_seconds"] / done_items(cur)
+    elif n in history_rates:  # a stage just started: the site's recent runs know its pace
+        rate = history_rates[n]
+    else:
         return None
-    rate = cur["duration_seconds"] / done_items(cur)
-    remaining = {n: max(0, (cur.get("items_total") or 0) - done_items(cur))}
+    remaining = {n: max(0, (cur.get("items_total") or 0) - done_items(cur)) if cur else projected.get(n, 0)}
     for k in range(n + 1, STAGE_COUNT + 1):
         remaining[k] = projected.get(k, 0)
     total = 0.0

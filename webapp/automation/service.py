@@ -408,7 +408,8 @@ class AutomationService:
     def pause(self, run_id, reason=None):
         now = utcnow()
         return self._transition(run_id, "pause", ("running",),
-                                {"status": "paused", "paused_at": now, "pause_reason": reason or "paused by user"},
+                                {"status": "paused", "paused_at": now,
+                                 "pause_reason": (reason or "paused by user")[:255]},
                                 reason)
 
     def resume(self, run_id, reason=None):

@@ -156,10 +156,12 @@ def _deliver(pk, attempt):
     headers = {"Content-Type": "application/json", "User-Agent": "AutomationConsole-Webhook/1",
                "X-Automation-Event": d.event, "X-Automation-Delivery": d.delivery_id,
                "X-Automation-Signature": sign(wh.secret, body)}
+    url = wh.url
+    db.session.commit()  # no transaction stays open while the receiver takes its time
     started, t0 = utcnow(), time.monotonic()
     status_code, error, permanent = None, None, False
     try:
-        status_code, excerpt = targets.post(wh.url, body, headers, cfg["WEBHOOK_TIMEOUT"], cfg["WEBHOOK_ALLOW_PRIVATE"])
+        status_code, excerpt = targets.post(url, body, headers, cfg["WEBHOOK_TIMEOUT"], cfg["WEBHOOK_ALLOW_PRIVATE"])
         if not 200 <= status_code < 300:
             error = f"HTTP {status_code}: {excerpt[:200].decode('utf-8', 'replace')}".strip()
     except targets.UnsafeTarget as e:
@@ -203,8 +205,10 @@ def _send_mail(pk, attempt):
         return "skipped"
     m = db.session.get(MailDelivery, pk)
     cfg = current_app.config
+    to_addr, subject, body = m.to_addr, m.subject, m.body
+    db.session.commit()  # no transaction stays open during the SMTP conversation
     try:
-        mail.smtp_send(cfg["SMTP_URL"], cfg["MAIL_FROM"], m.to_addr, m.subject, m.body)
+        mail.smtp_send(cfg["SMTP_URL"], cfg["MAIL_FROM"], to_addr, subject, body)
         m.status, m.sent_at, m.next_attempt_at, m.last_error = "sent", utcnow(), None, None
         retry = None
     except Exception as e:

@@ -67,9 +67,9 @@ def delete(site_id, webhook_id):
     except NotFound:
         abort(404)
     flash("Webhook deleted.", "success")
-    return redirect(request.form.get("next") == "automation" and
-                    url_for("web.site_automation", site_id=site.id) + "#webhooks" or
-                    url_for("notify.webhooks", site_id=site.id))
+    if request.form.get("next") == "automation":
+        return redirect(url_for("web.site_automation", site_id=site.id) + "#webhooks")
+    return redirect(url_for("notify.webhooks", site_id=site.id))
 
 
 @bp.post("/sites/<int:site_id>/webhooks/<int:webhook_id>/test")

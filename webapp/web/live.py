@@ -35,7 +35,8 @@ INITIAL_LINES = 100
 
 def _authorised_run(ws, conn, run_id):
     try:
-        run = db.session.execute(select(AutomationRun).where(
+        # run_id is None for a malformed id (the `anyid` converter): not found, like a foreign one.
+        run = None if run_id is None else db.session.execute(select(AutomationRun).where(
             AutomationRun.id == run_id, AutomationRun.account_id == conn.caller.account_id)).scalar_one_or_none()
         if run is None:
             ws.close(4404, "run not found")
@@ -192,7 +193,7 @@ def _stream(ws, conn, channel, produce):
         h.unregister(channel, ev)
 
 
-@sock.route("/ws/runs/<int:run_id>/logs", bp=bp)
+@sock.route("/ws/runs/<anyid:run_id>/logs", bp=bp)
 def ws_logs(ws, run_id):
     with sockets.admitted(ws, "logs") as conn:
         run = conn and _authorised_run(ws, conn, run_id)
@@ -203,7 +204,7 @@ def ws_logs(ws, run_id):
         _stream(ws, conn, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
 
 
-@sock.route("/ws/runs/<int:run_id>/processing", bp=bp)
+@sock.route("/ws/runs/<anyid:run_id>/processing", bp=bp)
 def ws_processing(ws, run_id):
     with sockets.admitted(ws, "processing") as conn:
         run = conn and _authorised_run(ws, conn, run_id)

@@ -15,12 +15,13 @@ import json
 from flask import current_app
 from sqlalchemy import func, select
 
+from ..automation import insights
 from ..automation.logger import line_count, run_log_path
 from ..automation.service import overview_rows
 from ..automation.stages import STAGES
 from ..automation.state import percent, read_state, reconcile
 from ..extensions import db
-from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, Site
+from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent, RunItemFailure, Site
 from ..redis_conn import get_redis
 from .insight_view import insight_view, timeline
 from ..writer.review import awaiting_review
@@ -244,29 +245,59 @@ def log_window(run, lines):
     return {"total": total, "first": max(1, total - len(lines) + 1) if lines else total + 1}
 
 
+DOTS = 10
+
+
+def recent_runs(svc, per_site=DOTS):
+    """{site_id: [the site's last `per_site` runs, newest first]} for the account, one query."""
+    rn = func.row_number().over(partition_by=AutomationRun.site_id, order_by=AutomationRun.id.desc()).label("rn")
+    sub = select(AutomationRun.id, rn).where(AutomationRun.account_id == svc.account_id).subquery()
+    runs = db.session.execute(select(AutomationRun).join(sub, sub.c.id == AutomationRun.id)
+                              .where(sub.c.rn <= per_site).order_by(AutomationRun.id.desc())).scalars().all()
+    out = {}
+    for r in runs:
+        out.setdefault(r.site_id, []).append(r)
+    return out
+
+
 def dashboard_snapshot(svc):
-    """The sites dashboard: one row per site (its active run, next slot, pending items)."""
+    """The sites dashboard, one row per site: the active run (progress, ETA, pause reason) or
+    the last run's result, duration and time; the last ten runs as dots; next slot; pending."""
     sites = db.session.execute(select(Site).where(Site.account_id == svc.account_id).order_by(Site.name)).scalars().all()
-    active = {r.site_id: r for r in db.session.execute(select(AutomationRun).where(
-        AutomationRun.account_id == svc.account_id, AutomationRun.status.in_(ACTIVE_STATUSES))).scalars()}
-    last_ids = dict(db.session.execute(select(AutomationRun.site_id, func.max(AutomationRun.id)).where(
-        AutomationRun.account_id == svc.account_id).group_by(AutomationRun.site_id)).all())
+    recent = recent_runs(svc)
     configs = {c.site_id: c for c in db.session.execute(select(AutomationConfig).where(
         AutomationConfig.account_id == svc.account_id)).scalars()}
+    last_finished = [next((r for r in runs if r.status not in ACTIVE_STATUSES), None) for runs in recent.values()]
+    last_finished = [r for r in last_finished if r is not None]
+    finished = {d["run_id"]: d for d in svc.summaries(last_finished)}
+    shown = [r.id for runs in recent.values() for r in runs]
+    failures = dict(db.session.execute(select(RunItemFailure.run_id, func.count(RunItemFailure.id)).where(
+        RunItemFailure.run_id.in_(shown)).group_by(RunItemFailure.run_id)).all()) if shown else {}
     rows = []
     for s in sites:
-        run = active.get(s.id)
-        marker = _marker(run) if run else f"idle:{last_ids.get(s.id)}"
+        runs = recent.get(s.id, [])
+        run = runs[0] if runs and runs[0].status in ACTIVE_STATUSES else None
+        marker = _marker(run) if run else f"idle:{runs[0].id if runs else None}"
         counts, _ = _counts(svc, s.id, marker, fresh=False)
         cfg = configs.get(s.id)
-        row = {"site": {"id": s.id, "name": s.name, "domain": s.domain or ""}, "pending": sum(counts.values()),
-               "next_run": (f"{cfg.next_run_at.strftime('%Y-%m-%d %H:%M')} UTC ({cfg.frequency})"
-                            if cfg and cfg.is_enabled and cfg.next_run_at else None), "run": None}
+        row = {"site": {"id": s.id, "name": s.name, "domain": s.domain or "", "timezone": s.timezone},
+               "pending": sum(counts.values()),
+               "next_run": iso(cfg.next_run_at) if cfg and cfg.is_enabled and cfg.next_run_at else None,
+               "frequency": cfg.frequency if cfg else None, "run": None, "last": None,
+               "dots": [{"id": r.id, "status": r.status, "trigger_type": r.trigger_type,
+                         "started_at": r.started_at.strftime("%Y-%m-%d %H:%M"), "failed": failures.get(r.id, 0)}
+                        for r in runs]}
         if run:
-            view = run_view(run)
+            view = run_view(run, svc=svc)
             cur = view["stages"][run.current_stage - 1]
             row["run"] = {"id": run.id, "status": run.status, "current_stage": run.current_stage,
-                          "stage_name": cur["name"], "stage_status": cur["status"], "percentage": cur["percentage"]}
+                          "stage_name": cur["name"], "stage_status": cur["status"], "percentage": cur["percentage"],
+                          "pause_reason": run.pause_reason, "insights": view["insights"]}
+        last = next((r for r in runs if r.status not in ACTIVE_STATUSES), None)
+        if last is not None:
+            d = finished.get(last.id, {})
+            row["last"] = {"id": last.id, "status": last.status, "active_seconds": d.get("active_seconds"),
+                           "ended_at": iso(insights.run_end(last)), "failed": failures.get(last.id, 0)}
         rows.append(row)
     return {"rows": rows, "balance": svc.account().credits}
 

@@ -17,6 +17,7 @@ from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
 from ..planner import import_rows, parse_csv
+from ..validation import REASON_MAX, clean_text
 from . import config_form, snapshot
 from .insight_view import FAILED_PER_PAGE
 
@@ -45,6 +46,11 @@ def owned_run(svc, run_id):
         return svc.run(run_id)
     except NotFound:
         abort(404)
+
+
+def form_reason():
+    # The same limit as the API's (a 400 naming the field, never a database error).
+    return clean_text(request.form.get("reason"), "reason", REASON_MAX)
 
 
 def flash_run(message, category, run):
@@ -176,7 +182,7 @@ def run_now(site_id):
     svc = service()
     site = owned_site(svc, site_id)
     try:
-        run = svc.start(site.id, trigger_type="manual", reason=(request.form.get("reason") or None))
+        run = svc.start(site.id, trigger_type="manual", reason=form_reason())
         flash_run(f"Run {run.id} started.", "success", run)
     except AppError as e:
         flash(e.message, "error")
@@ -189,7 +195,7 @@ def control(run_id, action):
     svc = service()
     run = owned_run(svc, run_id)
     try:
-        getattr(svc, action)(run.id, reason=(request.form.get("reason") or None))
+        getattr(svc, action)(run.id, reason=form_reason())
         flash_run(f"Run {run.id} {dict(pause='paused', resume='resumed', cancel='cancelled')[action]}.", "success", run)
     except AppError as e:
         db.session.rollback()
