@@ -44,10 +44,17 @@ BODY = {413: "Request body too large", 415: "Wrong Content-Type"}
 
 
 def _before(req, resp, req_validation_error, instance, model_adapter=None):
-    # Spectree found bad input: answer in our envelope, naming every field at fault.
+    """After spectree parsed the request, before the view: bad input answers in our envelope,
+    naming every field at fault. The order callers see: query and headers first, then the body's
+    form (content type, well-formed JSON, an object), then the body's fields."""
+    title = getattr(req_validation_error, "title", None)
+    body = request.environ.get("automation.api_body")
+    if req_validation_error is not None and (body is None or title in body["params"]):
+        raise ApiError(status=400, errors=pydantic_errors(req_validation_error))
+    if body is not None:
+        _check_json_body(body["required"], body["form"])
     if req_validation_error is not None:
-        errors = pydantic_errors(req_validation_error, FRIENDLY.get(getattr(req_validation_error, "title", "")))
-        raise ApiError(status=400, errors=errors)
+        raise ApiError(status=400, errors=pydantic_errors(req_validation_error, FRIENDLY.get(title)))
 
 
 def _after(req, resp, resp_validation_error, instance, model_adapter=None):
@@ -97,7 +104,8 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
                                   security=None if auth else {})(fn)
         view = validated
         if json is not None:
-            view = _json_object(view, body_required, form is not None)
+            view = _body_rules(view, body_required, form is not None,
+                               {m.__name__ for m in (query, headers) if m is not None})
         if auth:
             view = api_auth(view)
         view.__name__ = fn.__name__
@@ -116,17 +124,21 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
     return deco
 
 
-def _json_object(view, required, form):
+def _check_json_body(required, form):
     """The body checks spectree leaves to us: content type, well-formed JSON, an object."""
     from .context import json_body
+    if request.method in ("POST", "PUT", "PATCH"):
+        has_body = bool(request.content_length) or bool(request.get_data(cache=True))
+        form_body = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
+        if (has_body or required) and not (form and form_body):  # form bodies: the form model
+            json_body()
 
+
+def _body_rules(view, required, form, params):
+    """Tell `_before` what body this route takes (it runs inside spectree's validation)."""
     @wraps(view)
     def inner(*a, **kw):
-        if request.method in ("POST", "PUT", "PATCH"):
-            has_body = bool(request.content_length) or bool(request.get_data(cache=True))
-            form_body = request.mimetype in ("application/x-www-form-urlencoded", "multipart/form-data")
-            if (has_body or required) and not (form and form_body):  # form bodies: the form model
-                json_body()
+        request.environ["automation.api_body"] = {"required": required, "form": form, "params": params}
         return view(*a, **kw)
     return inner
 
