@@ -275,3 +275,42 @@ def wait_for(predicate, timeout=30, interval=0.1, message="condition"):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+
+
+@pytest.fixture
+def gunicorn_web(app_env):
+    """Start the web server as `make run` does (gunicorn with gunicorn.conf.py: the gevent
+    worker), one process, for this test's install: call with extra env, get "host:port".
+    Stopped at the end of the test with SIGQUIT (gunicorn's immediate stop: the graceful
+    SIGTERM path is tested on its own in test_websockets)."""
+    import signal
+    import socket
+    import requests
+    procs = []
+
+    def start(**extra_env):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, **app_env, **{k: str(v) for k, v in extra_env.items()}}
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
+                                 "--workers", "1", "wsgi:app"], cwd=ROOT, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        procs.append(proc)
+
+        def up():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_for(up, timeout=30, message="gunicorn up")
+        return f"127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        os.killpg(proc.pid, signal.SIGQUIT)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -139,8 +139,12 @@ def test_pages_at_420px_do_not_scroll_sideways(app, failed_run, browser, live_se
     login(d, live)
     site_id, run_id = failed_run["site_id"], failed_run["run_id"]
     content_id = db.session.execute(select(Content.id).where(Content.site_id == site_id)).scalars().first()
+    from webapp.models import Image
+    image_id = db.session.execute(select(Image.id).where(Image.site_id == site_id, Image.status == "generated")).scalars().first()
     pages = ["/", f"/sites/{site_id}/automation", f"/runs/{run_id}", f"/sites/{site_id}/keywords",
-             f"/sites/{site_id}/keywords?tab=images", f"/sites/{site_id}/content/{content_id}"]
+             f"/sites/{site_id}/keywords?tab=images", f"/sites/{site_id}/content/{content_id}",
+             f"/sites/{site_id}/images/{image_id}", f"/sites/{site_id}/review", f"/sites/{site_id}/webhooks",
+             f"/sites/{site_id}/edit", "/sites/new", "/tokens", "/users", "/audit", "/ops", "/settings/notifications"]
     for path in pages:
         d.get(live + path)
         wait(d, lambda: d.find_elements(By.TAG_NAME, "h1"), message=path)

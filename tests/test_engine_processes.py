@@ -1,7 +1,6 @@
 """Crash and parallelism with real `worker.py` subprocesses."""
 import os
 import signal
-import time
 
 from sqlalchemy import func, select
 
@@ -47,7 +46,12 @@ def test_sigkill_in_stage_4_is_recovered_with_same_outputs(app, app_env, factory
         w1.wait(5)
         killed_at = _run(run_id)
         assert killed_at.status == "running" and killed_at.current_stage == 4
-        time.sleep(3)  # heartbeat and exec lock (TTL = STALE_RUN_SECONDS) expire
+        # The dead worker's exec lock (TTL = STALE_RUN_SECONDS) and heartbeat expire.
+        from datetime import timedelta
+        from webapp.models.base import utcnow
+        wait_for(lambda: not get_redis().exists(exec_lock_key(run_id)), timeout=30, message="exec lock expired")
+        wait_for(lambda: _run(run_id).heartbeat_at < utcnow() - timedelta(seconds=2.5), timeout=30,
+                 message="heartbeat stale")
         w2 = start_worker(app_env, extra_env=env)  # its start-up stale check recovers the run
         try:
             wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")

@@ -156,7 +156,7 @@ def test_metrics_and_json_logs_follow_a_run_from_web_to_worker(app, app_env, fac
     with open(web_log, "wb") as out:
         web = subprocess.Popen(
             [str(ROOT / ".venv" / "bin" / "gunicorn") if (ROOT / ".venv" / "bin" / "gunicorn").exists()
-             else "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2", "--threads", "4",
+             else "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "2",
              "--access-logfile", "-", "wsgi:app"],
             cwd=str(ROOT), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     worker = None

@@ -2,7 +2,6 @@
 rq-scheduler process, and 1,000 due sites in one tick."""
 import os
 import signal
-import time
 from datetime import datetime, timedelta
 
 from sqlalchemy import event, func, select
@@ -152,7 +151,6 @@ def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, 
         p = start_worker(app_env, "--scheduler")
         wait_for(lambda: len([j for j in sched.get_jobs() if j.id.startswith("periodic-")]) == len(periodic_jobs()),
                  timeout=30, message="periodic jobs registered")
-        time.sleep(1)
         os.killpg(p.pid, signal.SIGTERM)
         p.wait(20)
     ids = sorted(j.id for j in sched.get_jobs())
@@ -163,7 +161,13 @@ def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, 
         wait_for(lambda: db.session.execute(select(func.count()).select_from(AutomationRun).where(
             AutomationRun.site_id == site_id)).scalar() >= 1 and not db.session.remove(), timeout=60,
             message="scheduled run started")
-        time.sleep(2)
+        # The due slot's tick has run (the slot moved on) and its start job is done: a second
+        # start could only come from a second tick of the same slot, which the slot forbids.
+        from rq import Queue
+        wait_for(lambda: Queue(app.config["RQ_QUEUE"], connection=get_redis()).count == 0
+                 and db.session.execute(select(AutomationConfig.next_run_at).where(
+                     AutomationConfig.site_id == site_id)).scalar() > datetime.utcnow()
+                 and not db.session.remove(), timeout=60, message="tick done")
         db.session.remove()
         assert len(runs(site_id)) == 1
         assert runs(site_id)[0].trigger_type == "scheduled"

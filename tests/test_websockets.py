@@ -132,12 +132,12 @@ def test_sigterm_to_gunicorn_closes_websockets_cleanly(app, app_env, setup):
             except (ConnectionRefusedError, websocket.WebSocketException, OSError):
                 time.sleep(0.2)
         assert "Run started" in ws.recv()
-        t = time.time()
         os.killpg(web.pid, signal.SIGTERM)
         ws.settimeout(10)
         opcode, data = ws.recv_data(control_frame=True)
+        # A close frame at all means it came before gunicorn's graceful timeout: a worker
+        # killed at that timeout cuts the connection without one.
         assert opcode == websocket.ABNF.OPCODE_CLOSE and int.from_bytes(data[:2], "big") == 1001
-        assert time.time() - t < 4  # before gunicorn's 5 s graceful timeout
         assert web.wait(15) == 0
     finally:
         if web.poll() is None:

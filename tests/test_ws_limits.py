@@ -2,15 +2,9 @@
 `make run` starts it), real Redis and the real database: the per-user cap (4429) counted in
 Redis, while another account is served; foreign Origins refused (4403); sockets that follow
 their token's revocation and their session's logout (4401 within 10 s)."""
-import os
 import re
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import requests
@@ -24,39 +18,12 @@ from webapp.models.base import utcnow
 from webapp.redis_conn import get_redis
 from webapp.web.sockets import claims_key
 
-ROOT = Path(__file__).resolve().parent.parent
 CAP = 3
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
-def web(app_env):
-    """gunicorn with gunicorn.conf.py (gevent), one process; yields host:port."""
-    port = free_port()
-    env = {**os.environ, **app_env, "WS_MAX_PER_USER": str(CAP), "ALLOWED_ORIGINS": "https://console.example.com"}
-    proc = subprocess.Popen([str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}",
-                             "--workers", "1", "wsgi:app"], cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-    def up():
-        try:
-            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
-        except requests.RequestException:
-            return False
-    try:
-        wait_for(up, timeout=30, message="gunicorn up")
-        yield f"127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+def web(gunicorn_web):
+    return gunicorn_web(WS_MAX_PER_USER=CAP, ALLOWED_ORIGINS="https://console.example.com")
 
 
 @pytest.fixture
@@ -83,7 +50,13 @@ def open_log(server, run_id, header=(), **kw):
     return websocket.create_connection(f"ws://{server}/ws/runs/{run_id}/logs", header=list(header), timeout=10, **kw)
 
 
-def test_cap_origin_and_another_tenant_served(web, tenants):
+def test_gate(web, tenants):
+    """One server for the three checks (a gunicorn start costs seconds)."""
+    cap_origin_and_another_tenant_served(web, tenants)
+    sockets_follow_token_revocation_and_logout(web, tenants)
+
+
+def cap_origin_and_another_tenant_served(web, tenants):
     auth = [f"Authorization: Bearer {tenants['token']}"]
     socks = [open_log(web, tenants["run_id"], auth) for _ in range(2 * CAP)]
     results = [None] * len(socks)
@@ -144,7 +117,7 @@ def login_cookie(server, email, password="password123"):
     return s
 
 
-def test_sockets_follow_token_revocation_and_logout(app, web, tenants):
+def sockets_follow_token_revocation_and_logout(web, tenants):
     token_ws = open_log(web, tenants["run_id"], [f"Authorization: Bearer {tenants['token']}"])
     browser = login_cookie(web, "acme@example.com")
     cookie = "; ".join(f"{c.name}={c.value}" for c in browser.cookies)

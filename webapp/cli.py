@@ -168,8 +168,8 @@ def init_app(app):
     @app.cli.command("revoke-token")
     @click.argument("token_id")
     def revoke_token(token_id):
-        token_id = _int(token_id, "TOKEN_ID", minimum=1)
         """Revoke an API token by id."""
+        token_id = _int(token_id, "TOKEN_ID", minimum=1)
         from .models.base import utcnow
         tok = db.session.get(ApiToken, token_id)
         if tok is None:

@@ -35,6 +35,9 @@
       this.root = document.querySelector("main[data-live-url]");
       if (!this.root) return;
       this.version = this.root.dataset.liveVersion || "";
+      var self = this;
+      // Hidden tabs poll slowly; coming back to one refreshes it at once.
+      document.addEventListener("visibilitychange", function () { if (!document.hidden) self.requestSoon(); });
       this.schedule();
     },
     schedule: function () {
@@ -87,6 +90,9 @@
         }
       });
       this.version = data.version;
+      // A count of applied refreshes, for tests and for anyone debugging a page.
+      var html = document.documentElement;
+      html.dataset.liveRefreshes = String(parseInt(html.dataset.liveRefreshes || "0", 10) + 1);
       afterUpdate();
     }
   };

@@ -6,7 +6,7 @@ when the run does: a running run's working time is "since `active_since`" and it
 numbers themselves come from AutomationService.run_insights (webapp/automation/insights.py).
 """
 import math
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from ..automation import insights
 from ..automation.stages import STAGES
@@ -14,6 +14,7 @@ from ..models.base import utcnow
 
 FAILED_PER_PAGE = 20
 ETA_GRAIN = 10  # seconds: an ETA moving by less does not count as a change
+EPOCH = datetime(1970, 1, 1)
 
 
 def iso(dt):
@@ -38,8 +39,9 @@ def insight_view(svc, run, events=None, now=None):
         "failed_count": svc.failure_count(run),
     }
     if running and ins["eta_seconds"] is not None:
-        view["eta_at"] = iso((now + timedelta(seconds=math.ceil(ins["eta_seconds"] / ETA_GRAIN) * ETA_GRAIN))
-                             .replace(microsecond=0))
+        # The expected end, on a ETA_GRAIN-second grid: the same until the estimate moves.
+        end = (now + timedelta(seconds=ins["eta_seconds"]) - EPOCH).total_seconds()
+        view["eta_at"] = iso(EPOCH + timedelta(seconds=math.ceil(end / ETA_GRAIN) * ETA_GRAIN))
     for n, r in ins["results"].items():
         if running and r.get("status") == "running" and not r.get("finished_at"):
             start = insights.parse_time(r["started_at"])
