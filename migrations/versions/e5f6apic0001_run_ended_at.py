@@ -1,7 +1,7 @@
 """automation_run.ended_at: when a run completed, failed or was cancelled
 
 Revision ID: e5f6apic0001
-Revises: c9d0team0001
+Revises: c3d4engi0001
 Create Date: 2026-11-28 21:50:00
 
 """
@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 
 revision = 'e5f6apic0001'
-down_revision = 'c9d0team0001'
+down_revision = 'c3d4engi0001'
 branch_labels = None
 depends_on = None
 

@@ -155,6 +155,7 @@ class ConfigOut(Model):
     stage_6_batch_size: int
     within_stage_delay: int
     between_stage_delay: int
+    ai_concurrency: int = Field(description="AI calls in flight per run (1-32)")
     last_run_at: Timestamp
     next_run_at: Timestamp
     timezone: str = Field(description="the site's IANA time zone")
@@ -284,7 +285,9 @@ class Estimate(Model):
     estimated_credits: int
     required_credits: int = Field(description="estimate x 1.2: what a start needs")
     current_balance: int
-    sufficient: bool
+    held: int = Field(description="credits reserved by active runs")
+    available: int = Field(description="current_balance minus held")
+    sufficient: bool = Field(description="available >= required_credits")
 
 
 class OverviewStage(Model):

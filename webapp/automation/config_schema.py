@@ -42,6 +42,7 @@ class ConfigUpdate(BaseModel):
     stage_6_batch_size: BatchSize = None
     within_stage_delay: Delay = Field(None, description="seconds between batches")
     between_stage_delay: Delay = Field(None, description="seconds between stages")
+    ai_concurrency: Annotated[int, Field(strict=True, ge=1, le=32, description="AI calls in flight per run")] = None
     site_id: Any = _IGNORED
     last_run_at: Any = _IGNORED
     next_run_at: Any = _IGNORED
