@@ -41,7 +41,7 @@ def post_worker_init(worker):
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
-        live.SHUTDOWN.set()
+        live.shutdown()
         if callable(previous):
             previous(signum, frame)
 
