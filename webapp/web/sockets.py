@@ -19,6 +19,7 @@ so its sockets stop counting after CLAIM_TTL seconds without anyone cleaning up.
 go (metrics); `open_sockets()` is this process's count by kind.
 """
 import logging
+import random
 import threading
 import time
 import uuid
@@ -143,7 +144,8 @@ class Connection:
     def __init__(self, ws, kind, caller):
         self.ws, self.kind, self.caller = ws, kind, caller
         self.claim = uuid.uuid4().hex
-        self.next_check = time.monotonic() + RECHECK_SECONDS
+        self.next_check = time.monotonic() + RECHECK_SECONDS * random.random()  # spread out
+        self.next_renew = time.monotonic() + CLAIM_TTL / 3
 
     def admit(self):
         cap = current_app.config["WS_MAX_PER_USER"]
@@ -182,7 +184,9 @@ class Connection:
         caller = recheck()
         if caller is None or caller.user_id != self.caller.user_id:
             return False
-        self.renew()
+        if time.monotonic() >= self.next_renew:
+            self.next_renew = time.monotonic() + CLAIM_TTL / 3
+            self.renew()
         return True
 
     def close_for_auth(self):
