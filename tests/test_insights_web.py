@@ -43,6 +43,8 @@ def test_every_invalid_field_named_at_once_with_a_summary(client, logged_in):
     html = r.get_data(as_text=True)
     summary = re.search(r'<div class="error-summary" id="config-errors".*?</div>', html, re.S).group(0)
     assert "4 fields need attention" in summary
+    assert re.findall(r'href="#(\w+)"', summary) == ["scheduled_time", "stage_2_batch_size", "stage_4_batch_size",
+                                                    "between_stage_delay"]  # in the form's order
     for field, label in (("scheduled_time", "Time"), ("stage_2_batch_size", "Stage 2 · Clusters → Ideas"),
                          ("stage_4_batch_size", "Stage 4 · Tasks → Content"),
                          ("between_stage_delay", "Delay between stages")):
@@ -120,6 +122,7 @@ def test_run_page_timeline_failed_items_and_retry_button(app, client, logged_in)
     # A skipped stage is drawn differently from a completed one.
     html = client.get(f"/runs/{new_id}").get_data(as_text=True)
     assert 'class="tl-bar tl-skipped"' in html and 'class="tl-bar tl-completed"' in html
+    assert 'aria-label="Stage 1 skipped: nothing pending"' in html and 'aria-label="Stage 2 progress"' in html
     assert client.post(f"/runs/{run_id}/retry_failed").status_code == 400  # CSRF
 
 
