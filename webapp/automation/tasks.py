@@ -434,9 +434,10 @@ class RunExecutor:
             if not self._save(n, res):
                 db.session.rollback()
                 raise Stop()
+            ended = utcnow()
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
-                **end_values(self.run, "completed", completed_at=utcnow())))
+                **end_values(self.run, "completed", ended, completed_at=ended)))
             db.session.commit()
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:
