@@ -3,13 +3,18 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev
+.PHONY: run test install install-dev browser-deps
 
 run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
-test: $(VENV)/.deps-dev
+test: $(VENV)/.deps-dev browser-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium + chromium-driver for the browser tests: installed when possible, else one
+# line saying what to install (scripts/browser_deps.sh).
+browser-deps:
+	@sh scripts/browser_deps.sh
 
 install: $(VENV)/.deps
 install-dev: $(VENV)/.deps-dev
