@@ -17,8 +17,9 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import costs, hooks, insights, jobs, schedule
-from .config_schema import day_error, validate_update
+from . import billing, costs, hooks, insights, jobs, schedule
+from .closing import end_values
+from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
@@ -96,12 +97,7 @@ class AutomationService:
     def update_config(self, site_id, data):
         cfg = self.config(site_id)
         site = db.session.get(Site, cfg.site_id)
-        clean = validate_update(data)
-        freq = clean.get("frequency", cfg.frequency)
-        day = clean.get("scheduled_day", cfg.scheduled_day)
-        problem = day_error(freq, day)
-        if problem:
-            raise BadRequest(f"'scheduled_day' {problem}.")
+        clean = validate_update(data, current=cfg.to_dict())
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
         old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
@@ -148,9 +144,10 @@ class AutomationService:
     def estimate_from(self, p):
         """The estimate for pending counts `p` already read (see pending_counts)."""
         est = costs.estimate(p)
-        balance = self.account().credits
-        return {"estimated_credits": est, "required_credits": costs.required_for_start(est),
-                "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
+        required = costs.required_for_start(est)
+        balance, held, available = billing.credit_position(self.account_id)
+        return {"estimated_credits": est, "required_credits": required, "current_balance": balance,
+                "held": held, "available": available, "sufficient": available >= required}
 
     def pipeline_overview(self, site_id, fresh=False):
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
@@ -269,13 +266,23 @@ class AutomationService:
             raise BadRequest("Nothing to process: no stage has pending items (import keywords first).")
         est = costs.estimate(p)
         required = costs.required_for_start(est)
-        balance = self.account().credits
-        if balance < required:
-            raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), available {balance}.")
+        # The hold decision and the new run's hold commit together under the account lock:
+        # of two starts racing for the same credits, the second sees the first's hold.
+        db.session.commit()
+        try:
+            billing.lock_account(self.account_id)
+            balance, held, available = billing.credit_position(self.account_id)
+            if available < required:
+                detail = f" (balance {balance}, held by active runs {held})" if held else ""
+                raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), "
+                                 f"available {available}{detail}.")
+        except BaseException:
+            db.session.rollback()
+            raise
         now = utcnow()
         run = AutomationRun(account_id=site.account_id, site_id=site.id, status="running", trigger_type=trigger_type,
                             current_stage=1, started_at=now, heartbeat_at=now, started_by=self.actor,
-                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of)
+                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of, credits_hold=required)
         db.session.add(run)
         try:
             db.session.flush()
@@ -391,6 +398,8 @@ class AutomationService:
         verb = PAST[action]
         if run.status not in allowed_from:
             raise BadRequest(f"Run {run.id} is {run.status} and cannot be {verb}.")
+        if callable(values):
+            values = values(run)
         # Conditional: a worker that finished the run a moment ago wins, and we report it.
         res = db.session.execute(update(AutomationRun).where(
             AutomationRun.id == run.id, AutomationRun.status == run.status).values(**values))
@@ -427,8 +436,9 @@ class AutomationService:
         return run
 
     def cancel(self, run_id, reason=None):
+        now = utcnow()
         run = self._transition(run_id, "cancel", ACTIVE_STATUSES,
-                               {"status": "cancelled", "cancelled_at": utcnow(), "job_token": None}, reason)
+                               lambda run: end_values(run, "cancelled", now, cancelled_at=now), reason)
         finish_side_effects(run)
         return run
 
