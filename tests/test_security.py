@@ -233,6 +233,14 @@ def test_throttling_holds_without_redis(app_env, factory, monkeypatch):
         assert _token_login(c).status_code == 401
         assert _token_login(c).status_code == 401
         assert _token_login(c, password="password123").status_code == 429
+    # the next app (its Redis reachable) counts in Redis again, not in that process memory
+    monkeypatch.setenv("REDIS_URL", app_env["REDIS_URL"])
+    healthy = create_app({"TESTING": True})
+    with healthy.app_context():
+        c = healthy.test_client()
+        assert _token_login(c, password="password123").status_code == 201
+        from webapp.redis_conn import get_redis
+        assert _token_login(c).status_code == 401 and get_redis().keys("*login-email*")
 
 
 # -- headers (finding 3) ---------------------------------------------------------------------------
@@ -296,7 +304,7 @@ def test_deeply_nested_json_is_400_on_every_json_route(app, client, tenant):
     assert json_depth_exceeds(deep) and not json_depth_exceeds('{"a": "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["}')
 
 
-@pytest.mark.parametrize("bad", ["\\ud800", "\\u0000", "a\\u0000b", "\\udfff x"])
+@pytest.mark.parametrize("bad", ["\\ud800", "a\\u0000b"])
 def test_surrogates_and_nul_refused_before_the_database(app, client, tenant, bad):
     from webapp.models import Keyword, Site
     h = {**tenant["h"], "Content-Type": "application/json"}
@@ -379,12 +387,11 @@ def test_login_next_with_control_characters_or_backslash(client, factory):
         client.post("/logout", data={"csrf_token": csrf_from(client.get("/").get_data(as_text=True))})
 
 
-@pytest.mark.parametrize("value", ["1_0", "+2", "\u0662", " 2", "2 ", "0x2", "2.0", "", "1e3", "-1",
-                                   "99999999999999999999"])
-def test_ids_are_ascii_digits_or_400(client, tenant, value):
+def test_ids_are_ascii_digits_or_400(client, tenant):
     from urllib.parse import quote
-    r = client.get(f"/api/v1/automation/estimate/?site_id={quote(value)}", headers=tenant["h"])
-    assert r.status_code == 400 and "site_id" in r.json["error"], (value, r.json)
+    for value in ["1_0", "+2", "\u0662", " 2", "2 ", "0x2", "2.0", "", "1e3", "-1", "99999999999999999999"]:
+        r = client.get(f"/api/v1/automation/estimate/?site_id={quote(value)}", headers=tenant["h"])
+        assert r.status_code == 400 and "site_id" in r.json["error"], (value, r.json)
 
 
 def test_well_formed_missing_id_is_404_and_empty_lines_is_400(client, tenant):
@@ -452,7 +459,7 @@ def test_embedded_redis_private(tmp_path):
         assert password not in cmdline
         port = redis.connection.parse_url(url)["port"]
         with pytest.raises(redis.AuthenticationError):
-            redis.Redis(host="127.0.0.1", port=port).ping()
+            redis.Redis(host="127.0.0.1", port=port, retry=None).ping()
         r = redis.Redis.from_url(url)
         assert r.ping() and r.config_get("bind")["bind"] == "127.0.0.1"
     finally:

@@ -162,7 +162,15 @@ def load_config(instance_path, env=None):
         "OPENAI_CHAT_MODEL": env.get("OPENAI_CHAT_MODEL", "gpt-4o-mini"),
         "OPENAI_IMAGE_MODEL": env.get("OPENAI_IMAGE_MODEL", "dall-e-3"),
         "OPENAI_TIMEOUT": _int(env, "OPENAI_TIMEOUT", 60),
-        "STALE_RUN_SECONDS": _int(env, "STALE_RUN_SECONDS", 90),
+        # Requests per minute to the AI provider across all workers (None = no cap), and how
+        # long a provider may keep answering 429 before the run pauses.
+        "AI_MAX_RPM": _int(env, "AI_MAX_RPM", None),
+        "AI_RATE_LIMIT_PAUSE_AFTER": _int(env, "AI_RATE_LIMIT_PAUSE_AFTER", 600),
+        # A running job heartbeats every min(5, STALE_RUN_SECONDS / 4) s on its own thread;
+        # a run without one for STALE_RUN_SECONDS is continued by the stale check, which runs
+        # every STALE_CHECK_INTERVAL s: a killed worker's run goes on within ~35 s by default.
+        "STALE_RUN_SECONDS": _int(env, "STALE_RUN_SECONDS", 20),
+        "STALE_CHECK_INTERVAL": _int(env, "STALE_CHECK_INTERVAL", 10),
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),

@@ -2,7 +2,6 @@
 (restarting it, or running two, never registers a job twice; rq-scheduler's own lock makes
 only one of them enqueue)."""
 import logging
-import os
 import time
 from datetime import datetime, timezone
 
@@ -15,8 +14,10 @@ CONTROL_QUEUE = "automation-control"
 
 
 def periodic_jobs():
-    # STALE_CHECK_INTERVAL lets a chaos run (or an impatient operator) check more often.
-    stale_every = int(os.environ.get("STALE_CHECK_INTERVAL", "60"))
+    # How often the stale-run check runs (STALE_CHECK_INTERVAL, webapp/config.py): with the
+    # heartbeat's STALE_RUN_SECONDS it bounds how long a killed worker's run waits.
+    from flask import current_app, has_app_context
+    stale_every = current_app.config["STALE_CHECK_INTERVAL"] if has_app_context() else 10
     return [
         {"id": "periodic-check_scheduled_automations",
          "func": "webapp.automation.scheduled.check_scheduled_automations_task", "interval": 60},

@@ -17,6 +17,7 @@
 """
 import hashlib
 import logging
+import time
 
 from flask import current_app, request, session
 from flask_limiter import Limiter, RateLimitExceeded
@@ -163,7 +164,7 @@ def _failed_login(response):
     return response.status_code == 401
 
 
-limiter = Limiter(key_func=client_address, key_prefix="automation", strategy="moving-window")
+limiter = Limiter(key_func=client_address, key_prefix="automation")
 
 
 def login_throttle(fn):
@@ -179,7 +180,6 @@ def login_throttle(fn):
 def retry_after_seconds(e):
     try:
         window = limiter.limiter.get_window_stats(e.limit.limit, *_breached_args(e))
-        import time
         return max(1, int(window.reset_time - time.time()) + 1)
     except Exception:  # storage away: the limit's own period is a safe upper bound
         return int(e.limit.limit.get_expiry())
@@ -270,9 +270,15 @@ def init_app(app):
     from .redis_conn import resolve_url
     app.config.setdefault("RATELIMIT_STORAGE_URI", resolve_url(app) or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
+    # Measured per API request: 2 Redis round trips and O(1) memory per key (moving-window:
+    # also 2 round trips, but a sorted set entry per request in the window, ~34 commands).
+    app.config.setdefault("RATELIMIT_STRATEGY", "sliding-window-counter")
     # Redis down: count in this process's memory instead of failing every request.
     app.config.setdefault("RATELIMIT_IN_MEMORY_FALLBACK_ENABLED", True)
     app.config.setdefault("RATELIMIT_SWALLOW_ERRORS", True)
     limiter.init_app(app)
+    # One module-level limiter serves every app this process builds (tests build many): an
+    # earlier app's unreachable storage must not leave this one on the in-memory fallback.
+    limiter._storage_dead = False
     _limit_api_blueprint()
     app.register_error_handler(RateLimitExceeded, _on_rate_limited)

@@ -1,5 +1,13 @@
 """AI providers: `local` (offline, deterministic) and `openai` (OpenAI-compatible HTTP)."""
-from .base import AIResult, ItemError, Provider, ProviderUnavailable  # noqa: F401
+import threading
+
+from .base import AIResult, ItemError, Provider, ProviderUnavailable, RateLimited  # noqa: F401
+
+# OpenAI-compatible providers are kept per process and settings: building the client costs
+# ~100 ms (TLS context, connection pool) and a worker runs a job per batch; the client is
+# thread-safe and keeps its connections alive between jobs.
+_OPENAI = {}
+_OPENAI_LOCK = threading.Lock()
 
 
 def get_provider(config):
@@ -15,7 +23,11 @@ def _make_provider(config):
                              fail_every=config.get("AI_LOCAL_FAIL_EVERY"))
     if name == "openai":
         from .openai import OpenAIProvider
-        return OpenAIProvider(base_url=config["OPENAI_BASE_URL"], api_key=config["OPENAI_API_KEY"],
-                              chat_model=config["OPENAI_CHAT_MODEL"], image_model=config["OPENAI_IMAGE_MODEL"],
-                              timeout=config.get("OPENAI_TIMEOUT", 60))
+        key = (config["OPENAI_BASE_URL"], config["OPENAI_API_KEY"], config["OPENAI_CHAT_MODEL"],
+               config["OPENAI_IMAGE_MODEL"], config.get("OPENAI_TIMEOUT", 60))
+        with _OPENAI_LOCK:
+            if key not in _OPENAI:
+                _OPENAI[key] = OpenAIProvider(base_url=key[0], api_key=key[1], chat_model=key[2],
+                                              image_model=key[3], timeout=key[4])
+            return _OPENAI[key]
     raise ValueError(f"AI_PROVIDER must be 'local' or 'openai', got {name!r}")

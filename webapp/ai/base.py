@@ -10,6 +10,15 @@ class ProviderUnavailable(Exception):
     """The provider itself is down or refusing us: a systemic error, not the item's fault."""
 
 
+class RateLimited(ProviderUnavailable):
+    """HTTP 429: the provider asks us to slow down, maybe saying when (`retry_after` seconds).
+    Not the item's fault and not an outage: waited out, never counted as an attempt."""
+
+    def __init__(self, message, retry_after=None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 @dataclass
 class AIResult:
     data: object

@@ -1,53 +1,60 @@
-"""OpenAI-compatible provider: chat completions for text, images/generations for images.
+"""OpenAI-compatible provider on the official `openai` package: chat completions whose message
+content is JSON for text, `images/generations` with `b64_json` for images.
 
-Errors: connection failures, 5xx and 429 are the provider's (ProviderUnavailable);
-4xx and unparseable output are the item's (ItemError).
+The client's own retries are off (`max_retries=0`): a 429 is raised as RateLimited with the
+provider's Retry-After so that the engine's rate limiter (webapp/ai/ratelimit.py) can share
+the wait with every call of every worker, and 5xx/connection errors go through the engine's
+bounded retry, which can be interrupted by a pause. Errors: connection failures and 5xx are
+the provider's (ProviderUnavailable), 429 is RateLimited, other 4xx and unparseable output
+are the item's (ItemError).
 """
 import base64
 import json
 
-import requests
+import openai
 
-from .base import AIResult, ItemError, Provider, ProviderUnavailable
+from .base import AIResult, ItemError, Provider, ProviderUnavailable, RateLimited
+from .ratelimit import parse_retry_after
 
 
 class OpenAIProvider(Provider):
     name = "openai"
 
     def __init__(self, base_url, api_key, chat_model, image_model, timeout=60):
-        self.base_url = base_url.rstrip("/")
-        self.chat_model, self.image_model, self.timeout = chat_model, image_model, timeout
-        self.http = requests.Session()
-        self.http.headers.update({"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"})
+        self.chat_model, self.image_model = chat_model, image_model
+        # One client per provider object, shared by the engine's call threads (thread-safe;
+        # its connection pool is far larger than the 32 calls a run may have in flight).
+        self.client = openai.OpenAI(base_url=base_url.rstrip("/"), api_key=api_key or "none",
+                                    max_retries=0, timeout=timeout)
 
-    def _post(self, path, payload):
+    def _call(self, fn, **kwargs):
         try:
-            resp = self.http.post(self.base_url + path, json=payload, timeout=self.timeout)
-        except requests.RequestException as e:
+            return fn(**kwargs)
+        except openai.RateLimitError as e:
+            raise RateLimited("AI provider answered HTTP 429 (rate limit)",
+                              retry_after=parse_retry_after(e.response.headers)) from e
+        except openai.APIConnectionError as e:  # includes timeouts
             raise ProviderUnavailable(f"cannot reach AI provider: {e.__class__.__name__}") from e
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise ProviderUnavailable(f"AI provider answered HTTP {resp.status_code}")
-        if resp.status_code >= 400:
-            raise ItemError(f"AI provider rejected the request: HTTP {resp.status_code} {resp.text[:200]}")
-        try:
-            return resp.json()
-        except ValueError as e:
-            raise ItemError("AI provider returned invalid JSON") from e
+        except openai.APIStatusError as e:
+            if e.status_code >= 500:
+                raise ProviderUnavailable(f"AI provider answered HTTP {e.status_code}") from e
+            raise ItemError(f"AI provider rejected the request: HTTP {e.status_code} {str(e.message)[:200]}") from e
+        except openai.APIResponseValidationError as e:
+            raise ItemError("AI provider returned an invalid response") from e
+        except (ValueError, TypeError) as e:  # a body that is not JSON
+            raise ItemError(f"AI provider returned an unreadable response: {e.__class__.__name__}") from e
 
     def _chat_json(self, system, user):
-        body = self._post("/chat/completions", {
-            "model": self.chat_model,
-            "messages": [{"role": "system", "content": system + " Answer with JSON only."},
-                         {"role": "user", "content": user}],
-            "response_format": {"type": "json_object"},
-        })
+        resp = self._call(self.client.chat.completions.create, model=self.chat_model,
+                          messages=[{"role": "system", "content": system + " Answer with JSON only."},
+                                    {"role": "user", "content": user}],
+                          response_format={"type": "json_object"})
         try:
-            content = body["choices"][0]["message"]["content"]
-            data = json.loads(content)
-        except (KeyError, IndexError, TypeError, ValueError) as e:
+            data = json.loads(resp.choices[0].message.content)
+        except (AttributeError, IndexError, TypeError, ValueError) as e:
             raise ItemError("AI provider returned an unexpected chat response") from e
-        tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
-        return data, tokens, body.get("model") or self.chat_model
+        tokens = int(getattr(resp.usage, "total_tokens", 0) or 0) if resp.usage else 0
+        return data, tokens, resp.model or self.chat_model
 
     def cluster_keywords(self, keywords, existing_clusters):
         data, tokens, model = self._chat_json(
@@ -59,6 +66,8 @@ class OpenAIProvider(Provider):
             raise ItemError("clustering response has no 'clusters' list")
         wanted, seen, out = set(keywords), set(), []
         for c in clusters:
+            if not isinstance(c, dict):
+                continue
             members = [k for k in c.get("keywords", []) if k in wanted and k not in seen]
             seen.update(members)
             if members and isinstance(c.get("name"), str) and c["name"].strip():
@@ -102,13 +111,14 @@ class OpenAIProvider(Provider):
         return AIResult(prompts[:3], tokens=tokens, model=model)
 
     def generate_image(self, prompt):
-        body = self._post("/images/generations", {"model": self.image_model, "prompt": prompt,
-                                                  "n": 1, "size": "1024x1024", "response_format": "b64_json"})
+        resp = self._call(self.client.images.generate, model=self.image_model, prompt=prompt, n=1,
+                          size="1024x1024", response_format="b64_json")
         try:
-            png = base64.b64decode(body["data"][0]["b64_json"])
-        except (KeyError, IndexError, TypeError, ValueError) as e:
+            png = base64.b64decode(resp.data[0].b64_json)
+        except (AttributeError, IndexError, TypeError, ValueError) as e:
             raise ItemError("image response has no b64_json") from e
         if not png.startswith(b"\x89PNG"):
             raise ItemError("image response is not a PNG")
-        tokens = int((body.get("usage") or {}).get("total_tokens") or 0)
+        usage = getattr(resp, "usage", None)
+        tokens = int(getattr(usage, "total_tokens", 0) or 0) if usage else 0
         return AIResult(png, tokens=tokens, model=self.image_model)

@@ -43,6 +43,8 @@ CONFIG = _obj({"site_id": {"type": "integer"}, "is_enabled": {"type": "boolean"}
                "frequency": {"enum": ["daily", "weekly", "monthly"]}, "scheduled_time": {"type": "string"},
                **{f"stage_{n}_batch_size": {"type": "integer"} for n in range(1, 7)},
                "within_stage_delay": {"type": "integer"}, "between_stage_delay": {"type": "integer"},
+               "ai_concurrency": {"type": "integer", "minimum": 1, "maximum": 32,
+                                  "description": "AI calls of the current stage in flight at once (default 4)"},
                "last_run_at": TS, "next_run_at": TS, "next_runs": {"type": "array", "items": {"type": "string"}}})
 PROCESSING = {"type": ["object", "null"], "properties": {
     "stage_number": {"type": "integer"}, "stage_name": {"type": "string"},
@@ -97,7 +99,9 @@ def build_spec():
                   "first_line": {"type": "integer"}, "total_lines": {"type": "integer"}}))},
         "/automation/estimate/": {"get": _op("Credit estimate", [site], _obj({
             "estimated_credits": {"type": "integer"}, "required_credits": {"type": "integer"},
-            "current_balance": {"type": "integer"}, "sufficient": {"type": "boolean"}}))},
+            "current_balance": {"type": "integer"}, "sufficient": {"type": "boolean"},
+            "held": {"type": "integer", "description": "credits reserved by this account's active runs"},
+            "available": {"type": "integer", "description": "current_balance - held: what a new run may reserve"}}))},
         "/automation/pipeline_overview/": {"get": _op("Pending items per stage", [site], _obj({"stages": {
             "type": "array", "minItems": 7, "maxItems": 7, "items": _obj({"number": {"type": "integer"}, "name": {"type": "string"},
                                                                          "pending": {"type": "integer"}}, ["number", "name", "pending"])}}))},

@@ -1,9 +1,14 @@
 """Charging: one AI call = one AITaskLog row + one CreditTransaction + the balance debit,
-all inside the caller's transaction (the same one that stores the call's output)."""
-from sqlalchemy import update
+all inside the caller's transaction (the same one that stores the call's output).
+
+Holds: a run reserves its required credits when it starts (`credits_hold`); while it is
+active it still holds what it has not yet been charged of that, and nothing once it ended.
+New starts may only use `balance - held`, decided under the account's row lock so that two
+starts racing for the same credits cannot both pass."""
+from sqlalchemy import case, func, select, update
 
 from ..extensions import db
-from ..models import Account, AITaskLog, CreditTransaction
+from ..models import ACTIVE_STATUSES, Account, AITaskLog, AutomationRun, CreditTransaction
 
 
 class InsufficientCredits(Exception):
@@ -39,3 +44,25 @@ def top_up(account, amount, reason="top-up"):
     ).first()
     db.session.add(CreditTransaction(account_id=account.id, amount=amount, balance_after=row[0], reason=reason))
     return row[0]
+
+
+def held_credits(account_id):
+    """Credits reserved by the account's active runs: each run's hold minus what it was charged."""
+    left = case((AutomationRun.credits_hold > AutomationRun.total_credits_used,
+                 AutomationRun.credits_hold - AutomationRun.total_credits_used), else_=0)
+    return db.session.execute(select(func.coalesce(func.sum(left), 0)).where(
+        AutomationRun.account_id == account_id, AutomationRun.status.in_(ACTIVE_STATUSES))).scalar()
+
+
+def credit_position(account_id):
+    """(balance, held, available) as of now."""
+    balance = db.session.execute(select(Account.credits).where(Account.id == account_id)).scalar()
+    held = held_credits(account_id)
+    return balance, held, balance - held
+
+
+def lock_account(account_id):
+    """Serialise credit decisions of one account until the transaction ends: a no-op write
+    takes the account's row lock (PostgreSQL) or the database write lock (SQLite). Must be
+    the first statement of its transaction, so later reads see every committed hold."""
+    db.session.execute(update(Account).where(Account.id == account_id).values(credits=Account.credits))

@@ -24,6 +24,7 @@ class ConfigUpdate(BaseModel):
     stage_6_batch_size: Optional[BatchSize] = None
     within_stage_delay: Optional[Delay] = None
     between_stage_delay: Optional[Delay] = None
+    ai_concurrency: Optional[Annotated[int, Field(strict=True, ge=1, le=32)]] = None
 
     @model_validator(mode="after")
     def _no_nulls(self):

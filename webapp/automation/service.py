@@ -17,7 +17,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import costs, hooks, insights, jobs, schedule
+from . import billing, costs, hooks, insights, jobs, schedule
 from .config_schema import day_error, validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
@@ -148,9 +148,10 @@ class AutomationService:
     def estimate_from(self, p):
         """The estimate for pending counts `p` already read (see pending_counts)."""
         est = costs.estimate(p)
-        balance = self.account().credits
-        return {"estimated_credits": est, "required_credits": costs.required_for_start(est),
-                "current_balance": balance, "sufficient": balance >= est * costs.START_BUFFER}
+        required = costs.required_for_start(est)
+        balance, held, available = billing.credit_position(self.account_id)
+        return {"estimated_credits": est, "required_credits": required, "current_balance": balance,
+                "held": held, "available": available, "sufficient": available >= required}
 
     def pipeline_overview(self, site_id, fresh=False):
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
@@ -269,13 +270,23 @@ class AutomationService:
             raise BadRequest("Nothing to process: no stage has pending items (import keywords first).")
         est = costs.estimate(p)
         required = costs.required_for_start(est)
-        balance = self.account().credits
-        if balance < required:
-            raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), available {balance}.")
+        # The hold decision and the new run's hold commit together under the account lock:
+        # of two starts racing for the same credits, the second sees the first's hold.
+        db.session.commit()
+        try:
+            billing.lock_account(self.account_id)
+            balance, held, available = billing.credit_position(self.account_id)
+            if available < required:
+                detail = f" (balance {balance}, held by active runs {held})" if held else ""
+                raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), "
+                                 f"available {available}{detail}.")
+        except BaseException:
+            db.session.rollback()
+            raise
         now = utcnow()
         run = AutomationRun(account_id=site.account_id, site_id=site.id, status="running", trigger_type=trigger_type,
                             current_stage=1, started_at=now, heartbeat_at=now, started_by=self.actor,
-                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of)
+                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of, credits_hold=required)
         db.session.add(run)
         try:
             db.session.flush()

@@ -2,8 +2,13 @@
 
     pending(site_id)            -> a SELECT of the items waiting for this stage
     label(item)                 -> what the UI shows as "currently processing"
-    process(ctx, unit)          -> do the work for one unit inside the caller's transaction,
-                                   return the number of rows created
+    prepare(ctx, unit)          -> read the unit's inputs: a plain-data request (no ORM objects)
+    call(provider, request)     -> the AI call (None for stages without AI); runs on a pool
+                                   thread, so it must not touch the database
+    apply(ctx, unit, request, result)
+                                -> write the unit's output and charge it, inside the caller's
+                                   transaction; return the number of rows created
+    process(ctx, unit)          -> the three in a row (one unit, no concurrency)
 
 A unit is one item, except stage 1 where one AI call clusters a whole batch of keywords.
 Pending is always derived from the data (never from a cursor), so after a crash or a pause
@@ -22,6 +27,11 @@ from .costs import credits_for
 
 class AlreadyDone(Exception):
     """Another worker got there first: roll back, nothing to charge."""
+
+
+class Stale(Exception):
+    """The unit's inputs changed while its AI call was in flight (stage 1: a batch before it
+    created a cluster it could join): roll back and call again with the new inputs."""
 
 
 def _guarded(stmt, expected=1):
@@ -44,11 +54,27 @@ class Stage:
     def label(self, item):
         raise NotImplementedError
 
-    def units(self, items):
-        return [items] if self.batched else [[i] for i in items]
+    def units(self, items, size=None):
+        if not self.batched:
+            return [[i] for i in items]
+        size = size or len(items) or 1
+        return [items[i:i + size] for i in range(0, len(items), size)]
 
     def unit_id(self, unit):
         return unit[0].id
+
+    def prepare(self, ctx, unit):
+        return None
+
+    def call(self, provider, request):
+        return None
+
+    def apply(self, ctx, unit, request, result):
+        raise NotImplementedError
+
+    def process(self, ctx, unit):
+        request = self.prepare(ctx, unit)
+        return self.apply(ctx, unit, request, self.call(ctx.provider, request))
 
 
 class KeywordsToClusters(Stage):
@@ -60,13 +86,26 @@ class KeywordsToClusters(Stage):
     def label(self, item):
         return item.keyword
 
-    def process(self, ctx, unit):
+    def _existing(self, site_id, keywords):
+        words = sorted({t for k in keywords for t in terms(k)})
+        if not words:
+            return []
+        # Ordered: the provider's choice among matching clusters must not depend on row order.
+        return [tuple(e) for e in db.session.execute(
+            select(Cluster.name, Cluster.terms).where(Cluster.site_id == site_id, Cluster.terms.in_(words))
+            .order_by(Cluster.id)).all()]
+
+    def prepare(self, ctx, unit):
+        keywords = [k.keyword for k in unit]
+        return {"keywords": keywords, "existing": self._existing(ctx.run.site_id, keywords)}
+
+    def call(self, provider, request):
+        return provider.cluster_keywords(request["keywords"], request["existing"])
+
+    def apply(self, ctx, unit, request, result):
         run = ctx.run
-        words = sorted({t for k in unit for t in terms(k.keyword)})
-        existing = db.session.execute(
-            select(Cluster.name, Cluster.terms).where(Cluster.site_id == run.site_id, Cluster.terms.in_(words))
-        ).all() if words else []
-        result = ctx.provider.cluster_keywords([k.keyword for k in unit], [tuple(e) for e in existing])
+        if self._existing(run.site_id, request["keywords"]) != request["existing"]:
+            raise Stale()
         by_text = {k.keyword: k for k in unit}
         created = 0
         for c in result.data:
@@ -94,13 +133,19 @@ class ClustersToIdeas(Stage):
     def label(self, item):
         return item.name
 
-    def process(self, ctx, unit):
+    def prepare(self, ctx, unit):
+        cluster = unit[0]
+        kws = db.session.execute(select(Keyword.keyword).where(Keyword.cluster_id == cluster.id)
+                                 .order_by(Keyword.id)).scalars().all()
+        return {"name": cluster.name, "keywords": list(kws)}
+
+    def call(self, provider, request):
+        return provider.generate_ideas(request["name"], request["keywords"])
+
+    def apply(self, ctx, unit, request, result):
         cluster = unit[0]
         _guarded(update(Cluster).where(Cluster.id == cluster.id, Cluster.ideas_generated.is_(False))
                  .values(ideas_generated=True))
-        kws = db.session.execute(select(Keyword.keyword).where(Keyword.cluster_id == cluster.id)
-                                 .order_by(Keyword.id)).scalars().all()
-        result = ctx.provider.generate_ideas(cluster.name, list(kws))
         seen = set()
         for idea in result.data:
             if idea["title"] in seen:
@@ -122,7 +167,7 @@ class IdeasToTasks(Stage):
     def label(self, item):
         return item.title
 
-    def process(self, ctx, unit):
+    def apply(self, ctx, unit, request, result):
         idea = unit[0]
         _guarded(update(ContentIdea).where(ContentIdea.id == idea.id, ContentIdea.status == "new")
                  .values(status="queued"))
@@ -139,12 +184,18 @@ class TasksToContent(Stage):
     def label(self, item):
         return item.title
 
-    def process(self, ctx, unit):
+    def prepare(self, ctx, unit):
+        task = unit[0]
+        idea = task.idea
+        return {"title": task.title, "outline": idea.outline, "words": ctx.article_words,
+                "keywords": [k.strip() for k in idea.keywords.split(",") if k.strip()]}
+
+    def call(self, provider, request):
+        return provider.generate_content(request["title"], request["outline"], request["keywords"], request["words"])
+
+    def apply(self, ctx, unit, request, result):
         task = unit[0]
         _guarded(update(Task).where(Task.id == task.id, Task.status == "queued").values(status="completed"))
-        idea = task.idea
-        kws = [k.strip() for k in idea.keywords.split(",") if k.strip()]
-        result = ctx.provider.generate_content(task.title, idea.outline, kws, ctx.article_words)
         db.session.add(Content(account_id=task.account_id, site_id=task.site_id, task_id=task.id, title=task.title,
                                body=result.data["body"], word_count=result.data["word_count"]))
         ctx.charge(self, task.id, credits_for(self.function, 1, result.tokens), result)
@@ -161,11 +212,16 @@ class ContentToPrompts(Stage):
     def label(self, item):
         return item.title
 
-    def process(self, ctx, unit):
+    def prepare(self, ctx, unit):
+        return {"title": unit[0].title, "body": unit[0].body}
+
+    def call(self, provider, request):
+        return provider.generate_image_prompts(request["title"], request["body"])
+
+    def apply(self, ctx, unit, request, result):
         content = unit[0]
         _guarded(update(Content).where(Content.id == content.id, Content.prompts_generated.is_(False))
                  .values(prompts_generated=True))
-        result = ctx.provider.generate_image_prompts(content.title, content.body)
         for pos, prompt in enumerate(result.data):
             db.session.add(Image(account_id=content.account_id, site_id=content.site_id, content_id=content.id,
                                  position=pos, kind="featured" if pos == 0 else "in_article", prompt=prompt))
@@ -182,9 +238,14 @@ class PromptsToImages(Stage):
     def label(self, item):
         return f"image {item.position + 1} of content {item.content_id}"
 
-    def process(self, ctx, unit):
+    def prepare(self, ctx, unit):
+        return {"prompt": unit[0].prompt}
+
+    def call(self, provider, request):
+        return provider.generate_image(request["prompt"])
+
+    def apply(self, ctx, unit, request, result):
         image = unit[0]
-        result = ctx.provider.generate_image(image.prompt)
         # Path from integer ids only. Written before commit: if the commit fails the file is
         # simply overwritten by the retry; a committed row always has its file.
         rel = Path(str(int(image.account_id))) / str(int(image.site_id)) / f"{int(image.id)}.png"
@@ -210,7 +271,7 @@ class ReviewGate(Stage):
     def label(self, item):
         return item.title
 
-    def process(self, ctx, unit):
+    def apply(self, ctx, unit, request, result):
         content = unit[0]
         _guarded(update(Content).where(Content.id == content.id, Content.status == "draft").values(status="review"))
         return 1

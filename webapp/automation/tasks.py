@@ -2,7 +2,10 @@
 
 Each job executes one batch of the run's current stage under the run's exec lock, then
 queues the next batch, so any worker can continue any run and a killed worker loses at
-most the item it was processing (every item commits on its own).
+most the items it was processing (every item commits on its own). Within a batch up to
+`ai_concurrency` AI calls are in flight (concurrency.py); the job's own thread does every
+database write, in the items' order. The heartbeat runs on its own thread (heartbeat.py),
+and provider rate limits are shared through Redis (webapp/ai/ratelimit.py).
 """
 import logging
 import time
@@ -14,30 +17,33 @@ from rq import get_current_job
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
-from ..ai import ItemError, ProviderUnavailable, get_provider
 from .. import logging_setup, metrics
+from ..ai import ItemError, ProviderUnavailable, get_provider
+from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope
 from ..extensions import db
 from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
-from . import hooks, jobs
+from . import concurrency, hooks, jobs
 from .billing import InsufficientCredits, charge
+from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
 from .scope import scope_for
-from .stages import STAGES, AlreadyDone
+from .stages import STAGES, AlreadyDone, Stale
 from .state import build_state, publish_state
 
 log = logging.getLogger(__name__)
 UP_NEXT = 3
 LOCK_WAIT = 10  # seconds a job waits for its run's exec lock before queuing itself again
 STAGE_7_BATCH = 50
+MAX_CONCURRENCY = 32
 _APP = None
 _shutdown_requested = False
 
 
 def request_shutdown(*_):
-    """SIGTERM in a worker: finish the item in flight, hand the rest of the batch back."""
+    """SIGTERM in a worker: finish the items in flight, hand the rest of the batch back."""
     global _shutdown_requested
     _shutdown_requested = True
 
@@ -73,6 +79,8 @@ class Stop(Exception):
 
 
 class StageContext:
+    """What a stage sees of the run for one unit (one per attempt: unit_credits is its charge)."""
+
     def __init__(self, run, provider, app):
         self.run, self.provider = run, provider
         self.media_dir = app.config["MEDIA_DIR"]
@@ -91,8 +99,7 @@ class RunExecutor:
         self.r = get_redis()
         self.stale_seconds = self.app.config["STALE_RUN_SECONDS"]
         self.max_attempts = max(1, self.app.config["ITEM_MAX_ATTEMPTS"])
-        self.renew_every = min(1.0, max(2, self.stale_seconds) / 3)
-        self.last_renew = 0.0
+        self.stop = None  # the job's stop event (set by a pause seen, a lost heartbeat, SIGTERM)
 
     # -- control --------------------------------------------------------------------
     def _status(self):
@@ -102,8 +109,14 @@ class RunExecutor:
         return row
 
     def ok_to_continue(self):
+        if self.stop is not None and self.stop.is_set():
+            return False
         row = self._status()
         return row is not None and row.status == "running" and (self.token is None or row.job_token == self.token)
+
+    def may_start(self):
+        """Asked before starting items: not after SIGTERM, nor once the run left `running`."""
+        return not _shutdown_requested and self.ok_to_continue()
 
     def sleep(self, seconds):
         """An interruptible delay: returns False as soon as the run is paused or cancelled."""
@@ -114,23 +127,10 @@ class RunExecutor:
                 return False
         return True
 
-    def heartbeat(self):
-        # Redis locks are renewed at most every `renew_every` seconds (well inside their TTL);
-        # the DB heartbeat is written with every item's own transaction (see _save).
-        now = time.monotonic()
-        if now - self.last_renew < self.renew_every:
-            return
-        self.last_renew = now
-        try:
-            if not self.exec_lock.renew():
-                # Our lock expired (e.g. Redis restarted): take it again or yield to whoever has it.
-                if not self.exec_lock.acquire():
-                    raise Stop("exec lock lost")
-            site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id).claim()
-        except redis.RedisError as e:
-            # Redis is down: keep going on the database (the truth, with its guarded updates
-            # and the job token); the lock is taken again once Redis answers.
-            log.warning("run %s: heartbeat could not reach Redis (%s)", self.run_id, e.__class__.__name__)
+    def _lost(self):
+        """The heartbeat found the run paused, cancelled or taken over: start nothing more."""
+        if self.stop is not None:
+            self.stop.set()
 
     # -- the step ----------------------------------------------------------------------
     def step(self):
@@ -145,6 +145,7 @@ class RunExecutor:
         # through guarded SQL updates, so nothing relies on reloading them (one SELECT less
         # per attribute per item). The session is removed when the job ends.
         db.session().expire_on_commit = False
+        beat = None
         try:
             self.run = db.session.get(AutomationRun, self.run_id)
             logging_setup.bind(run_id=self.run_id, site_id=self.run.site_id)
@@ -152,14 +153,45 @@ class RunExecutor:
             self.cfg = db.session.execute(select(AutomationConfig).where(
                 AutomationConfig.site_id == self.run.site_id)).scalar_one()
             self.provider = get_provider(self.app.config)
-            return self._step()
+            self.pool = concurrency.CallPool(self.concurrency(), name=f"run{self.run_id}-ai")
+            self.stop = self.pool.stop
+            self.gate = ProviderGate(
+                SharedLimiter(self.r, self.app.config.get("AI_MAX_RPM"), limiter_scope(self.app.config)),
+                self.stop, max_attempts=self.max_attempts,
+                pause_after=self.app.config.get("AI_RATE_LIMIT_PAUSE_AFTER", 600))
+            beat = Heartbeat(self.app, self.run_id, self.token, self.exec_lock,
+                             site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id),
+                             interval_for(self.stale_seconds), self._lost)
+            beat.start()
+            try:
+                outcome = self._step()
+            finally:
+                self.pool.close()
+                beat.stop()
+            # Queued only now that this job's threads are done: the next job never overlaps
+            # them, and a kill from here on leaves a queued job (no recovery needed).
+            if self._queue_next:
+                self.enqueue_next()
+            return outcome
         except Stop:
+            db.session.rollback()
             return "stopped"
         finally:
+            if beat is not None:
+                beat.stop()
             try:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
                 pass
+
+    def concurrency(self):
+        return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
+
+    _queue_next = False
+
+    def queue_next_on_exit(self):
+        """The next batch is queued once this job's threads are done (see step)."""
+        self._queue_next = True
 
     def wait_for_exec_lock(self):
         """True once this job holds the run's exec lock; else why it left.
@@ -218,99 +250,139 @@ class RunExecutor:
             self.logger.log(f"Stage {n} ({stage.name}) started: {total} pending", stage=n)
         failed = select(RunItemFailure.item_id).where(RunItemFailure.run_id == run.id, RunItemFailure.stage == n)
         bs = self.cfg.batch_size(n) if n <= 6 else STAGE_7_BATCH
+        # With more calls allowed in flight than a batch holds, a job takes enough units to
+        # fill them: `ai_concurrency` batches in stage 1 (one call per batch), else items.
+        width = self.concurrency() if stage.function else 1
+        take = bs * width if stage.batched else max(bs, width)
         items = db.session.execute(scope.pending(stage, run.site_id).where(stage.model.id.not_in(failed))
-                                   .order_by(stage.model.id).limit(bs + UP_NEXT)).scalars().all()
-        batch, upcoming = items[:bs], items[bs:]
+                                   .order_by(stage.model.id).limit(take + UP_NEXT)).scalars().all()
+        batch, upcoming = items[:take], items[take:]
         if not batch:
             return self._finish_stage(n, stage, self.res)
-        res = self.res
-        remaining = max(0, res["items_total"] - res["items_processed"] - res["items_failed"])
         up_next = [stage.label(i) for i in upcoming]
-        for unit in stage.units(batch):
-            if _shutdown_requested or not self.ok_to_continue():
-                break
-            labels = [stage.label(i) for i in unit]
+        units = stage.units(batch, bs)
+        self._remaining = max(0, self.res["items_total"] - self.res["items_processed"] - self.res["items_failed"])
+
+        def on_started(active, _waiting):
+            labels = [stage.label(i) for u in active for i in u][:50]
             publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
-                                                      self.res["items_processed"], labels, up_next, remaining))
-            outcome = self._process_unit(n, stage, unit)
-            if outcome == "stop":
-                publish_state(self.r, run.id, None)
-                return "paused"
-            remaining = max(0, remaining - len(unit))
-            self.heartbeat()
+                                                      self.res["items_processed"], labels, up_next, self._remaining))
+
+        outcome = concurrency.run_in_order(
+            units, width, start=lambda slot: self._start(stage, slot), finish=lambda slot: self._finish(n, stage, slot),
+            may_start=self.may_start, still_running=self.ok_to_continue, on_started=on_started, stop=self.stop)
+        if self._paused_here:
+            publish_state(self.r, run.id, None)
+            return "paused"
         publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
-                                                  self.res["items_processed"], [], up_next, remaining))
-        if not self.ok_to_continue():
+                                                  self.res["items_processed"], [], up_next, self._remaining))
+        if _shutdown_requested and self._status_running():
+            self.queue_next_on_exit()  # hand the rest back to another worker
+            return "handed back"
+        if outcome == "stopped" or not self.ok_to_continue():
             publish_state(self.r, run.id, None)
             return "stopped"
-        if _shutdown_requested:
-            self.enqueue_next()  # hand the rest back to another worker
-            return "handed back"
         if upcoming and self.cfg.within_stage_delay and not self.sleep(self.cfg.within_stage_delay):
             return "stopped"
-        self.enqueue_next()
+        self.queue_next_on_exit()
         return "batch done"
 
-    def _process_unit(self, n, stage, unit):
+    _paused_here = False
+
+    def _status_running(self):
+        row = self._status()
+        return row is not None and row.status == "running" and (self.token is None or row.job_token == self.token)
+
+    # -- one unit: start (prepare + call) and finish (commit, retry or record) -------------
+    def _start(self, stage, slot):
+        slot.ctx = StageContext(self.run, self.provider, self.app)
+        slot.request = stage.prepare(slot.ctx, slot.unit)
+        db.session.commit()  # no transaction stays open while the call is in flight
+        if stage.function is None:
+            slot.future = concurrency.done_future(None)
+        else:
+            slot.future = self.pool.submit(self.gate.call, lambda: stage.call(self.provider, slot.request))
+
+    def _finish(self, n, stage, slot):
+        unit, attempt = slot.unit, slot.attempt + 1
         ids = [i.id for i in unit]
+        try:
+            result = slot.future.result()
+        except Interrupted:
+            return concurrency.DROP
+        except RateLimitExhausted as e:
+            self._pause("AI provider rate limit", f"Paused: AI provider rate limit ({e}). "
+                        f"Resume later, or lower AI_MAX_RPM / ai_concurrency.")
+            return concurrency.STOP
+        except ProviderUnavailable as e:
+            self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
+            return concurrency.STOP
+        except Exception as e:  # ItemError or a bad output for this item only
+            return self._attempt_failed(n, stage, slot, attempt, e)
+        ctx = StageContext(self.run, self.provider, self.app)
+        try:
+            created = stage.apply(ctx, unit, slot.request, result)
+            new = self._count(self.res, len(unit), created, ctx.unit_credits)
+            if not self._save(n, new, credits=ctx.unit_credits):
+                db.session.rollback()  # the run was cancelled or taken over: no trace
+                self.stop.set()
+                return concurrency.DROP
+            db.session.commit()
+            metrics.items_processed(n, len(unit), ctx.unit_credits)
+        except AlreadyDone:
+            db.session.rollback()
+            self.logger.log(f"{stage.item_type} {ids[0]}: already processed elsewhere, skipped", stage=n)
+            return concurrency.NEXT
+        except Stale:
+            db.session.rollback()
+            return concurrency.REDO
+        except InsufficientCredits as e:
+            db.session.rollback()
+            self._pause("insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
+                        f"available {e.available}). Top up and resume.")
+            return concurrency.STOP
+        except DBAPIError as e:
+            db.session.rollback()
+            if isinstance(e, IntegrityError):
+                return self._attempt_failed(n, stage, slot, attempt, e, f"conflict: {e.orig.__class__.__name__}")
+            raise  # the database itself is failing: let RQ record it; recovery continues the run
+        except Exception as e:
+            db.session.rollback()
+            return self._attempt_failed(n, stage, slot, attempt, e)
+        self.res = new
+        self._remaining = max(0, self._remaining - len(unit))
         labels = [stage.label(i) for i in unit]
-        last_error = None
-        for attempt in range(1, self.max_attempts + 1):
-            ctx = StageContext(self.run, self.provider, self.app)
-            try:
-                created = stage.process(ctx, unit)
-                new = self._count(self.res, len(unit), created, ctx.unit_credits)
-                self._save(n, new, credits=ctx.unit_credits)
-                db.session.commit()
-                metrics.items_processed(n, len(unit), ctx.unit_credits)
-                self.res = new
-                what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
-                        else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
-                self.logger.log(f"{what}: ok, {created} created, {ctx.unit_credits} credits", stage=n)
-                return "ok"
-            except AlreadyDone:
-                db.session.rollback()
-                self.logger.log(f"{stage.item_type} {ids[0]}: already processed elsewhere, skipped", stage=n)
-                return "ok"
-            except InsufficientCredits as e:
-                db.session.rollback()
-                self._pause("insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
-                            f"available {e.available}). Top up and resume.")
-                return "stop"
-            except ProviderUnavailable as e:
-                db.session.rollback()
-                last_error = str(e)
-                if attempt == self.max_attempts:
-                    self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
-                    return "stop"
-                self.logger.log(f"{stage.item_type} {ids[0]}: provider unavailable ({e}), retry {attempt}", stage=n)
-                if not self.sleep(min(2 ** attempt * 0.5, 10)):
-                    raise Stop()
-            except DBAPIError as e:
-                if isinstance(e, IntegrityError):
-                    db.session.rollback()
-                    last_error = f"conflict: {e.orig.__class__.__name__}"
-                    continue
-                raise  # the database itself is failing: let RQ record it; recovery continues the run
-            except Exception as e:  # ItemError or a bad output for this item only
-                db.session.rollback()
-                last_error = f"{e.__class__.__name__}: {e}" if not isinstance(e, ItemError) else str(e)
-                log.warning("run %s stage %s item %s attempt %s failed: %s", self.run_id, n, ids[0], attempt, last_error)
-                self.logger.log(f"{stage.item_type} {ids[0]}: attempt {attempt} failed: {last_error[:200]}", stage=n)
+        what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
+                else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
+        self.logger.log(f"{what}: ok, {created} created, {ctx.unit_credits} credits", stage=n)
+        return concurrency.NEXT
+
+    def _attempt_failed(self, n, stage, slot, attempt, e, reason=None):
+        ids = [i.id for i in slot.unit]
+        reason = reason or (str(e) if isinstance(e, ItemError) else f"{e.__class__.__name__}: {e}")
+        log.warning("run %s stage %s item %s attempt %s failed: %s", self.run_id, n, ids[0], attempt, reason)
+        if attempt < self.max_attempts:
+            if not isinstance(e, IntegrityError):
+                self.logger.log(f"{stage.item_type} {ids[0]}: attempt {attempt} failed: {reason[:200]}", stage=n)
+            return concurrency.RETRY
         # Out of attempts: record the failure and go on with the next item.
         for item_id in ids:
             db.session.add(RunItemFailure(account_id=self.run.account_id, site_id=self.run.site_id,
-                                          run_id=self.run_id, stage=n, item_id=item_id, reason=last_error[:1000],
+                                          run_id=self.run_id, stage=n, item_id=item_id, reason=reason[:1000],
                                           attempts=self.max_attempts))
         res = dict(self.res)
         res["items_failed"] += len(ids)
-        res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": last_error[:300]}]
-        self._save(n, res)
+        res["failures"] = (res.get("failures") or [])[-19:] + [{"item_id": ids[0], "reason": reason[:300]}]
+        if not self._save(n, res):
+            db.session.rollback()
+            self.stop.set()
+            return concurrency.DROP
         db.session.commit()
         metrics.items_failed(n, len(ids))
         self.res = res
-        self.logger.log(f"{stage.item_type} {ids[0]}: FAILED after {self.max_attempts} attempts: {last_error[:200]}", stage=n)
-        return "failed"
+        self._remaining = max(0, self._remaining - len(ids))
+        self.logger.log(f"{stage.item_type} {ids[0]}: FAILED after {self.max_attempts} attempts: {reason[:200]}", stage=n)
+        return concurrency.NEXT
 
     def _count(self, res, processed, created, credits):
         res = dict(res)
@@ -320,13 +392,21 @@ class RunExecutor:
         return res
 
     def _save(self, n, res, credits=0, **extra):
-        """Write stage n's result (and the heartbeat) inside the current transaction."""
+        """Write stage n's result (and the heartbeat) inside the current transaction.
+        Guarded by the job's token: False (nothing written) once the run was cancelled or
+        taken over by another job, so that job's work is never overwritten."""
         values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
         if credits:
             values["total_credits_used"] = AutomationRun.total_credits_used + credits
-        db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id).values(**values))
+        q = update(AutomationRun).where(AutomationRun.id == self.run_id)
+        if self.token is not None:
+            q = q.where(AutomationRun.job_token == self.token)
+        return db.session.execute(q.values(**values)).rowcount == 1
 
     def _pause(self, reason, message):
+        self._paused_here = True
+        if self.stop is not None:
+            self.stop.set()
         res = db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
                                  .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
         if res.rowcount:  # in the audit trail like a user's pause: the timeline shades it
@@ -346,7 +426,9 @@ class RunExecutor:
         res["status"] = "skipped" if res["items_processed"] == 0 and res["items_failed"] == 0 else "completed"
         res["finished_at"] = iso(utcnow())
         if n == 7:
-            self._save(n, res)
+            if not self._save(n, res):
+                db.session.rollback()
+                raise Stop()
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
                 status="completed", completed_at=utcnow(), job_token=None))
@@ -359,7 +441,9 @@ class RunExecutor:
                 finish_side_effects(self.run)
                 hooks.emit("run.completed", self.run, "system")
             return "completed"
-        self._save(n, res, current_stage=n + 1)
+        if not self._save(n, res, current_stage=n + 1):
+            db.session.rollback()
+            raise Stop()
         db.session.commit()
         self.logger.log(f"Stage {n} ({stage.name}) {res['status']}: {res['items_processed']} processed, "
                         f"{res['items_created']} created, {res['items_failed']} failed, "
@@ -367,6 +451,5 @@ class RunExecutor:
         publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
         if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
             return "stopped"
-        self.enqueue_next()
+        self.queue_next_on_exit()
         return "stage done"
-

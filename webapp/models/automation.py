@@ -25,6 +25,8 @@ class AutomationConfig(TenantMixin, db.Model):
     stage_6_batch_size = db.Column(db.Integer, nullable=False, default=10)
     within_stage_delay = db.Column(db.Integer, nullable=False, default=3)
     between_stage_delay = db.Column(db.Integer, nullable=False, default=5)
+    # AI calls of the current stage in flight at once for this site's runs (1-32).
+    ai_concurrency = db.Column(db.Integer, nullable=False, default=4, server_default="4")
     last_run_at = db.Column(db.DateTime)
     next_run_at = db.Column(db.DateTime)
     updated_at = db.Column(db.DateTime, nullable=False, default=utcnow, onupdate=utcnow)
@@ -40,6 +42,7 @@ class AutomationConfig(TenantMixin, db.Model):
         for n in range(1, 7):
             d[f"stage_{n}_batch_size"] = getattr(self, f"stage_{n}_batch_size")
         d.update(within_stage_delay=self.within_stage_delay, between_stage_delay=self.between_stage_delay,
+                 ai_concurrency=self.ai_concurrency,
                  last_run_at=iso(self.last_run_at), next_run_at=iso(self.next_run_at))
         return d
 
@@ -56,6 +59,10 @@ class AutomationRun(TenantMixin, db.Model):
     cancelled_at = db.Column(db.DateTime)
     completed_at = db.Column(db.DateTime)
     total_credits_used = db.Column(db.Integer, nullable=False, default=0)
+    # Credits reserved when the run started (1.2 x estimate). What is still held is
+    # max(0, credits_hold - total_credits_used) while the run is active, 0 once it ended:
+    # derived, so every way a run can end releases its hold (see billing.held_credits).
+    credits_hold = db.Column(db.Integer, nullable=False, default=0, server_default="0")
     stage_1_result = db.Column(db.JSON)
     stage_2_result = db.Column(db.JSON)
     stage_3_result = db.Column(db.JSON)
@@ -79,6 +86,7 @@ class AutomationRun(TenantMixin, db.Model):
                  sqlite_where=_ACTIVE_SQL, postgresql_where=_ACTIVE_SQL),
         db.Index("ix_run_site_started", "site_id", "id"),
         db.Index("ix_run_status_heartbeat", "status", "heartbeat_at"),
+        db.Index("ix_run_account_status", "account_id", "status"),
     )
 
     @property

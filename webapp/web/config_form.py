@@ -15,7 +15,7 @@ DAY_FIELD = {"weekly": "scheduled_weekday", "monthly": "scheduled_monthday"}
 def labels():
     """Field -> the label the form shows (the error summary names fields the same way)."""
     out = {"is_enabled": "Run automatically", "frequency": "Frequency", "scheduled_time": "Time",
-           "scheduled_day": "Day"}
+           "scheduled_day": "Day", "ai_concurrency": "AI calls at once"}
     for n in range(1, 7):
         out[f"stage_{n}_batch_size"] = f"Stage {n} · {STAGES[n].name}"
     out.update(within_stage_delay="Delay between batches", between_stage_delay="Delay between stages")
@@ -37,6 +37,11 @@ def parse(form):
             data[name] = int((form.get(name) or "").strip())
         except ValueError:
             errors[name] = "must be a whole number"
+    if "ai_concurrency" in form:  # a form without the field leaves it as it is
+        try:
+            data["ai_concurrency"] = int((form.get("ai_concurrency") or "").strip())
+        except ValueError:
+            errors["ai_concurrency"] = "must be a whole number"
     data["is_enabled"] = form.get("is_enabled") == "on"
     data["frequency"] = form.get("frequency", "")
     data["scheduled_time"] = (form.get("scheduled_time") or "").strip()

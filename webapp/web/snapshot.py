@@ -199,7 +199,8 @@ def site_snapshot(svc, site, fresh=False, history=None):
         start_block = "Nothing to process: import keywords first."
     elif not estimate["sufficient"]:
         start_block = (f"Not enough credits: this run needs {estimate['required_credits']:,} "
-                       f"(estimate × 1.2), you have {estimate['current_balance']:,}.")
+                       f"(estimate × 1.2), you have {estimate['available']:,} available"
+                       + (f" ({estimate['held']:,} held by active runs)." if estimate["held"] else "."))
     skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     log = {"run_id": run.id, "ws": f"/ws/runs/{run.id}/logs"} if run else None

@@ -1,0 +1,193 @@
+"""AI throughput: a run's wall time by `ai_concurrency` against an OpenAI-compatible stub
+with a fixed latency, and the request rate achieved under a binding provider limit.
+
+    python bench/ai_throughput.py [--keywords 300] [--latency-ms 500] [--concurrency 1 4 16 32]
+                                  [--rpm 300] [--rate-keywords 300] [--database-url URL]
+
+(1) For each concurrency: one `worker.py` process, one site of N keywords, the stub answering
+every call after `latency`: wall time (start -> completed), AI calls, worker CPU seconds and
+peak RSS, CPU ms per item, and (at concurrency 1) the orchestration overhead per item =
+(wall - calls x latency) / items.
+(2) Rate limit: the stub allows `rpm` requests in any 60 s and answers 429 + Retry-After
+beyond; two workers run two sites at concurrency 16, (a) with AI_MAX_RPM = rpm (paced in
+Redis, shared by both workers), (b) without it (429 + Retry-After only). Reported: achieved
+requests/min as a share of the limit, 429s, paused runs, failed items.
+"""
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+
+import psutil
+
+from ai_stub import StubState, serve
+from common import Env, fresh_database, make_site
+
+DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_ai"
+
+
+def _stop(procs):
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(60)
+        except Exception:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _run_until_done(app, runs, procs, timeout):
+    """Poll until every run ended; sample the workers' RSS. Returns (wall s, peak RSS MB)."""
+    from webapp.extensions import db
+    from webapp.models import AutomationRun
+    ps = [psutil.Process(p.pid) for p in procs]
+    peak = 0.0
+    t = time.perf_counter()
+    while time.perf_counter() - t < timeout:
+        peak = max([peak] + [x.memory_info().rss / 2 ** 20 for x in ps if x.is_running()])
+        with app.app_context():
+            st = [db.session.get(AutomationRun, r).status for r in runs]
+            db.session.remove()
+        if all(s in ("completed", "failed", "cancelled", "paused") for s in st):
+            return time.perf_counter() - t, peak
+        time.sleep(0.1)
+    raise SystemExit(f"runs {runs} not done after {timeout} s")
+
+
+def _cpu(procs):
+    total = 0.0
+    for p in procs:
+        try:
+            c = psutil.Process(p.pid).cpu_times()
+            total += c.user + c.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _run_facts(app, run_ids):
+    from sqlalchemy import func, select
+    from webapp.extensions import db
+    from webapp.models import AITaskLog, AutomationRun
+    with app.app_context():
+        runs = [db.session.get(AutomationRun, r) for r in run_ids]
+        items = sum((r.stage_result(n) or {}).get("items_processed", 0) for r in runs for n in range(1, 8))
+        failed = sum((r.stage_result(n) or {}).get("items_failed", 0) for r in runs for n in range(1, 8))
+        calls = db.session.execute(select(func.count()).select_from(AITaskLog).where(
+            AITaskLog.run_id.in_(run_ids))).scalar()
+        out = {"statuses": [r.status for r in runs], "pause_reasons": [r.pause_reason for r in runs if r.pause_reason],
+               "items": items, "failed_items": failed, "ai_calls": calls,
+               "credits": sum(r.total_credits_used for r in runs)}
+        db.session.remove()
+    return out
+
+
+def one_concurrency(env, app, stub_url, state, n_keywords, latency, c):
+    from webapp.automation.service import AutomationService
+    from webapp.extensions import db
+    acc, site = make_site(app, f"c{c}-{int(time.time())}", n_keywords, ai_concurrency=c)
+    worker = env.spawn(sys.executable, "worker.py", log_name=f"worker-c{c}.log")
+    try:
+        time.sleep(2)  # worker start-up (imports, stale check) is not the run's time
+        cpu0 = _cpu([worker])
+        requests0 = state.requests
+        with app.app_context():
+            run_id = AutomationService(acc).start(site).id
+            db.session.remove()
+        wall, rss = _run_until_done(app, [run_id], [worker], timeout=3600)
+        cpu = _cpu([worker]) - cpu0
+    finally:
+        _stop([worker])
+    facts = _run_facts(app, [run_id])
+    res = {"concurrency": c, "wall_s": round(wall, 1), **facts, "stub_requests": state.requests - requests0,
+           "worker_cpu_s": round(cpu, 2), "worker_cpu_ms_per_item": round(cpu / facts["items"] * 1000, 2),
+           "worker_peak_rss_mb": round(rss, 1), "stub_peak_in_flight": state.peak_in_flight}
+    if c == 1:
+        res["overhead_ms_per_item"] = round((wall - facts["ai_calls"] * latency) / facts["items"] * 1000, 2)
+    state.peak_in_flight = 0
+    return res
+
+
+def rate_limited(env, app, n_keywords, rpm, latency, with_max_rpm):
+    from webapp.automation.service import AutomationService
+    from webapp.extensions import db
+    state = StubState(latency=latency, rpm=rpm)
+    server, url = serve(state)
+    extra = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "bench"}
+    if with_max_rpm:
+        extra["AI_MAX_RPM"] = str(rpm)
+    saved = dict(env.vars)
+    env.vars.update(extra)
+    tag = f"{'paced' if with_max_rpm else 'retry'}-{int(time.time())}"
+    sites = [make_site(app, f"rate-{tag}-{i}", n_keywords, ai_concurrency=16) for i in range(2)]
+    workers = [env.spawn(sys.executable, "worker.py", log_name=f"worker-rate-{i}.log") for i in range(2)]
+    try:
+        time.sleep(2)
+        with app.app_context():
+            runs = [AutomationService(a).start(s).id for a, s in sites]
+            db.session.remove()
+        wall, rss = _run_until_done(app, runs, workers, timeout=3600)
+    finally:
+        _stop(workers)
+        server.shutdown()
+        env.vars.clear()
+        env.vars.update(saved)
+    facts = _run_facts(app, runs)
+    ok = sorted(state.ok_times)
+    # The achieved rate over whole 60 s windows from the first request (a per-minute limit
+    # is judged per minute), and over the whole run.
+    first = ok[0]
+    full = int((ok[-1] - first) // 60)
+    per_window = [sum(1 for t in ok if first + 60 * k <= t < first + 60 * (k + 1)) for k in range(full)]
+    overall = len(ok) / max(1e-9, ok[-1] - first) * 60
+    return {"mode": "AI_MAX_RPM=limit (paced in Redis)" if with_max_rpm else "no AI_MAX_RPM (429 + Retry-After)",
+            "limit_rpm": rpm, "workers": 2, "concurrency": 16, "wall_s": round(wall, 1), **facts,
+            "answered": len(ok), "refused_429": state.limited,
+            "per_minute_windows": per_window,
+            "share_of_limit_full_minutes": round(sum(per_window) / (len(per_window) * rpm), 3) if per_window else None,
+            "achieved_rpm_overall": round(overall, 1), "share_of_limit_overall": round(overall / rpm, 3)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--keywords", type=int, default=300)
+    p.add_argument("--latency-ms", type=int, default=500)
+    p.add_argument("--concurrency", type=int, nargs="*", default=[1, 4, 16, 32])
+    p.add_argument("--rpm", type=int, default=300)
+    p.add_argument("--rate-keywords", type=int, default=300)
+    p.add_argument("--skip-rate", action="store_true")
+    p.add_argument("--database-url", default=DEFAULT_DB)
+    args = p.parse_args()
+    latency = args.latency_ms / 1000
+    fresh_database(args.database_url)
+    state = StubState(latency=latency)
+    server, url = serve(state)
+    env = Env(args.database_url, AI_PROVIDER="openai", OPENAI_BASE_URL=url, OPENAI_API_KEY="bench",
+              AI_ARTICLE_WORDS=600)
+    app = env.app()
+    out = {"keywords": args.keywords, "latency_ms": args.latency_ms, "runs": [], "rate": []}
+    try:
+        for c in args.concurrency:
+            res = one_concurrency(env, app, url, state, args.keywords, latency, c)
+            out["runs"].append(res)
+            print(json.dumps(res), flush=True)
+        base = next((r for r in out["runs"] if r["concurrency"] == 1), None)
+        if base:
+            out["speedup"] = {r["concurrency"]: round(base["wall_s"] / r["wall_s"], 1) for r in out["runs"]}
+            print(json.dumps({"speedup_vs_1": out["speedup"]}), flush=True)
+        if not args.skip_rate:
+            for paced in (True, False):
+                res = rate_limited(env, app, args.rate_keywords, args.rpm, latency, paced)
+                out["rate"].append(res)
+                print(json.dumps(res), flush=True)
+    finally:
+        server.shutdown()
+        env.close()
+    return out
+
+
+if __name__ == "__main__":
+    main()
