@@ -254,7 +254,7 @@ def _stream(ws, conn, channel, produce):
             for message in produce():
                 ws.send(message)
             # Jittered so that sockets opened together do not all poll in the same instant.
-            ev.wait(POLL * (0.75 + random.random() / 2))
+            ev.wait(min(POLL * (0.75 + random.random() / 2), conn.seconds_to_check()))
             ev.clear()  # cleared before the next read: a line written meanwhile sets it again
         if SHUTDOWN.is_set():
             ws.close(1001, "server restarting")

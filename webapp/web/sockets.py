@@ -175,6 +175,11 @@ class Connection:
         except redis.RedisError:
             pass  # the claim expires by itself
 
+    def seconds_to_check(self):
+        """How long the socket may sleep before its next re-check is due (so that a revoked
+        token closes within SHARED_SECONDS + RECHECK_SECONDS, whatever else wakes it)."""
+        return max(0.05, self.next_check - time.monotonic())
+
     def still_allowed(self):
         """False once the token or session behind this socket is gone (checked every
         RECHECK_SECONDS; cheap in between)."""
