@@ -3,12 +3,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev mutate
+.PHONY: run test install install-dev browser-deps mutate
 
 run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
-test: $(VENV)/.deps-dev
+test: $(VENV)/.deps-dev browser-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # Mutation testing of the engine's control, locking, billing and recovery code (slow: not part
@@ -28,6 +28,11 @@ MUTANTS ?= webapp.automation.locks.* webapp.automation.billing.* webapp.automati
 mutate: $(VENV)/.deps-dev
 	-$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
 	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py
+
+# Debian's chromium + chromium-driver for the browser tests: installed when possible, else one
+# line saying what to install (scripts/browser_deps.sh).
+browser-deps:
+	@sh scripts/browser_deps.sh
 
 install: $(VENV)/.deps
 install-dev: $(VENV)/.deps-dev
