@@ -12,6 +12,7 @@ fastest first (only those recorded faster than --max-test-seconds, when given), 
 Prints one line per mutant and the score.
 """
 import argparse
+import fnmatch
 import json
 import os
 import subprocess
@@ -54,12 +55,17 @@ def main():
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--extra-tests", nargs="*", default=[],
                     help="tests run for every survivor too (e.g. tests written for survivors after the run)")
+    ap.add_argument("--only", nargs="*", default=[], help="recheck only survivors matching these globs")
     ap.add_argument("--json", default=str(MUTANTS / "recheck.json"))
     args = ap.parse_args()
     stats = json.loads((MUTANTS / "mutmut-stats.json").read_text())
     tests_by_fn, durations = stats["tests_by_mangled_function_name"], stats["duration_by_test"]
     status = mutmut_results()
-    todo = [n for n, st in status.items() if st == "survived"]
+    previous = Path(args.json)
+    if previous.exists():  # a earlier recheck's verdicts stand (run again with --only to redo some)
+        status.update(json.loads(previous.read_text())["status"])
+    todo = [n for n, st in status.items() if st == "survived"
+            and (not args.only or any(fnmatch.fnmatch(n, g) for g in args.only))]
 
     def one(name):
         tests = sorted(tests_by_fn.get(name.rsplit("__mutmut_", 1)[0], []), key=lambda t: durations.get(t, 0))
@@ -75,6 +81,7 @@ def main():
         for name, st in pool.map(one, todo):
             status[name] = st
             print(f"{name}: {st}", flush=True)
+            Path(args.json).write_text(json.dumps({"status": status}, ensure_ascii=False))
     tested = {n: s for n, s in status.items() if s in ("killed", "survived", "timeout")}
     killed = sum(1 for s in tested.values() if s in ("killed", "timeout"))
     summary = {"mutants": len(status), "tested": len(tested), "killed_or_timeout": killed,

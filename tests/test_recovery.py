@@ -123,3 +123,51 @@ def test_automatic_pause_never_overrides_a_cancel(app, factory):
     db.session.refresh(run)
     assert run.status == "cancelled" and run.pause_reason is None
     assert [e.action for e in svc.events(run)] == ["start", "cancel"]
+
+
+def test_user_controls_touch_one_run_and_record_who_and_why(app, factory):
+    """Pause/resume/cancel change only the run they name, keep the reason in the audit trail
+    and the log, hand the site lock to the resumed run (so a cancel frees it for the next
+    start), and a resumed run gets a token the stale check can recover it by."""
+    from webapp.automation.locks import site_lock_key
+    a, _ = factory.account(name="Alpha", credits=100_000)
+    b, _ = factory.account(name="Beta", credits=100_000)
+    sa, sb = factory.site(a, keywords=6), factory.site(b, keywords=6)
+    a_id, b_id, sa_id, sb_id = a.id, b.id, sa.id, sb.id
+    svc = AutomationService(a_id, actor="user:alpha")
+    run_id = svc.start(sa_id).id
+    other = AutomationService(b_id).start(sb_id).id
+    svc.pause(run_id, reason="x" * 300)  # longer than the column: cut, never an error
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "paused" and run.pause_reason == "x" * 255
+    assert db.session.get(AutomationRun, other).status == "running"
+    svc.resume(run_id, reason="checked")
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "running" and run.job_token and run.recovery_attempts == 0
+    r = get_redis()
+    assert r.get(site_lock_key(sa_id)) == f"run:{run_id}".encode()
+    # The resumed run, its worker lost: recovered under a new token.
+    _age(app, run_id)
+    Queue(app.config["RQ_QUEUE"], connection=r).empty()
+    r.delete(job_key(run_id))
+    db.session.remove()
+    assert (run_id, "recovered") in check_stale_runs()
+    svc.cancel(run_id, reason="wrong keywords")
+    assert db.session.get(AutomationRun, other).status == "running"
+    events = [(e.action, e.actor, e.reason) for e in svc.events(db.session.get(AutomationRun, run_id))]
+    assert events[0] == ("start", "user:alpha", None) and events[2] == ("resume", "user:alpha", "checked")
+    assert events[1][:2] == ("pause", "user:alpha") and events[1][2].startswith("x" * 255)
+    assert events[-1] == ("cancel", "user:alpha", "wrong keywords")
+    log = "\n".join(svc.log_lines(run_id, 500))
+    assert "Run resumed by user:alpha: checked" in log and "Run cancelled by user:alpha: wrong keywords" in log
+    assert not r.exists(site_lock_key(sa_id))  # freed by the cancel
+    assert svc.start(sa_id).status == "running"
+
+
+def test_user_pause_without_reason_says_so(app, factory):
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    svc = AutomationService(acc.id)
+    run_id = svc.start(site.id).id
+    svc.pause(run_id)
+    assert db.session.get(AutomationRun, run_id).pause_reason == "paused by user"
