@@ -270,7 +270,7 @@ class RunExecutor:
 
         outcome = concurrency.run_in_order(
             units, width, start=lambda slot: self._start(stage, slot), finish=lambda slot: self._finish(n, stage, slot),
-            may_start=self.may_start, still_running=self.ok_to_continue, on_started=on_started, stop=self.stop)
+            may_start=self.may_start, still_running=self.may_start, on_started=on_started, stop=self.stop)
         if self._paused_here:
             publish_state(self.r, run.id, None)
             return "paused"
