@@ -3,13 +3,36 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev
+.PHONY: run test install install-dev browser-deps mutate
 
 run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
-test: $(VENV)/.deps-dev
+test: $(VENV)/.deps-dev browser-deps
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# Mutation testing of the engine's control, locking, billing and recovery code (slow: not part
+# of `make test` or CI). MUTANTS narrows it (mutmut globs); results: `$(VENV)/bin/mutmut results`.
+MUTATE_CHILDREN ?= 2
+MUTANTS ?= webapp.automation.locks.* webapp.automation.billing.* webapp.automation.recovery.* \
+	webapp.automation.tasks.xǁRunExecutorǁok_to_continue* webapp.automation.tasks.xǁRunExecutorǁ_status* \
+	webapp.automation.tasks.xǁRunExecutorǁwait_for_exec_lock* webapp.automation.tasks.xǁRunExecutorǁsuperseded* \
+	webapp.automation.tasks.xǁRunExecutorǁstep__* webapp.automation.tasks.xǁRunExecutorǁmay_start* \
+	webapp.automation.tasks.xǁRunExecutorǁ_lost* webapp.automation.heartbeat.* \
+	webapp.automation.tasks.xǁRunExecutorǁ_pause* webapp.automation.tasks.xǁRunExecutorǁsleep* \
+	webapp.automation.tasks.xǁRunExecutorǁenqueue_next* \
+	webapp.automation.service.xǁAutomationServiceǁstart__* webapp.automation.service.xǁAutomationServiceǁ_take_ended_runs_lock* \
+	webapp.automation.service.xǁAutomationServiceǁ_transition* webapp.automation.service.xǁAutomationServiceǁpause* \
+	webapp.automation.service.xǁAutomationServiceǁresume* webapp.automation.service.xǁAutomationServiceǁcancel* \
+	webapp.automation.service.x_finish_side_effects*
+mutate: $(VENV)/.deps-dev
+	-$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
+	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py
+
+# Debian's chromium + chromium-driver for the browser tests: installed when possible, else one
+# line saying what to install (scripts/browser_deps.sh).
+browser-deps:
+	@sh scripts/browser_deps.sh
 
 install: $(VENV)/.deps
 install-dev: $(VENV)/.deps-dev

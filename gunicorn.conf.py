@@ -32,16 +32,15 @@ def on_starting(server):
 def post_worker_init(worker):
     """In each worker, after gevent's patching: make psycopg2 cooperative, and on SIGTERM tell
     open websockets to close cleanly (1001) before gunicorn stops."""
-    try:
+    from gevent import monkey
+    if monkey.is_module_patched("socket"):  # not when a thread worker is chosen on the command line
         from psycogreen.gevent import patch_psycopg
         patch_psycopg()
-    except ImportError:  # a thread-based worker class chosen on the command line
-        pass
     from webapp.web import live
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_term(signum, frame):
-        live.SHUTDOWN.set()
+        live.shutdown()
         if callable(previous):
             previous(signum, frame)
 

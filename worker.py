@@ -21,7 +21,7 @@ from webapp.redis_conn import embedded_url, start_embedded
 def _redis_url(app):
     url = app.config.get("REDIS_URL") or embedded_url(app.instance_path)
     if not url:
-        url, _proc = start_embedded(app.instance_path)  # lives as long as this process group
+        url, _proc = start_embedded(app.instance_path)  # lives as long as this process
         logging.getLogger("worker").info("started embedded redis at %s", url)
     app.config["REDIS_URL"] = url
     return url

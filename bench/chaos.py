@@ -4,11 +4,15 @@
 
 Starts (all on 127.0.0.1): its own redis-server, 2 gunicorn web processes, N workers and
 1 scheduler, against DATABASE_URL (default: a `chaos` database on the local PostgreSQL,
-recreated). It creates the accounts, sites and keywords, starts every run through the API,
-and while they run: SIGKILLs a random worker every few seconds (and starts a replacement),
-restarts one web process, pauses and resumes some runs, cancels a few, and restarts the
-Redis server once. Then it checks that nothing was lost, duplicated or mis-charged and
-prints the figures. Bounded in time; stops everything it started.
+recreated). It creates the accounts, sites and keywords, and a twin of every site in an
+account of its own, run first without faults (the local provider is deterministic: the
+twin's outputs and credits are what each chaos run must end with). It then starts every run
+through the API, and while they run: SIGKILLs a random worker at regular steps of progress
+(and starts a replacement), restarts one web process, pauses and resumes some runs, cancels
+a few, and restarts the Redis server once. Faults are triggered by progress (the share of
+the expected AI calls made), not by the clock, so they land mid-run on a slow machine too.
+Then it checks that nothing was lost, duplicated or mis-charged and prints the figures.
+Bounded in time; stops everything it started.
 """
 import argparse
 import json
@@ -37,13 +41,14 @@ class ChaosConfig:
     keywords: int = 100
     accounts: int = 3
     workers: int = 4
-    kill_every: float = 4.0
-    web_restart_at: float = 10.0
-    redis_restart_at: float = 18.0
-    pause_at: float = 5.0
-    resume_after: float = 8.0
+    # Fault triggers: shares of the AI calls the runs need (known from the twins).
+    kill_every: float = 0.08
+    web_restart_at: float = 0.25
+    redis_restart_at: float = 0.45
+    pause_at: float = 0.10
+    resume_after: float = 0.10  # progress made by the other runs while these are paused
     pauses: int = 3
-    cancel_at: float = 7.0
+    cancel_at: float = 0.15
     cancels: int = 2
     max_kills: int = 1000
     latency_ms: int = 10
@@ -64,6 +69,7 @@ class Report:
     items: int = 0
     ai_calls: int = 0
     duplicates: dict = field(default_factory=dict)
+    twin_mismatches: list = field(default_factory=list)
     credit_mismatches: list = field(default_factory=list)
     incomplete_outputs: list = field(default_factory=list)
     log_problems: list = field(default_factory=list)
@@ -81,14 +87,14 @@ class Report:
 
     def ok(self):
         return (self.runs and self.completed + self.cancelled == self.runs and not self.other
-                and not any(self.duplicates.values()) and not self.credit_mismatches
+                and not any(self.duplicates.values()) and not self.twin_mismatches and not self.credit_mismatches
                 and not self.incomplete_outputs and not self.log_problems and not self.unrecovered
                 and self.max_recovery < 60)
 
     def as_dict(self):
         return {"runs": self.runs, "completed": self.completed, "cancelled": self.cancelled, "other": self.other,
                 "faults": self.faults, "faults_injected": len(self.faults), "items_processed": self.items,
-                "ai_calls": self.ai_calls, "duplicates": self.duplicates,
+                "ai_calls": self.ai_calls, "duplicates": self.duplicates, "twin_mismatches": self.twin_mismatches,
                 "credit_mismatches": self.credit_mismatches, "incomplete_outputs": self.incomplete_outputs,
                 "log_problems": self.log_problems, "missing_log_lines": self.missing_log_lines,
                 "max_recovery_s": round(self.max_recovery, 2), "wall_seconds": round(self.wall_seconds, 1),
@@ -204,8 +210,13 @@ def seed(app, cfg):
     rng = random.Random(cfg.seed)
     vocab = demo_keywords(120)
     extra = ["guide", "review", "ideas", "tips", "for kids", "at home", "for beginners", "checklist", "mistakes"]
-    tokens, sites, balances = {}, [], {}
+    tokens, sites, balances, twins = {}, [], {}, {}
     with app.app_context():
+        twin_acc = Account(name="chaos-twins", credits=0)
+        db.session.add(twin_acc)
+        db.session.flush()
+        top_up(twin_acc, 10_000_000, reason="chaos twin credits")
+        db.session.commit()
         for a in range(cfg.accounts):
             acc = Account(name=f"chaos-{a}", credits=0)
             db.session.add(acc)
@@ -222,18 +233,70 @@ def seed(app, cfg):
         account_ids = list(tokens)
         for i in range(cfg.sites):
             account_id = account_ids[i % len(account_ids)]
-            site = create_site(account_id, f"chaos site {i}")
             words = sorted({f"{rng.choice(vocab)} {rng.choice(extra)}" for _ in range(cfg.keywords * 3)})
             rng.shuffle(words)
-            import_rows(site, [{"keyword": w} for w in words[:cfg.keywords]])
-            c = db.session.execute(db.select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one()
-            c.within_stage_delay = c.between_stage_delay = 0
-            c.stage_1_batch_size, c.stage_2_batch_size, c.stage_4_batch_size = 25, 4, 3
-            c.stage_5_batch_size, c.stage_6_batch_size = 5, 6
-            db.session.commit()
-            sites.append((site.id, account_id))
+            pair = []
+            for owner, name in ((account_id, f"chaos site {i}"), (twin_acc.id, f"twin of chaos site {i}")):
+                site = create_site(owner, name)
+                import_rows(site, [{"keyword": w} for w in words[:cfg.keywords]])
+                c = db.session.execute(db.select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one()
+                c.within_stage_delay = c.between_stage_delay = 0
+                c.stage_1_batch_size, c.stage_2_batch_size, c.stage_4_batch_size = 25, 4, 3
+                c.stage_5_batch_size, c.stage_6_batch_size = 5, 6
+                db.session.commit()
+                pair.append(site.id)
+            sites.append((pair[0], account_id))
+            twins[pair[0]] = (twin_acc.id, pair[1])
         db.session.remove()
-    return tokens, sites, balances
+    return tokens, sites, balances, twins
+
+
+def site_outputs(site_id):
+    """What a run made for a site: counts per kind of row and per state."""
+    from sqlalchemy import func, select
+    from webapp.extensions import db
+    from webapp.models import Cluster, Content, ContentIdea, Image, Keyword, Task
+
+    def n(model, *where):
+        return db.session.execute(select(func.count()).select_from(model).where(model.site_id == site_id, *where)).scalar()
+    return {"clusters": n(Cluster), "clustered": n(Keyword, Keyword.cluster_id.is_not(None)),
+            "ideas": n(ContentIdea), "tasks": n(Task), "content": n(Content),
+            "review": n(Content, Content.status == "review"), "images": n(Image),
+            "generated": n(Image, Image.status == "generated")}
+
+
+def run_credits(run_id):
+    from sqlalchemy import func, select
+    from webapp.extensions import db
+    from webapp.models import AITaskLog
+    return db.session.execute(select(func.coalesce(func.sum(AITaskLog.credits), 0)).where(
+        AITaskLog.run_id == run_id)).scalar()
+
+
+def run_twins(app, twins):
+    """Run every twin to completion in this process, before any fault: {site: expected}."""
+    from rq import Queue, SimpleWorker
+    from sqlalchemy import func, select
+    from webapp.automation.service import AutomationService
+    from webapp.extensions import db
+    from webapp.models import AITaskLog, AutomationRun
+    from webapp.redis_conn import get_redis
+    expected = {}
+    with app.app_context():
+        started = {site: AutomationService(acc, actor="chaos-twin").start(twin).id for site, (acc, twin) in twins.items()}
+        r = get_redis()
+        SimpleWorker([Queue(app.config["RQ_QUEUE"], connection=r)], connection=r).work(
+            burst=True, with_scheduler=False, logging_level="WARNING")
+        db.session.remove()
+        for site, run_id in started.items():
+            run = db.session.get(AutomationRun, run_id)
+            if run.status != "completed":
+                raise RuntimeError(f"twin run {run_id} ended {run.status}: {run.error_message}")
+            expected[site] = {"outputs": site_outputs(twins[site][1]), "credits": run_credits(run_id),
+                              "calls": db.session.execute(select(func.count()).select_from(AITaskLog).where(
+                                  AITaskLog.run_id == run_id)).scalar()}
+        db.session.remove()
+    return expected
 
 
 class Monitor(threading.Thread):
@@ -297,7 +360,10 @@ def run_chaos(cfg: ChaosConfig):
     monitor = Monitor(app, report)
     try:
         layout.start_redis()
-        tokens, sites, balances = seed(app, cfg)
+        tokens, sites, balances, twins = seed(app, cfg)
+        expected = run_twins(app, twins)
+        total_calls = sum(e["calls"] for e in expected.values())
+        cfg.log(f"chaos: twins done ({total_calls} AI calls expected)")
         ports = [free_port(), free_port()]
         for p in ports:
             layout.start_web(p)
@@ -315,7 +381,8 @@ def run_chaos(cfg: ChaosConfig):
         t0 = time.time()
         paused, cancelled = [], []
         done_web = done_redis = done_pause = done_resume = done_cancel = False
-        next_kill, kills = t0 + cfg.kill_every, 0
+        next_kill, kills = cfg.kill_every, 0
+        paused_progress = None
 
         def api(method, path, run_id):
             port = rng.choice(list(layout.webs))
@@ -324,42 +391,46 @@ def run_chaos(cfg: ChaosConfig):
 
         while time.time() - t_start < cfg.deadline:
             now = time.time() - t0
-            if not done_pause and now >= cfg.pause_at:
-                for rid in rng.sample(sorted(run_ids), cfg.pauses):
+            progress = _calls_made(app, list(run_ids)) / max(1, total_calls)
+            running = _running(app, list(run_ids))
+            if not done_pause and progress >= cfg.pause_at:
+                for rid in rng.sample(running, min(cfg.pauses, len(running))):
                     if api("POST", "pause", rid).status_code == 200:
                         paused.append(rid)
-                done_pause = True
-                cfg.log(f"chaos t={now:.1f}s: paused {paused}")
-            if done_pause and not done_resume and now >= cfg.pause_at + cfg.resume_after:
+                done_pause, paused_progress = True, progress
+                cfg.log(f"chaos t={now:.1f}s ({progress:.0%}): paused {paused}")
+            if done_pause and not done_resume and (progress >= paused_progress + cfg.resume_after
+                                                   or not set(running) - set(paused)):
                 for rid in paused:
                     api("POST", "resume", rid)
                 done_resume = True
-                cfg.log(f"chaos t={now:.1f}s: resumed {paused}")
-            if not done_cancel and now >= cfg.cancel_at:
-                for rid in rng.sample(sorted(set(run_ids) - set(paused)), cfg.cancels):
+                cfg.log(f"chaos t={now:.1f}s ({progress:.0%}): resumed {paused}")
+            if not done_cancel and progress >= cfg.cancel_at:
+                candidates = sorted(set(running) - set(paused))
+                for rid in rng.sample(candidates, min(cfg.cancels, len(candidates))):
                     if api("POST", "cancel", rid).status_code == 200:
                         cancelled.append(rid)
                 done_cancel = True
-                cfg.log(f"chaos t={now:.1f}s: cancelled {cancelled}")
-            if not done_web and now >= cfg.web_restart_at:
+                cfg.log(f"chaos t={now:.1f}s ({progress:.0%}): cancelled {cancelled}")
+            if not done_web and progress >= cfg.web_restart_at:
                 port = ports[1]
                 layout.stop_web(port)
                 monitor.add({"kind": "web restart", "url": f"http://127.0.0.1:{port}/healthz"})
                 layout.start_web(port)
                 done_web = True
                 cfg.log(f"chaos t={now:.1f}s: restarted web :{port}")
-            if not done_redis and now >= cfg.redis_restart_at:
+            if not done_redis and progress >= cfg.redis_restart_at:
                 layout.stop_redis()
                 monitor.add({"kind": "redis restart"})
                 time.sleep(0.5)
                 layout.start_redis()
                 done_redis = True
                 cfg.log(f"chaos t={now:.1f}s: restarted redis")
-            if time.time() >= next_kill and kills < cfg.max_kills and _any_running(app):
+            if progress >= next_kill and kills < cfg.max_kills and running:
                 pid = layout.kill_random_worker(rng)
                 monitor.add({"kind": "worker SIGKILL", "pid": pid})
                 kills += 1
-                next_kill = time.time() + cfg.kill_every
+                next_kill = progress + cfg.kill_every
             if done_resume and done_cancel and done_redis and done_web and _all_finished(app):
                 break
             time.sleep(0.2)
@@ -373,8 +444,32 @@ def run_chaos(cfg: ChaosConfig):
     finally:
         monitor.stop.set()
         layout.stop_all()
-    verify(app, report, run_ids, balances, env["LOG_DIR"], kills)
+    verify(app, report, run_ids, balances, env["LOG_DIR"], kills, expected)
     return report
+
+
+def _calls_made(app, run_ids):
+    from sqlalchemy import func, select
+    from webapp.extensions import db
+    from webapp.models import AITaskLog
+    with app.app_context():
+        try:
+            return db.session.execute(select(func.count()).select_from(AITaskLog).where(
+                AITaskLog.run_id.in_(run_ids))).scalar()
+        finally:
+            db.session.remove()
+
+
+def _running(app, run_ids):
+    from sqlalchemy import select
+    from webapp.extensions import db
+    from webapp.models import AutomationRun
+    with app.app_context():
+        try:
+            return sorted(db.session.execute(select(AutomationRun.id).where(
+                AutomationRun.id.in_(run_ids), AutomationRun.status == "running")).scalars())
+        finally:
+            db.session.remove()
 
 
 def _any_running(app):
@@ -399,7 +494,7 @@ def _all_finished(app):
     return n == 0
 
 
-def verify(app, report, run_ids, balances, log_dir, kills):
+def verify(app, report, run_ids, balances, log_dir, kills, expected):
     from sqlalchemy import func, select, text
     from webapp.automation.logger import run_log_path
     from webapp.extensions import db
@@ -421,11 +516,25 @@ def verify(app, report, run_ids, balances, log_dir, kills):
             "images per slot": "SELECT content_id, position FROM image GROUP BY content_id, position HAVING count(*) > 1",
             "clusters per name": "SELECT site_id, name FROM cluster GROUP BY site_id, name HAVING count(*) > 1",
             "ideas per title": "SELECT cluster_id, title FROM content_idea GROUP BY cluster_id, title HAVING count(*) > 1",
-            "charges per AI call": "SELECT run_id, function, item_id FROM ai_task_log GROUP BY run_id, function, item_id HAVING count(*) > 1",
-            "ledger rows per AI call": "SELECT ai_task_log_id FROM credit_transaction WHERE ai_task_log_id IS NOT NULL GROUP BY ai_task_log_id HAVING count(*) > 1",
+            # Across runs (a unique constraint forbids it only within one run): an item
+            # charged by a cancelled run and again by the next one would show here.
+            "charges per item across runs": "SELECT site_id, function, item_id FROM ai_task_log "
+                                             "GROUP BY site_id, function, item_id HAVING count(*) > 1",
         }
         report.duplicates = {k: len(db.session.execute(text(q)).all()) for k, q in dup_sql.items()}
-        report.ai_calls = db.session.execute(select(func.count()).select_from(AITaskLog)).scalar()
+        report.ai_calls = db.session.execute(select(func.count()).select_from(AITaskLog).where(
+            AITaskLog.run_id.in_(list(run_ids)))).scalar()
+        # Each run against its twin (same keywords and settings, run without faults): a
+        # completed run made exactly the twin's rows and was charged exactly the twin's
+        # credits; a cancelled one made and was charged no more than that.
+        for r in runs:
+            want = expected[r.site_id]
+            got = {"outputs": site_outputs(r.site_id), "credits": run_credits(r.id)}
+            if r.status == "completed":
+                if got["outputs"] != want["outputs"] or got["credits"] != want["credits"]:
+                    report.twin_mismatches.append(f"run {r.id}: {got} != twin {want}")
+            elif any(got["outputs"][k] > want["outputs"][k] for k in got["outputs"]) or got["credits"] > want["credits"]:
+                report.twin_mismatches.append(f"run {r.id} ({r.status}): {got} exceeds twin {want}")
         unlinked = db.session.execute(text(
             "SELECT count(*) FROM ai_task_log l LEFT JOIN credit_transaction t ON t.ai_task_log_id = l.id "
             "WHERE t.id IS NULL")).scalar()

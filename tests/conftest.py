@@ -24,10 +24,30 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 for _name in ("METRICS_TOKEN", "LOG_FORMAT"):
     os.environ.pop(_name, None)
-# Metrics in multiprocess mode as in production, in a directory of the session's own (never an
-# exported production one): this process and every web/worker process a test starts share it.
-os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="automation-test-metrics-")
-atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
+
+
+def _session_metrics_dir():
+    """Metrics in multiprocess mode as in production, in a directory of the session's own (never
+    an exported production one): this process and every web/worker process a test starts share
+    it. Removed at exit; sessions killed outright (timeouts, mutation testing) leave theirs, so
+    those older than an hour whose processes are all gone are pruned here."""
+    import psutil
+    tmp = Path(tempfile.gettempdir())
+    root = tmp / "automation-test-metrics"
+    root.mkdir(exist_ok=True)
+    for old in [*root.iterdir(), *tmp.glob("automation-test-metrics-*")]:
+        try:
+            pids = [int(f.stem.split("_")[-1]) for f in old.glob("claim_*.pid")]
+            if time.time() - old.stat().st_mtime > 3600 and not any(psutil.pid_exists(p) for p in pids):
+                shutil.rmtree(old, ignore_errors=True)
+        except (OSError, ValueError):
+            pass
+    path = tempfile.mkdtemp(dir=root)
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = _session_metrics_dir()
 
 from webapp import create_app  # noqa: E402
 from webapp.extensions import db  # noqa: E402

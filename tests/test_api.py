@@ -77,7 +77,7 @@ def test_update_config(api):
     ({"scheduled_time": "6:30"}, "'scheduled_time'"), ({"stage_1_batch_size": 0}, "'stage_1_batch_size'"),
     ({"stage_6_batch_size": 1001}, "'stage_6_batch_size'"), ({"within_stage_delay": -1}, "'within_stage_delay'"),
     ({"between_stage_delay": 3601}, "'between_stage_delay'"), ({"stage_2_batch_size": "5"}, "'stage_2_batch_size'"),
-    ({"is_enabled": "yes"}, "'is_enabled'"), ({"colour": "red"}, "'colour' unknown field"),
+    ({"is_enabled": "yes"}, "'is_enabled'"), ({"colour": "red"}, "'colour' is not a known field"),
     ({"frequency": None}, "'frequency'"),
 ])
 def test_update_config_invalid_names_field_and_changes_nothing(api, body, field):
@@ -129,7 +129,7 @@ def test_run_lifecycle_over_api(app, api):
     hist = data(api.get(f"{A}/history/?site_id={api.site_id}"))["runs"]
     assert hist[0]["run_id"] == run_id and hist[0]["status"] == "completed"
     assert set(hist[0]) == {"run_id", "status", "trigger_type", "current_stage", "started_at", "completed_at",
-                            "total_credits_used", "active_seconds", "paused_seconds"}
+                            "ended_at", "total_credits_used", "active_seconds", "paused_seconds"}
     for action in ("pause", "resume", "cancel"):
         err(api.post(f"{A}/{action}/?run_id={run_id}"), 400, "completed")
     logs = data(api.get(f"{A}/logs/?run_id={run_id}&lines=3"))
@@ -145,7 +145,7 @@ def test_run_lifecycle_over_api(app, api):
     err(api.post(f"{A}/run_now/?site_id={api.site_id}"), 400, "Nothing to process")
 
 
-@pytest.mark.parametrize("q,msg", [("", "'lines'"), ("&lines=0", "between 1 and 5000"), ("&lines=5001", "between 1 and 5000"),
+@pytest.mark.parametrize("q,msg", [("", "'lines'"), ("&lines=0", "'lines' must be >= 1"), ("&lines=5001", "'lines' must be <= 5000"),
                                    ("&lines=x", "must be an integer")])
 def test_logs_lines_validation(api, q, msg):
     if not q:
@@ -187,7 +187,7 @@ def test_unexpected_error_is_500_json_with_request_id(app, api, tmp_path, caplog
 def test_sites_and_keywords_routes(api):
     d = data(api.post("/api/v1/sites/", json={"name": "Shop", "domain": "shop.io", "timezone": "Europe/Berlin"}), 201)
     sid = d["site"]["id"]
-    err(api.post("/api/v1/sites/", json={"name": "Shop"}), 400, "already exists")
+    err(api.post("/api/v1/sites/", json={"name": "Shop"}), 409, "already exists")  # a conflict, not bad input
     err(api.post("/api/v1/sites/", json={"name": "X", "timezone": "Nowhere/City"}), 400, "'timezone'")
     err(api.post("/api/v1/sites/", json={"nom": "X"}), 400, "'nom'")
     assert [s["name"] for s in data(api.get("/api/v1/sites/"))["sites"]] == ["Blog", "Shop"]
@@ -250,6 +250,8 @@ def test_tenancy_matrix(app, api, client, factory):
         "planner/keywords", "planner/clusters", "planner/ideas", "writer/tasks", "writer/content", "writer/images")]
     for method, url in cases:
         kw = {"json": {"keywords": [{"keyword": "x"}]} if "bulk" in url else {"is_enabled": True}} if method in ("put", "post") else {}
+        if "/automation/" in url and method == "post":
+            kw = {"json": {"reason": "tenancy"}}
         mine = getattr(api, method)(url, **kw)
         missing_url = url.replace(f"site_id={s}", "site_id=99999").replace(f"run_id={r}", "run_id=99999") \
             .replace(f"/{other_content}", "/99999")

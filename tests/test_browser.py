@@ -31,7 +31,13 @@ def browser(tmp_path):
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
     driver.set_page_load_timeout(30)
     yield driver
-    driver.quit()
+    # Every browser test (this file's and those reusing this fixture) fails on a page that
+    # broke the Content-Security-Policy: no inline script or style anywhere.
+    try:
+        violations = csp_violations(driver)
+    finally:
+        driver.quit()
+    assert violations == [], violations
 
 
 

@@ -91,6 +91,12 @@ def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, 
     d.find_element(By.ID, "retry-failed").click()
     wait(d, lambda: "retries the failed items of run" in d.page_source, message="retry started")
     new_id = int(re.search(r"/runs/(\d+)$", d.current_url).group(1))
+    # While it runs, the working time counts up in the browser (no reload, no request).
+    ticking = d.find_element(By.CSS_SELECTOR, "#timeline-card [data-since]")
+    first_text = ticking.text
+    wait(d, lambda: d.find_element(By.CSS_SELECTOR, "#timeline-card [data-since]").text != first_text,
+         timeout=15, message="working time ticking")
+    assert "ETA" in d.find_element(By.ID, "timeline-card").text
     drain(app)
     new = db.session.get(AutomationRun, new_id)
     assert new.status == "completed" and new.trigger_type == "retry"
@@ -100,7 +106,9 @@ def test_run_insights_retry_and_config_errors_at_1400(app, failed_run, browser, 
     for n in range(1, first):
         assert new.stage_result(n)["items_processed"] == 0 and new.stage_result(n)["status"] == "skipped"
     d.get(f"{live}/runs/{new_id}")
-    assert d.find_elements(By.CSS_SELECTOR, "svg.timeline rect.tl-skipped")
+    skipped = sum(1 for n in range(1, 8) if new.stage_result(n)["status"] == "skipped")
+    assert len(d.find_elements(By.CSS_SELECTOR, "svg.timeline rect.tl-skipped")) == skipped
+    assert len(d.find_elements(By.CSS_SELECTOR, "svg.timeline rect.tl-completed")) == 7 - skipped
     assert "No item failed in this run." in d.page_source
 
     # Config: three bad fields, one submit, every one named, focus on the summary, same URL.

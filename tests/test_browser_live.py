@@ -104,10 +104,17 @@ def test_live_pages_follow_runs_made_elsewhere(app, app_env, factory, browser, g
     wait(d, lambda: "polled line" in text(d, "#log-tail"), timeout=15, message="log by polling")
     r.delete(claims_key(user_id))
 
-    # The run page follows a cancel made through the API: badge and buttons, no reload.
+    # The run page: Pause in the browser leaves a flash about it; a resume through the API
+    # moves the run on and the flash goes away; then the page follows a cancel made through
+    # the API: badge and buttons, no reload.
     d.get(f"{live}/runs/{run1}")
+    d.find_element(By.ID, f"pause-{run1}").click()
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, f".flash[data-run-id='{run1}'][data-run-status='paused']"),
+         message="pause flash")
     d.execute_script("window.__sameDocument = true")
-    assert d.find_elements(By.ID, f"pause-{run1}")
+    assert api.post(f"{A}/resume/?run_id={run1}").status_code == 200
+    wait(d, lambda: not d.find_elements(By.CSS_SELECTOR, ".flash[data-run-id]"), timeout=15, message="flash gone")
+    assert "running" in text(d, "#run-head .badge") and d.find_elements(By.ID, f"pause-{run1}")
     assert api.post(f"{A}/cancel/?run_id={run1}", json={"reason": "from the API"}).status_code == 200
     wait(d, lambda: "cancelled" in text(d, "#run-head .badge"), timeout=15, message="run page shows cancel")
     assert not d.find_elements(By.ID, f"pause-{run1}") and not d.find_elements(By.ID, f"cancel-{run1}")

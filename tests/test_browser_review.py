@@ -29,9 +29,11 @@ def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_serv
         d.get(f"{live}/sites/{site_id}/automation")
         d.find_element(By.ID, "webhook-url").send_keys(rec.url)
         d.find_element(By.CSS_SELECTOR, ".webhook-form button.primary").click()
+        wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#webhook-secret .secret"), message="the secret, once")
         secret = d.find_element(By.CSS_SELECTOR, "#webhook-secret .secret").text
         assert secret.startswith("whsec_")
         d.get(f"{live}/sites/{site_id}/automation")
+        wait(d, lambda: d.find_element(By.CSS_SELECTOR, "#run-panel button.primary").is_enabled(), message="Run now")
         d.find_element(By.CSS_SELECTOR, "#run-panel button.primary").click()
         wait(d, lambda: d.title.startswith("▶ ") and "% · Run #" in d.title, timeout=30, message="running title")
         run_title = d.title

@@ -1,5 +1,6 @@
 """Run insights over the API: stage durations, active/paused time, the ETA, failed items and
 `retry_failed` (with AI_LOCAL_FAIL_EVERY making items fail on purpose) — real DB, Redis, RQ."""
+import re
 from datetime import timedelta
 
 import pytest
@@ -235,3 +236,33 @@ def test_retry_of_already_processed_failures_is_refused(app, api):
     drain(app)
     err(api.post(f"{A}/retry_failed/?run_id={first}"), 400, "Nothing to retry")
     assert db.session.execute(select(func.count()).select_from(Cluster).where(Cluster.site_id == api.site_id)).scalar()
+
+
+def test_timeline_draws_stages_pauses_and_events():
+    """The SVG on its own: a completed, a skipped and a running stage, a pause, events."""
+    from types import SimpleNamespace
+    t0 = utcnow() - timedelta(seconds=100)
+
+    def at(s):
+        return (t0 + timedelta(seconds=s)).isoformat() + "Z"
+    run = AutomationRun(id=7, status="running", started_at=t0, current_stage=3,
+                        stage_1_result={"status": "completed", "started_at": at(0), "finished_at": at(30),
+                                        "items_processed": 10, "items_failed": 0},
+                        stage_2_result={"status": "skipped", "started_at": at(30), "finished_at": at(31),
+                                        "items_processed": 0, "items_failed": 0},
+                        stage_3_result={"status": "running", "started_at": at(31), "finished_at": None,
+                                        "items_processed": 2, "items_failed": 1})
+    events = [SimpleNamespace(action="start", actor="user:a@b", reason=None, created_at=t0),
+              SimpleNamespace(action="pause", actor="system", reason="insufficient credits",
+                              created_at=t0 + timedelta(seconds=40)),
+              SimpleNamespace(action="resume", actor="user:a@b", reason=None, created_at=t0 + timedelta(seconds=60))]
+    intervals = insights.pause_intervals(run, events)
+    assert [(round((a - t0).total_seconds()), round((b - t0).total_seconds())) for a, b in intervals] == [(40, 60)]
+    results = insights.stage_results(run, intervals)
+    assert results[1]["duration_seconds"] == 30 and 48 <= results[3]["duration_seconds"] <= 51  # 69 s - 20 s paused
+    svg = str(insights.timeline_svg(run, results, intervals, events, {1: "One", 2: "Two", 3: "Three"}))
+    assert svg.count('class="tl-bar tl-completed"') == 1 and svg.count('class="tl-bar tl-skipped"') == 1
+    assert svg.count('class="tl-bar tl-running"') == 1 and svg.count('class="tl-pause"') == 1
+    assert 'class="tl-event tl-event-pause"' in svg and "insufficient credits" in svg
+    assert svg.count("not started") == 4 and "style=" not in svg  # no inline style (CSP)
+    assert re.search(r'<rect class="tl-pause" x="40\.\d+%"', svg)  # 1% margin + 98% x 40/100

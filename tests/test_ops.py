@@ -489,3 +489,22 @@ def test_ops_page_in_a_browser_reads_well_at_any_width(app, factory, browser, li
     assert d.execute_script(LOW_CONTRAST) == []
     d.find_element(By.CSS_SELECTOR, "#failed-jobs button").click()  # Requeue, through the real form
     wait(d, lambda: "is back on its queue" in d.page_source, message="requeued")
+
+
+def test_rate_limiter_waits_are_counted(app, client):
+    import threading
+    from webapp.ai.ratelimit import ProviderGate, SharedLimiter
+    from webapp.redis_conn import get_redis
+    app.config["METRICS_TOKEN"] = TOKEN
+
+    def count():
+        text = client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).get_data(as_text=True)
+        return value(samples(text), "automation_ai_rate_limited_total")
+
+    before = count()
+    # 120 requests a minute: one every 0.5 s, spaced on Redis's clock for every worker.
+    gate = ProviderGate(SharedLimiter(get_redis(), rpm=120, scope=f"test-{uuid.uuid4().hex}"), threading.Event())
+    assert gate.call(lambda: "first") == "first"
+    assert count() == before  # the first call had its turn at once
+    assert gate.call(lambda: "second") == "second"  # waited for the next slot
+    assert count() > before

@@ -478,3 +478,12 @@ def test_status_details_only_for_users_and_operators(app, client, factory):
     assert "workers" not in client.get("/status", headers={"Authorization": "Bearer wrong"}).json
     _login(client)
     assert "workers" in client.get("/status").json
+
+
+def test_review_form_ids_are_ascii_digits(app, client, tenant):
+    _login(client)
+    site = tenant["site"]
+    csrf = csrf_from(client.get(f"/sites/{site.id}/review").get_data(as_text=True))
+    for act, extra in (("approve:selected", {"ids": "\u0662"}), ("approve:\u0662", {})):
+        r = client.post(f"/sites/{site.id}/review", data={"act": act, "csrf_token": csrf, **extra})
+        assert r.status_code == 400, (act, r.status_code)

@@ -53,6 +53,8 @@ def open_log(server, run_id, header=(), **kw):
 def test_gate(web, tenants):
     """One server for the three checks (a gunicorn start costs seconds)."""
     cap_origin_and_another_tenant_served(web, tenants)
+    # (the server notices closed clients at their next poll, within seconds)
+    wait_for(lambda: get_redis().zcard(claims_key(tenants["user_id"])) == 0, timeout=15, message="claims released")
     sockets_follow_token_revocation_and_logout(web, tenants)
 
 

@@ -38,7 +38,8 @@ ITEMS_FAILED = Counter("automation_items_failed", "Items recorded as failed afte
 AI_CALL_SECONDS = Histogram("automation_ai_call_seconds", "AI provider call duration (failed calls too)",
                             ["function", "provider"],
                             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120))
-AI_RATE_LIMITED = Counter("automation_ai_rate_limited", "AI calls held back by the rate limiter (AI_MAX_RPM)")
+AI_RATE_LIMITED = Counter("automation_ai_rate_limited", "Times an AI call waited for its turn: the AI_MAX_RPM "
+                          "spacing, or the shared block after a provider's HTTP 429")
 CREDITS_CHARGED = Counter("automation_credits_charged", "Credits charged for AI work (committed)")
 STALE_RUNS_RECOVERED = Counter("automation_stale_runs_recovered",
                                "Runs continued on another worker after their worker stopped beating")

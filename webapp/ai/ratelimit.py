@@ -21,6 +21,7 @@ import time
 
 import redis
 
+from .. import metrics
 from .base import ProviderUnavailable, RateLimited
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ class ProviderGate:
             wait = self.limiter.delay()
             if wait <= 0:
                 return
+            metrics.ai_rate_limited()  # automation_ai_rate_limited_total: one per wait for a turn
             # A little jitter: calls released by the same block do not all hit at once.
             if self.stop.wait(wait + random.uniform(0, min(0.01, wait / 20))):
                 raise Interrupted()

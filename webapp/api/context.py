@@ -6,7 +6,6 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 
 from ..auth.tokens import parse_bearer, touch, user_for_bearer
-from ..validation import MAX_ID, InvalidInput, parse_id
 from .errors import ApiError
 
 SAFE_METHODS = {"GET", "HEAD", "OPTIONS"}
@@ -54,27 +53,13 @@ def api_auth(fn):
     return wrapper
 
 
-def int_param(name, required=True, source=None, minimum=1, maximum=MAX_ID, default=None):
-    """A whole-number query parameter (ASCII digits, within range), or a 400 naming it. Absent
-    → `default` (or 400 when required); present but empty is malformed (400)."""
-    source = request.args if source is None else source
-    raw = source.get(name)
-    if raw is None or (raw == "" and required):
-        if required:
-            raise ApiError(f"'{name}' is required.", 400)
-        return default
-    try:
-        return parse_id(raw, name, minimum=minimum, maximum=maximum)
-    except InvalidInput as e:
-        raise ApiError(e.message, 400)
-
-
-def json_body(required=True):
+def json_body():
+    """The request's JSON object, for views that validate their body themselves."""
     if request.mimetype != "application/json":
         raise ApiError("Content-Type must be application/json.", 415)
     data = request.get_json(silent=True)
     if data is None:
-        raise ApiError("Malformed JSON body.", 400)
+        raise ApiError("Malformed JSON body.", 400, {"body": "malformed JSON"})
     if not isinstance(data, dict):
-        raise ApiError("JSON body must be an object.", 400)
+        raise ApiError("JSON body must be an object.", 400, {"body": "must be an object"})
     return data

@@ -1,19 +1,29 @@
-"""The one JSON error helper: every /api/ error is {"success": false, "error": msg}."""
+"""The one JSON error helper: every /api/ error is {"success": false, "error": msg}, with
+`errors: {field: message}` beside it when fields are at fault."""
 import logging
 import uuid
 
 from flask import jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from ..errors import AppError
+
 log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
-    def __init__(self, message, status=400, errors=None):
+    def __init__(self, message=None, status=400, errors=None):
+        from ..errors import describe
+        message = message or describe(errors or {"body": "invalid request"})
         super().__init__(message)
         self.message = message
         self.status = status
-        self.errors = errors
+        self.errors = errors or None
+
+    @classmethod
+    def from_app(cls, e):
+        """An AppError raised by a service, as the API reports it."""
+        return cls(e.message, e.status, getattr(e, "errors", None))
 
 
 def ok(data, status=200):
@@ -43,6 +53,13 @@ def register(app):
     @app.errorhandler(ApiError)
     def _api_error(e):
         return error(e.message, e.status, e.errors)
+
+    @app.errorhandler(AppError)
+    def _app_error(e):  # a service said no: its message (and fields) as JSON, or the error page
+        if is_api_request():
+            return error(e.message, e.status, e.errors)
+        from flask import render_template
+        return render_template("error.html", code=e.status, message=e.message), e.status
 
     @app.errorhandler(HTTPException)
     def _http_error(e):

@@ -8,31 +8,46 @@ from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
 from ..models.base import iso
 from ..planner import import_rows, parse_csv
-from ..writer.review import CONTENT_STATUSES
-from . import bp
-from .context import api_auth, int_param
+from . import schemas as s
 from .errors import ApiError, ok
+from .spec import endpoint
 
-MAX_PER_PAGE = 200
+SITE_ERRORS = {404: "Site not found, or another account's"}
+_JSON_BODY = s.KeywordsBulk.model_json_schema()
+BULK_BODY = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": _JSON_BODY},
+    # Any text is a CSV (bad rows are reported, not refused): no constraint to break.
+    "text/csv": {"schema": {"description": "CSV with a header keyword[,volume][,difficulty], or one keyword "
+                                           "per line"}},
+    "multipart/form-data": {"schema": {"type": "object", "required": ["file"],
+                                       "properties": {"file": {"type": "string", "format": "binary"}}}}}}}
 
 
 def scoped_site():
-    try:
-        return AutomationService(g.account_id).site(int_param("site_id"))
-    except AppError as e:
-        raise ApiError(e.message, e.status)
+    return AutomationService(g.account_id).site(request.context.query.site_id)
 
 
-@bp.post("/planner/keywords/bulk")
-@bp.post("/planner/keywords/bulk/")
-@api_auth
+@endpoint("/planner/keywords/bulk", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("ImportResponse", s.ImportReport),
+          extra_ok={200: (s.ok("ImportNothingNewResponse", s.ImportReport), "Nothing new imported")},
+          errors={**SITE_ERRORS, 409: "A concurrent import added some of the same keywords: nothing imported, retry"},
+          doc=BULK_BODY, tags=["planner"], links={
+              "run_now": ("run_now", {"site_id": "$request.query.site_id"}),
+              "keywords": ("list_planner_keywords", {"site_id": "$request.query.site_id"})})
 def keywords_bulk():
+    """Import keywords: JSON, a CSV body or a multipart CSV `file`; duplicates are skipped and counted,
+    bad rows reported by row number."""
     site = scoped_site()
     try:
         if request.mimetype == "application/json":
             data = request.get_json(silent=True)
             if not isinstance(data, dict) or "keywords" not in data:
-                raise ApiError("JSON body must be an object with a 'keywords' list.", 400)
+                raise ApiError("JSON body must be an object with a 'keywords' list.", 400,
+                               {"keywords": "is required" if isinstance(data, dict) else "JSON body must be an object"})
+            extra = sorted(set(data) - {"keywords"})
+            if extra:
+                raise ApiError(errors={k: "is not a known field" for k in extra})
+            if not isinstance(data["keywords"], list):
+                raise ApiError(errors={"keywords": "must be a list"})
             rows = data["keywords"]
         elif "file" in request.files:
             raw = request.files["file"].read()
@@ -49,41 +64,29 @@ def keywords_bulk():
             raise ApiError("Send JSON {'keywords': [...]}, a CSV body (text/csv) or a multipart 'file'.", 415)
         report = import_rows(site, rows, actor=g.actor)
     except AppError as e:
-        raise ApiError(e.message, e.status)
+        raise ApiError.from_app(e)
     return ok(report, 201 if report["created"] else 200)
 
 
 def _page(query, model, serialize):
-    page = int_param("page", required=False, default=1, maximum=1_000_000)
-    per_page = int_param("per_page", required=False, default=50, maximum=MAX_PER_PAGE)
+    page, per_page = request.context.query.page, request.context.query.per_page
     total = db.session.execute(select(func.count()).select_from(query.with_only_columns(model.id).subquery())).scalar()
     rows = db.session.execute(query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
     return ok({"items": [serialize(r) for r in rows], "page": page, "per_page": per_page, "total": total})
 
 
-def status_filter(statuses):
-    """`?status=` on a list: one of `statuses`, or a 400 naming the parameter."""
-    def apply(q, model):
-        status = request.args.get("status")
-        if status is None or status == "":
-            return q
-        if status not in statuses:
-            raise ApiError(f"'status' must be one of: {', '.join(statuses)}.", 400)
-        return q.where(model.status == status)
-    return apply
-
-
-def _list_route(path, model, serialize, extra_filter=None):
+def _list_route(path, model, serialize, page_model, query=s.PageQuery):
     def view():
         site = scoped_site()
         q = select(model).where(model.site_id == site.id, model.account_id == g.account_id)
-        if extra_filter:
-            q = extra_filter(q, model)
+        status = getattr(request.context.query, "status", None)
+        if status:
+            q = q.where(model.status == status)
         return _page(q, model, serialize)
     view.__name__ = f"list_{path.strip('/').replace('/', '_')}"
-    wrapped = api_auth(view)
-    bp.add_url_rule(path, view.__name__, wrapped, methods=["GET"])
-    bp.add_url_rule(path + "/", view.__name__ + "_slash", wrapped, methods=["GET"])
+    view.__doc__ = f"The site's {path.strip('/').split('/')[-1]}, by id, a page at a time."
+    endpoint(path, ["GET"], query=query, ok=s.ok(page_model.__name__ + "Response", page_model),
+             errors=SITE_ERRORS, tags=[path.strip("/").split("/")[0]])(view)
 
 
 def image_dict(i):
@@ -102,21 +105,25 @@ def content_dict(c, body=False):
 
 
 _list_route("/planner/keywords", Keyword, lambda k: {
-    "id": k.id, "keyword": k.keyword, "volume": k.volume, "difficulty": k.difficulty, "cluster_id": k.cluster_id})
+    "id": k.id, "keyword": k.keyword, "volume": k.volume, "difficulty": k.difficulty, "cluster_id": k.cluster_id},
+    s.KeywordPage)
 _list_route("/planner/clusters", Cluster, lambda c: {
-    "id": c.id, "name": c.name, "ideas_generated": c.ideas_generated, "keyword_count": len(c.keywords)})
+    "id": c.id, "name": c.name, "ideas_generated": c.ideas_generated, "keyword_count": len(c.keywords)},
+    s.ClusterPage)
 _list_route("/planner/ideas", ContentIdea, lambda i: {
     "id": i.id, "cluster_id": i.cluster_id, "title": i.title, "outline": i.outline, "keywords": i.keywords,
-    "status": i.status})
-_list_route("/writer/tasks", Task, lambda t: {"id": t.id, "idea_id": t.idea_id, "title": t.title, "status": t.status})
-_list_route("/writer/content", Content, content_dict, status_filter(CONTENT_STATUSES))
-_list_route("/writer/images", Image, image_dict)
+    "status": i.status}, s.IdeaPage)
+_list_route("/writer/tasks", Task, lambda t: {"id": t.id, "idea_id": t.idea_id, "title": t.title, "status": t.status},
+            s.TaskPage)
+_list_route("/writer/content", Content, content_dict, s.ContentPage, query=s.ContentPageQuery)
+_list_route("/writer/images", Image, image_dict, s.ImagePage)
 
 
-@bp.get("/writer/content/<int(max=2147483647):content_id>")
-@bp.get("/writer/content/<int(max=2147483647):content_id>/")
-@api_auth
+@endpoint("/writer/content/<int(max=2147483647):content_id>", ["GET"],
+          ok=s.ok("ContentDetailResponse", s.ContentDetail), errors={404: "Content not found, or another account's"},
+          tags=["writer"])
 def content_detail(content_id):
+    """One article with its body and images."""
     c = db.session.execute(select(Content).where(Content.id == content_id, Content.account_id == g.account_id)).scalar_one_or_none()
     if c is None:
         raise ApiError(f"Content {content_id} not found.", 404)

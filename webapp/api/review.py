@@ -1,15 +1,17 @@
 """The review queue over the API: approve / reject one article, or many at once.
 (The queue itself is `GET /writer/content/?status=review`.)"""
-from flask import g
+from flask import g, request
 
-from ..errors import AppError
 from ..writer.review import ReviewError, ReviewService
-from . import bp
-from .context import api_auth, json_body
-from .errors import ApiError, ok
+from . import schemas as s
+from .context import json_body
+from .errors import ok
 from .planner import content_dict
+from .spec import endpoint
 
 CONTENT = "/writer/content/<int(max=2147483647):content_id>"
+ERRORS = {400: "Invalid input (`errors` names the field), or the article is not in review",
+          404: "Content not found, or another account's"}
 
 
 def service():
@@ -18,7 +20,6 @@ def service():
 
 def _body():
     """The JSON body, or {} when there is none (approve needs none; reject then names `note`)."""
-    from flask import request
     if not request.get_data():
         return {}
     return json_body()
@@ -29,33 +30,29 @@ def _decide(content_id, action):
     unknown = sorted(set(data) - {"note"})
     if unknown:
         raise ReviewError({unknown[0]: "is not a known field"})
-    try:
-        content = service().decide(content_id, action, data.get("note"))
-    except ReviewError:
-        raise
-    except AppError as e:
-        raise ApiError(e.message, e.status)
+    content = service().decide(content_id, action, data.get("note"))
     return ok({"content": content_dict(content)})
 
 
-@bp.post(CONTENT + "/approve")
-@bp.post(CONTENT + "/approve/")
-@api_auth
+@endpoint(CONTENT + "/approve", ["POST"], ok=s.ok("ApproveResponse", s.ContentReviewed), body_doc=s.ApproveBody,
+          body_required=False, errors=ERRORS, tags=["writer"])
 def approve(content_id):
+    """Approve an article in review."""
     return _decide(content_id, "approve")
 
 
-@bp.post(CONTENT + "/reject")
-@bp.post(CONTENT + "/reject/")
-@api_auth
+@endpoint(CONTENT + "/reject", ["POST"], ok=s.ok("RejectResponse", s.ContentReviewed), body_doc=s.RejectBody,
+          errors=ERRORS, tags=["writer"])
 def reject(content_id):
+    """Reject an article in review, with a note saying what to change."""
     return _decide(content_id, "reject")
 
 
-@bp.post("/writer/content/bulk_review")
-@bp.post("/writer/content/bulk_review/")
-@api_auth
+@endpoint("/writer/content/bulk_review", ["POST"], ok=s.ok("BulkReviewResponse", s.BulkReviewed),
+          body_doc=s.BulkReviewBody, errors={**ERRORS, 404: "Some ids not found (or another account's)"},
+          tags=["writer"])
 def bulk_review():
+    """Approve or reject many articles in review at once (all or nothing)."""
     data = json_body()
     unknown = sorted(set(data) - {"ids", "action", "note"})
     if unknown:

@@ -1,59 +1,60 @@
 """/api/v1/sites/<site_id>/webhooks/… : thin views over notify.webhooks.WebhookService."""
-from flask import g
+from flask import g, request
 
-from ..errors import AppError
-from ..notify.webhooks import FieldErrors, WebhookService
-from . import bp
-from .context import api_auth, int_param, json_body
-from .errors import ApiError, ok
+from ..notify.webhooks import WebhookService
+from . import schemas as s
+from .context import json_body
+from .errors import ok
+from .spec import endpoint
 
 SITE = "/sites/<int(max=2147483647):site_id>/webhooks"
 HOOK = SITE + "/<int(max=2147483647):webhook_id>"
+SITE_404 = {404: "Site not found, or another account's"}
+HOOK_404 = {404: "Site or webhook not found, or another account's"}
 
 
-def route(path, methods):
-    def deco(fn):
-        @api_auth
-        def view(**kw):
-            try:
-                return fn(WebhookService(g.account_id, actor=g.actor), **kw)
-            except FieldErrors:
-                raise
-            except AppError as e:
-                raise ApiError(e.message, e.status)
-        view.__name__ = fn.__name__
-        bp.add_url_rule(path, f"webhooks_{fn.__name__}", view, methods=methods)
-        bp.add_url_rule(path + "/", f"webhooks_{fn.__name__}_slash", view, methods=methods)
-        return fn
-    return deco
+def service():
+    return WebhookService(g.account_id, actor=g.actor)
 
 
-@route(SITE, ["GET"])
-def list_webhooks(svc, site_id):
-    return ok({"webhooks": [w.to_dict() for w in svc.list(site_id)]})
+@endpoint(SITE, ["GET"], ok=s.ok("WebhooksResponse", s.Webhooks), errors=SITE_404, tags=["webhooks"])
+def list_webhooks(site_id):
+    """The site's webhooks (secrets are shown only when created)."""
+    return ok({"webhooks": [w.to_dict() for w in service().list(site_id)]})
 
 
-@route(SITE, ["POST"])
-def create_webhook(svc, site_id):
+@endpoint(SITE, ["POST"], status=201, ok=s.ok("WebhookCreatedResponse", s.WebhookCreated), body_doc=s.WebhookCreate,
+          errors={**SITE_404, 400: "Invalid input (`errors` names the fields; private or local targets are refused), "
+                  "or the site has its 20 webhooks already"}, tags=["webhooks"],
+          links={"deliveries": ("deliveries", {"site_id": "$request.path.site_id",
+                                               "webhook_id": "$response.body#/data/webhook/id"}),
+                 "test": ("send_test", {"site_id": "$request.path.site_id",
+                                        "webhook_id": "$response.body#/data/webhook/id"})})
+def create_webhook(site_id):
+    """Add a webhook: signed POSTs (X-Automation-Signature) for the chosen run events."""
+    svc = service()
     svc.site(site_id)  # a foreign site is 404 before the body is judged
     wh = svc.create(site_id, json_body())
     return ok({"webhook": wh.to_dict(secret=True)}, 201)
 
 
-@route(HOOK, ["DELETE"])
-def delete_webhook(svc, site_id, webhook_id):
-    return ok({"deleted": svc.delete(site_id, webhook_id)})
+@endpoint(HOOK, ["DELETE"], ok=s.ok("WebhookDeletedResponse", s.WebhookDeleted), errors=HOOK_404, tags=["webhooks"])
+def delete_webhook(site_id, webhook_id):
+    """Remove a webhook (its deliveries go with it)."""
+    return ok({"deleted": service().delete(site_id, webhook_id)})
 
 
-@route(HOOK + "/deliveries", ["GET"])
-def deliveries(svc, site_id, webhook_id):
-    page = int_param("page", required=False, default=1, maximum=1_000_000)
-    limit = int_param("limit", required=False, default=20, maximum=100)
-    items, total = svc.deliveries(site_id, webhook_id, page, limit)
-    return ok({"deliveries": items, "page": page, "limit": limit, "total": total})
+@endpoint(HOOK + "/deliveries", ["GET"], query=s.DeliveryQuery, ok=s.ok("DeliveriesResponse", s.Deliveries),
+          errors=HOOK_404, tags=["webhooks"])
+def deliveries(site_id, webhook_id):
+    """The webhook's deliveries, newest first, each with its attempts."""
+    q = request.context.query
+    items, total = service().deliveries(site_id, webhook_id, q.page, q.limit)
+    return ok({"deliveries": items, "page": q.page, "limit": q.limit, "total": total})
 
 
-@route(HOOK + "/test", ["POST"])
-def send_test(svc, site_id, webhook_id):
-    d = svc.send_test(site_id, webhook_id)
-    return ok({"delivery": d.to_dict()}, 202)
+@endpoint(HOOK + "/test", ["POST"], status=202, ok=s.ok("DeliveryQueuedResponse", s.DeliveryQueued),
+          errors=HOOK_404, tags=["webhooks"])
+def send_test(site_id, webhook_id):
+    """Queue a `test` delivery carrying the site's latest run."""
+    return ok({"delivery": service().send_test(site_id, webhook_id).to_dict()}, 202)

@@ -11,10 +11,11 @@ from rq.job import Job
 from sqlalchemy import or_, select, update
 
 from ..extensions import db
-from ..models import AutomationRun, RunEvent
+from ..models import AutomationRun
 from ..models.base import utcnow
 from ..redis_conn import get_redis
 from . import hooks, jobs
+from .closing import end_values, system_event
 from .locks import exec_lock_key
 
 log = logging.getLogger(__name__)
@@ -52,10 +53,9 @@ def check_stale_runs(now=None):
                    f"(no heartbeat for {app.config['STALE_RUN_SECONDS']} s); giving up.")
             res = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == run.id, AutomationRun.status == "running", AutomationRun.job_token == old_token)
-                .values(status="failed", error_message=msg, completed_at=now, job_token=None))
+                .values(**end_values(run, "failed", now, error_message=msg, completed_at=now)))
             if res.rowcount:
-                db.session.add(RunEvent(account_id=run.account_id, site_id=run.site_id, run_id=run.id,
-                                        action="fail", actor="system", reason=msg))
+                system_event(run, "fail", msg)
             db.session.commit()
             if res.rowcount:
                 run_logger(run).log(msg)
@@ -72,8 +72,7 @@ def check_stale_runs(now=None):
         if not res.rowcount:
             db.session.rollback()
             continue
-        db.session.add(RunEvent(account_id=run.account_id, site_id=run.site_id, run_id=run.id, action="recover",
-                                actor="system", reason="worker lost (no heartbeat); continued on another worker"))
+        system_event(run, "recover", "worker lost (no heartbeat); continued on another worker")
         db.session.commit()
         run_logger(run).log(f"Worker lost (no heartbeat since {run.heartbeat_at}); run continued on another worker")
         jobs.enqueue_step(r, run.id, token)

@@ -18,7 +18,8 @@ from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
 from . import billing, costs, hooks, insights, jobs, schedule
-from .config_schema import day_error, validate_update
+from .closing import end_values
+from .config_schema import validate_update
 from .locks import site_lock
 from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
@@ -96,12 +97,7 @@ class AutomationService:
     def update_config(self, site_id, data):
         cfg = self.config(site_id)
         site = db.session.get(Site, cfg.site_id)
-        clean = validate_update(data)
-        freq = clean.get("frequency", cfg.frequency)
-        day = clean.get("scheduled_day", cfg.scheduled_day)
-        problem = day_error(freq, day)
-        if problem:
-            raise BadRequest(f"'scheduled_day' {problem}.")
+        clean = validate_update(data, current=cfg.to_dict())
         schedule_changed = any(k in clean for k in ("is_enabled", "frequency", "scheduled_time", "scheduled_day"))
         old = {k: getattr(cfg, k) for k in clean}
         for k, v in clean.items():
@@ -402,6 +398,8 @@ class AutomationService:
         verb = PAST[action]
         if run.status not in allowed_from:
             raise BadRequest(f"Run {run.id} is {run.status} and cannot be {verb}.")
+        if callable(values):
+            values = values(run)
         # Conditional: a worker that finished the run a moment ago wins, and we report it.
         res = db.session.execute(update(AutomationRun).where(
             AutomationRun.id == run.id, AutomationRun.status == run.status).values(**values))
@@ -438,8 +436,9 @@ class AutomationService:
         return run
 
     def cancel(self, run_id, reason=None):
+        now = utcnow()
         run = self._transition(run_id, "cancel", ACTIVE_STATUSES,
-                               {"status": "cancelled", "cancelled_at": utcnow(), "job_token": None}, reason)
+                               lambda run: end_values(run, "cancelled", now, cancelled_at=now), reason)
         finish_side_effects(run)
         return run
 

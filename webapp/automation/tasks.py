@@ -21,11 +21,12 @@ from .. import logging_setup, metrics
 from ..ai import ItemError, ProviderUnavailable, get_provider
 from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope
 from ..extensions import db
-from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunItemFailure
+from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, hooks, jobs
 from .billing import InsufficientCredits, charge
+from .closing import close_stage_if_ended, end_values, system_event
 from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
@@ -192,6 +193,11 @@ class RunExecutor:
         finally:
             if beat is not None:
                 beat.stop()
+            try:  # a cancel may have raced with our last save of the stage result
+                close_stage_if_ended(self.run_id)
+            except Exception:  # the database is failing: recovery or the next job closes it
+                db.session.rollback()
+                log.warning("run %s: could not close its stage record", self.run_id)
             try:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
@@ -429,9 +435,8 @@ class RunExecutor:
             self.stop.set()
         res = db.session.execute(update(AutomationRun).where(AutomationRun.id == self.run_id, AutomationRun.status == "running")
                                  .values(status="paused", paused_at=utcnow(), pause_reason=reason, error_message=message))
-        if res.rowcount:  # in the audit trail like a user's pause: the timeline shades it
-            db.session.add(RunEvent(account_id=self.run.account_id, site_id=self.run.site_id, run_id=self.run_id,
-                                    action="pause", actor="system", reason=reason))
+        if res.rowcount:  # the audit row commits with the pause itself
+            system_event(self.run, "pause", reason)
         db.session.commit()
         self.logger.log(message)
         if res.rowcount:
@@ -449,9 +454,10 @@ class RunExecutor:
             if not self._save(n, res):
                 db.session.rollback()
                 raise Stop()
+            ended = utcnow()
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
-                status="completed", completed_at=utcnow(), job_token=None))
+                **end_values(self.run, "completed", ended, completed_at=ended)))
             db.session.commit()
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:

@@ -58,6 +58,7 @@ class AutomationRun(TenantMixin, db.Model):
     resumed_at = db.Column(db.DateTime)
     cancelled_at = db.Column(db.DateTime)
     completed_at = db.Column(db.DateTime)
+    ended_at = db.Column(db.DateTime)  # set when the run completes, fails or is cancelled
     total_credits_used = db.Column(db.Integer, nullable=False, default=0)
     # Credits reserved when the run started (1.2 x estimate). What is still held is
     # max(0, credits_hold - total_credits_used) while the run is active, 0 once it ended:
@@ -99,7 +100,8 @@ class AutomationRun(TenantMixin, db.Model):
     def summary(self):
         return {"run_id": self.id, "status": self.status, "trigger_type": self.trigger_type,
                 "current_stage": self.current_stage, "started_at": iso(self.started_at),
-                "completed_at": iso(self.completed_at), "total_credits_used": self.total_credits_used}
+                "completed_at": iso(self.completed_at), "ended_at": iso(self.ended_at),
+                "total_credits_used": self.total_credits_used}
 
     def to_dict(self):
         d = self.summary()

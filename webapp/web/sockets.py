@@ -19,6 +19,7 @@ so its sockets stop counting after CLAIM_TTL seconds without anyone cleaning up.
 go (metrics); `open_sockets()` is this process's count by kind.
 """
 import logging
+import random
 import threading
 import time
 import uuid
@@ -35,6 +36,9 @@ from ..redis_conn import get_redis
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 5.0   # a revoked token / ended session closes its sockets within this (+ POLL)
+# Sockets of one user (up to WS_MAX_PER_USER tabs) share one re-check per this many seconds
+# (per process): RECHECK_SECONDS + SHARED_SECONDS stays well within the promised 10 s.
+SHARED_SECONDS = 2.0
 CLAIM_TTL = 30          # a socket whose process died stops counting after this many seconds
 
 _ADMIT = """
@@ -95,6 +99,31 @@ class Caller:
         self.user_id, self.account_id, self.kind = user.id, user.account_id, kind
 
 
+_recent = {}  # credential -> (monotonic time, Caller or None): re-checks shared by a user's sockets
+_recent_lock = threading.Lock()
+
+
+def _credential():
+    from flask import session
+    header = request.headers.get("Authorization")
+    return ("token", header) if header else ("session", session.get("_user_id"))
+
+
+def recheck():
+    """authenticate(), shared for SHARED_SECONDS between the sockets of one credential."""
+    key, now = _credential(), time.monotonic()
+    with _recent_lock:
+        hit = _recent.get(key)
+    if hit and now - hit[0] < SHARED_SECONDS:
+        return hit[1]
+    caller = authenticate()
+    with _recent_lock:
+        if len(_recent) > 10_000:  # bounded: old entries are useless anyway
+            _recent.clear()
+        _recent[key] = (time.monotonic(), caller)
+    return caller
+
+
 def authenticate():
     """The caller of this websocket request, read afresh from the database, or None."""
     try:
@@ -115,7 +144,8 @@ class Connection:
     def __init__(self, ws, kind, caller):
         self.ws, self.kind, self.caller = ws, kind, caller
         self.claim = uuid.uuid4().hex
-        self.next_check = time.monotonic() + RECHECK_SECONDS
+        self.next_check = time.monotonic() + RECHECK_SECONDS * random.random()  # spread out
+        self.next_renew = time.monotonic() + CLAIM_TTL / 3
 
     def admit(self):
         cap = current_app.config["WS_MAX_PER_USER"]
@@ -145,16 +175,23 @@ class Connection:
         except redis.RedisError:
             pass  # the claim expires by itself
 
+    def seconds_to_check(self):
+        """How long the socket may sleep before its next re-check is due (so that a revoked
+        token closes within SHARED_SECONDS + RECHECK_SECONDS, whatever else wakes it)."""
+        return max(0.05, self.next_check - time.monotonic())
+
     def still_allowed(self):
         """False once the token or session behind this socket is gone (checked every
         RECHECK_SECONDS; cheap in between)."""
         if time.monotonic() < self.next_check:
             return True
         self.next_check = time.monotonic() + RECHECK_SECONDS
-        caller = authenticate()
+        caller = recheck()
         if caller is None or caller.user_id != self.caller.user_id:
             return False
-        self.renew()
+        if time.monotonic() >= self.next_renew:
+            self.next_renew = time.monotonic() + CLAIM_TTL / 3
+            self.renew()
         return True
 
     def close_for_auth(self):

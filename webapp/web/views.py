@@ -167,8 +167,7 @@ def save_config(site_id):
         try:
             svc.update_config(site.id, data)
         except AppError as e:
-            field = e.message.split("'")[1] if e.message.startswith("'") else "form"
-            errors[field] = e.message
+            errors.update(e.errors or {"form": e.message})
     if errors:
         db.session.rollback()
         ctx = automation_context(svc, site, errors=errors, form_values=request.form)

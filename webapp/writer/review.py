@@ -68,7 +68,7 @@ class ReviewService:
         return self.bulk([content_id], action, note, single=True)[0]
 
     def bulk(self, ids, action, note=None, site_id=None, single=False):
-        if action not in ACTIONS:
+        if not isinstance(action, str) or action not in ACTIONS:
             raise ReviewError({"action": "must be 'approve' or 'reject'"})
         note = clean_note(note, action)
         ids = clean_ids(ids)

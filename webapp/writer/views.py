@@ -5,6 +5,7 @@ from flask_login import current_user, login_required
 
 from ..automation.service import AutomationService
 from ..errors import NotFound
+from ..validation import is_ascii_digits
 from .review import ReviewError, ReviewService
 
 bp = Blueprint("writer", __name__)
@@ -43,11 +44,12 @@ def review(site_id):
     action, _, target = act.partition(":")
     svc = ReviewService(current_user.account_id, current_user.email)
     if target == "selected":
-        ids = [int(i) for i in request.form.getlist("ids") if i.isdigit()]
+        # ASCII digits only (str.isdigit() also takes e.g. Arabic-Indic digits)
+        ids = [int(i) for i in request.form.getlist("ids") if is_ascii_digits(i) and len(i) <= 12]
         note, note_field = request.form.get("note"), "note"
         if not ids:
             return render(site, page, 400, {"ids": "Select at least one article."}, request.form)
-    elif target.isdigit():
+    elif is_ascii_digits(target) and len(target) <= 12:
         ids = [int(target)]
         note, note_field = request.form.get(f"note_{target}"), f"note_{target}"
     else:

@@ -1,0 +1,607 @@
+"""Request and response models of the JSON API: one source for validation, the responses and
+/api/v1/openapi.json (generated from these models by spectree, see spec.py).
+
+To add a field to a response, add it to its model here: responses are checked against these
+models (extra fields are refused), so a field the document does not list cannot be returned.
+To add a route, declare it with `spec.endpoint(...)` and give it models from this module.
+"""
+from datetime import datetime
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
+from pydantic_core import PydanticCustomError
+
+from ..automation.config_schema import ConfigUpdate  # noqa: F401  (the update_config body)
+from ..notify.webhooks import WEBHOOK_EVENTS
+from ..validation import (DOMAIN_MAX, EMAIL_MAX, MAX_ID, NAME_MAX, NOTE_MAX, PASSWORD_MAX, REASON_MAX,
+                          is_ascii_digits)
+from ..writer.review import CONTENT_STATUSES, MAX_BULK
+
+RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
+TRIGGER_TYPES = ("manual", "scheduled", "api", "retry")
+
+
+def _query_int(value):
+    # Query strings arrive as text: plain ASCII digits only ("1e3", " 7", "٣" are not ids), the
+    # security rule of webapp/validation.py; the bounds are the Field's (and the document's).
+    if isinstance(value, str):
+        if value == "":
+            raise PydanticCustomError("empty", "must not be empty")
+        if not is_ascii_digits(value) or len(value) > 12:
+            raise PydanticCustomError("id_format", "must be an integer (digits 0-9 only)")
+        return int(value)
+    return value
+
+
+def QueryInt(ge, le, description=None):
+    return Annotated[int, Field(strict=True, ge=ge, le=le, description=description), BeforeValidator(_query_int)]
+
+
+Id = QueryInt(1, MAX_ID)
+Timestamp = Optional[datetime]
+
+
+class Model(BaseModel):
+    """Response objects: every field listed, nothing else allowed out."""
+    model_config = ConfigDict(extra="forbid")
+
+
+class Query(BaseModel):
+    # Unknown query parameters are ignored (caches and browsers add their own).
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- envelope ------------------------------------------------------------------------------
+class Error(Model):
+    success: Literal[False]
+    error: str = Field(description="what went wrong, naming the fields at fault")
+    errors: Optional[dict[str, str]] = Field(None, description="{field: message} for every field at fault")
+
+
+def ok(name, data_model, doc=None):
+    """The success envelope {success: true, data: <data_model>} as a named model."""
+    return create_model(name, __base__=Model, __doc__=doc or f"Success envelope of {data_model.__name__}",
+                        success=(Literal[True], ...), data=(data_model, ...))
+
+
+# -- query parameters ------------------------------------------------------------------------
+class SiteQuery(Query):
+    site_id: Id
+
+
+class RunQuery(Query):
+    run_id: Id
+
+
+class SiteRunQuery(Query):
+    site_id: Id
+    run_id: Id
+
+
+class LogsQuery(Query):
+    run_id: Id
+    lines: QueryInt(1, 5000, "how many lines (default 100)") = 100
+    before: QueryInt(1, MAX_ID, "the lines just above this line number") = None
+    after: QueryInt(0, MAX_ID, "the lines following this line number") = None
+
+
+class HistoryQuery(Query):
+    site_id: Id
+    page: QueryInt(1, 1_000_000, "1-based page, newest runs first") = 1
+    limit: QueryInt(1, 100, "runs per page (default 20)") = 20
+    status: Optional[Literal[RUN_STATUSES]] = None
+    trigger_type: Optional[Literal[TRIGGER_TYPES]] = None
+
+
+class PageQuery(Query):
+    site_id: Id
+    page: QueryInt(1, 1_000_000, "1-based page") = 1
+    per_page: QueryInt(1, 200, "items per page (default 50)") = 50
+
+
+class ContentPageQuery(PageQuery):
+    status: Literal[CONTENT_STATUSES] = Field(None, description="only articles in this state (review: the queue)")
+
+
+class IdempotencyHeaders(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    idempotency_key: Optional[Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[\x21-\x7e]+$")]] = Field(
+        None, alias="Idempotency-Key",
+        description="A retry with the same key (within 24 h, same route and parameters) gets the first "
+                    "answer again instead of acting twice")
+
+
+# -- request bodies ----------------------------------------------------------------------------
+class ReasonBody(BaseModel):
+    """Optional body (JSON or form) of run_now, pause, resume and cancel."""
+    model_config = ConfigDict(extra="forbid")
+    reason: Optional[Annotated[str, Field(max_length=REASON_MAX)]] = Field(None, description="recorded in the run's events")
+
+
+class SiteCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"\S")]
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA zone, e.g. Europe/Berlin")] = "UTC"
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    email: Annotated[str, Field(min_length=1, max_length=EMAIL_MAX)]
+    password: Annotated[str, Field(min_length=1, max_length=PASSWORD_MAX)]
+    name: Optional[Annotated[str, Field(max_length=NAME_MAX)]] = Field(None, description="label of the token")
+
+
+class KeywordsBulk(BaseModel):
+    """Keywords to import. Rows are checked one by one: a bad row is reported in `errors` (by
+    row number), not refused, so a row may be any JSON value."""
+    model_config = ConfigDict(extra="forbid")
+    keywords: Annotated[list[Any], Field(max_length=50_000, description=(
+        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings"))]
+
+
+# -- automation responses ----------------------------------------------------------------------
+class ConfigOut(Model):
+    site_id: int
+    is_enabled: bool
+    frequency: Literal["daily", "weekly", "monthly"]
+    scheduled_time: str = Field(description="HH:MM in the site's time zone")
+    scheduled_day: Optional[int]
+    stage_1_batch_size: int
+    stage_2_batch_size: int
+    stage_3_batch_size: int
+    stage_4_batch_size: int
+    stage_5_batch_size: int
+    stage_6_batch_size: int
+    within_stage_delay: int
+    between_stage_delay: int
+    ai_concurrency: int = Field(description="AI calls in flight per run (1-32)")
+    last_run_at: Timestamp
+    next_run_at: Timestamp
+    timezone: str = Field(description="the site's IANA time zone")
+    next_runs: list[datetime] = Field(description="the next 5 scheduled starts (UTC); empty when disabled")
+
+
+class Failure(Model):
+    item_id: int
+    reason: str
+
+
+class StageResult(Model):
+    status: Literal["running", "completed", "skipped", "cancelled", "failed"]
+    items_total: int
+    items_processed: int
+    items_created: int
+    items_failed: int
+    credits_used: int
+    started_at: Timestamp
+    finished_at: Timestamp
+    failures: list[Failure] = Field(default_factory=list, description="the last 20 failed items")
+    duration_seconds: Optional[float] = Field(None, description="time spent in the stage, pauses excluded")
+
+
+class RunSummary(Model):
+    run_id: int
+    status: Literal[RUN_STATUSES]
+    trigger_type: str
+    current_stage: int
+    started_at: Timestamp
+    completed_at: Timestamp
+    ended_at: Timestamp = Field(description="when the run completed, failed or was cancelled; null while active")
+    total_credits_used: int
+    active_seconds: float = Field(description="running time, pauses excluded")
+    paused_seconds: float
+
+
+class Run(RunSummary):
+    paused_at: Timestamp
+    resumed_at: Timestamp
+    cancelled_at: Timestamp
+    error_message: Optional[str]
+    pause_reason: Optional[str]
+    started_by: Optional[str]
+    site_id: int
+    stage_1_result: Optional[StageResult]
+    stage_2_result: Optional[StageResult]
+    stage_3_result: Optional[StageResult]
+    stage_4_result: Optional[StageResult]
+    stage_5_result: Optional[StageResult]
+    stage_6_result: Optional[StageResult]
+    stage_7_result: Optional[StageResult]
+    eta_seconds: Optional[float] = Field(description="estimated seconds to the end (running runs; null until known)")
+    retry_of_run_id: Optional[int] = Field(description="the run whose failed items this retry run processes")
+
+
+class RunEventOut(Model):
+    action: str = Field(description="start, pause, resume, cancel, ...")
+    actor: str = Field(description='"user:<email>", "token:<id> (<email>)", "scheduler" or "system"')
+    reason: Optional[str]
+    at: Timestamp
+
+
+class RunWithEvents(Run):
+    events: list[RunEventOut]
+    failed_items_count: int
+
+
+class FailedItemsQuery(Query):
+    run_id: Id
+    page: QueryInt(1, 100_000, "1-based page") = 1
+    limit: QueryInt(1, 200, "items per page (default 50)") = 50
+
+
+class FailedItem(Model):
+    stage: int
+    stage_name: str
+    item_type: str
+    item_id: int
+    label: str
+    reason: str
+    attempts: int
+    failed_at: Timestamp
+
+
+class FailedItems(Model):
+    run_id: int
+    page: int
+    limit: int
+    total: int
+    items: list[FailedItem]
+
+
+class RunStatus(Model):
+    run_id: int
+    status: Literal[RUN_STATUSES]
+
+
+class RetryStarted(RunStatus):
+    trigger_type: Literal["retry"]
+    retry_of_run_id: int
+
+
+class CurrentRun(Model):
+    run: Optional[Run]
+
+
+class RunDetail(Model):
+    run: RunWithEvents
+
+
+class History(Model):
+    runs: list[RunSummary] = Field(description="newest first")
+    page: int
+    limit: int
+    total: int = Field(description="runs matching the filters")
+
+
+class Logs(Model):
+    run_id: int
+    lines: list[str]
+    first_line: int = Field(description="the line number of lines[0]")
+    total_lines: int
+
+
+class Estimate(Model):
+    estimated_credits: int
+    required_credits: int = Field(description="estimate x 1.2: what a start needs")
+    current_balance: int
+    held: int = Field(description="credits reserved by active runs")
+    available: int = Field(description="current_balance minus held")
+    sufficient: bool = Field(description="available >= required_credits")
+
+
+class OverviewStage(Model):
+    number: int
+    name: str
+    pending: int
+    uses_ai: bool
+    item_type: str
+    awaiting_review: Optional[int] = Field(None, description="stage 7 only")
+
+
+class Overview(Model):
+    stages: list[OverviewStage] = Field(min_length=7, max_length=7)
+    awaiting_review: int = Field(description="articles waiting for a reviewer's decision")
+
+
+class Processing(Model):
+    stage_number: int
+    stage_name: str
+    status: Literal["starting", "processing"] = Field(description="starting until the stage has counted its items")
+    total_items: int
+    processed_items: int
+    failed_items: int
+    percentage: float
+    currently_processing: list[str] = Field(description="labels of the items in flight")
+    up_next: list[str]
+    remaining_count: int
+
+
+class ProcessingOut(Model):
+    state: Optional[Processing] = Field(description="null when the run is not running")
+
+
+# -- sites, auth, planner, writer ------------------------------------------------------------
+class SiteOut(Model):
+    id: int
+    name: str
+    domain: Optional[str]
+    timezone: str
+
+
+class Sites(Model):
+    sites: list[SiteOut]
+
+
+class SiteCreated(Model):
+    site: SiteOut
+
+
+class Token(Model):
+    token: str = Field(description="shown once; send as 'Authorization: Bearer <token>'")
+    token_id: int
+
+
+class Pong(Model):
+    pong: bool
+
+
+class RowError(Model):
+    row: int
+    error: str
+
+
+class ImportReport(Model):
+    created: int
+    duplicates: int
+    errors: list[RowError]
+    rows: int
+
+
+class KeywordOut(Model):
+    id: int
+    keyword: str
+    volume: Optional[int]
+    difficulty: Optional[int]
+    cluster_id: Optional[int]
+
+
+class ClusterOut(Model):
+    id: int
+    name: str
+    ideas_generated: bool
+    keyword_count: int
+
+
+class IdeaOut(Model):
+    id: int
+    cluster_id: int
+    title: str
+    outline: str
+    keywords: str = Field(description="comma-separated target keywords")
+    status: str
+
+
+class TaskOut(Model):
+    id: int
+    idea_id: int
+    title: str
+    status: str
+
+
+class ImageOut(Model):
+    id: int
+    content_id: int
+    position: int
+    kind: str
+    prompt: str
+    status: str
+    url: Optional[str]
+
+
+class ContentOut(Model):
+    id: int
+    task_id: int
+    title: str
+    status: Literal[CONTENT_STATUSES]
+    word_count: int
+    created_at: Timestamp
+    review_note: Optional[str]
+    reviewed_by: Optional[str]
+    reviewed_at: Timestamp
+
+
+class ContentFull(ContentOut):
+    body: str
+    images: list[ImageOut]
+
+
+class ContentDetail(Model):
+    content: ContentFull
+
+
+def page_of(name, item_model):
+    return create_model(name, __base__=Model, items=(list[item_model], ...), page=(int, ...),
+                        per_page=(int, ...), total=(int, ...))
+
+
+KeywordPage = page_of("KeywordPage", KeywordOut)
+ClusterPage = page_of("ClusterPage", ClusterOut)
+IdeaPage = page_of("IdeaPage", IdeaOut)
+TaskPage = page_of("TaskPage", TaskOut)
+ContentPage = page_of("ContentPage", ContentOut)
+ImagePage = page_of("ImagePage", ImageOut)
+
+
+# -- review -------------------------------------------------------------------------------------
+Note = Annotated[str, Field(max_length=NOTE_MAX)]
+
+
+class ApproveBody(BaseModel):
+    """Optional body of approve."""
+    model_config = ConfigDict(extra="forbid")
+    note: Note = None
+
+
+class RejectBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    note: Note = Field(description="required: say what to change (not blank)")
+
+
+class BulkReviewBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK)]
+    action: Literal["approve", "reject"]
+    note: Note = Field(None, description="required to reject")
+
+
+class ContentReviewed(Model):
+    content: ContentOut
+
+
+class BulkReviewed(Model):
+    updated: int
+    status: Optional[Literal[CONTENT_STATUSES]]
+    items: list[ContentOut]
+
+
+# -- webhooks -----------------------------------------------------------------------------------
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, Field(min_length=1, max_length=2000, description="http(s) URL of a public host")]
+    events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: all of them")] = None
+
+
+class WebhookOut(Model):
+    id: int
+    site_id: int
+    url: str
+    events: list[Literal[WEBHOOK_EVENTS]]
+    secret_hint: str
+    created_by: Optional[str]
+    created_at: Timestamp
+
+
+class WebhookWithSecret(WebhookOut):
+    secret: str = Field(description="shown once: verify X-Automation-Signature with it")
+
+
+class Webhooks(Model):
+    webhooks: list[WebhookOut]
+
+
+class WebhookCreated(Model):
+    webhook: WebhookWithSecret
+
+
+class WebhookDeleted(Model):
+    deleted: int
+
+
+class DeliveryAttempt(Model):
+    number: int
+    at: Timestamp
+    duration_ms: Optional[int]
+    status_code: Optional[int]
+    ok: bool
+    error: Optional[str]
+
+
+class Delivery(Model):
+    id: int
+    delivery_id: str
+    webhook_id: int
+    event: str
+    run_id: Optional[int]
+    status: str
+    attempt_count: int
+    next_attempt_at: Timestamp
+    last_error: Optional[str]
+    created_at: Timestamp
+    delivered_at: Timestamp
+    attempts: list[DeliveryAttempt]
+
+
+class Deliveries(Model):
+    deliveries: list[Delivery]
+    page: int
+    limit: int
+    total: int
+
+
+class DeliveryQuery(Query):
+    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
+    limit: QueryInt(1, 100, "deliveries per page (default 20)") = 20
+
+
+class DeliveryQueued(Model):
+    delivery: Delivery
+
+
+# -- team: tokens, sites, audit ---------------------------------------------------------------
+class TokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = "api"
+    expires_at: Optional[Annotated[str, Field(max_length=40, description="ISO 8601 date or time in the future; "
+                                                                          "null: never")]] = None
+    scope: Literal["full", "read"] = "full"
+
+
+class TokenOut(Model):
+    id: int
+    name: str
+    scope: Literal["full", "read"]
+    created_at: Timestamp
+    last_used_at: Timestamp
+    expires_at: Timestamp
+    revoked_at: Timestamp
+    user: Optional[str]
+
+
+class TokenCreated(TokenOut):
+    token: str = Field(description="shown once; send as 'Authorization: Bearer <token>'")
+
+
+class Tokens(Model):
+    tokens: list[TokenOut]
+
+
+class SiteUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = None
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = None
+
+
+class DeleteSiteQuery(Query):
+    confirm: Annotated[str, Field(max_length=255, description="the site's name")] = None
+
+
+class SiteDeleted(Model):
+    deleted: int
+    name: str
+
+
+class AuditQuery(Query):
+    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
+    limit: QueryInt(1, 200, "entries per page (default 50)") = 50
+    site_id: QueryInt(1, MAX_ID, "only this site's entries") = None
+    actor: Annotated[str, Field(max_length=255, description="entries whose actor contains this")] = None
+    action: Annotated[str, Field(max_length=64, description="e.g. run.pause, config.update")] = None
+
+
+class AuditEntryOut(Model):
+    id: int
+    at: Timestamp
+    actor: str
+    action: str
+    site_id: Optional[int]
+    run_id: Optional[int]
+    details: dict[str, Any]
+
+
+class AuditLog(Model):
+    entries: list[AuditEntryOut]
+    total: int
+    page: int
+    limit: int
