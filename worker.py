@@ -45,6 +45,10 @@ def run_worker(app, burst=False):
         finally:
             from webapp.extensions import db
             db.session.remove()
+        # The AI provider (for `openai`: the package import and its client, ~2 s) is built
+        # now rather than by the first job, which would spend that inside a run.
+        from webapp.ai import get_provider
+        get_provider(app.config)
         from webapp.scheduling import CONTROL_QUEUE
         from webapp.notify.jobs import NOTIFY_QUEUE
         log = logging.getLogger("worker")

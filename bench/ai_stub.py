@@ -75,6 +75,9 @@ class StubState:
 def make_handler(state):
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        # Headers and body go out as separate writes: without TCP_NODELAY, Nagle's algorithm and
+        # the client's delayed ACK add ~40 ms to every keep-alive request.
+        disable_nagle_algorithm = True
 
         def log_message(self, *a):
             pass
@@ -111,8 +114,10 @@ def make_handler(state):
                     groups.setdefault(k.split()[-1].title(), []).append(k)
                 return {"clusters": [{"name": f"Topic {n}", "keywords": ks} for n, ks in groups.items()]}
             if "ideas" in system:
-                return {"ideas": [{"title": f"Idea about {k}", "outline": "## One\n## Two", "keywords": [k]}
-                                  for k in user["keywords"][:2]]}
+                # One idea per two keywords, like the local provider (and most real prompts).
+                ks = user["keywords"]
+                return {"ideas": [{"title": f"Idea about {ks[i]}", "outline": "## One\n## Two",
+                                   "keywords": ks[i:i + 2]} for i in range(0, len(ks), 2)][:5]}
             if "prompts" in system:
                 return {"prompts": [f"featured {user['title']}", "inline one", "inline two"]}
             return {"body": f"# {user['title']}\n\n" + "word " * 200}

@@ -159,6 +159,7 @@ def main():
     p.add_argument("--rpm", type=int, default=300)
     p.add_argument("--rate-keywords", type=int, default=300)
     p.add_argument("--skip-rate", action="store_true")
+    p.add_argument("--rate-modes", nargs="*", default=["paced", "retry"], choices=["paced", "retry"])
     p.add_argument("--database-url", default=DEFAULT_DB)
     args = p.parse_args()
     latency = args.latency_ms / 1000
@@ -179,7 +180,7 @@ def main():
             out["speedup"] = {r["concurrency"]: round(base["wall_s"] / r["wall_s"], 1) for r in out["runs"]}
             print(json.dumps({"speedup_vs_1": out["speedup"]}), flush=True)
         if not args.skip_rate:
-            for paced in (True, False):
+            for paced in [m == "paced" for m in args.rate_modes]:
                 res = rate_limited(env, app, args.rate_keywords, args.rpm, latency, paced)
                 out["rate"].append(res)
                 print(json.dumps(res), flush=True)

@@ -48,7 +48,9 @@ def one_worker(env, app, n):
     from webapp.extensions import db
     from webapp.models import AutomationRun
     from webapp.redis_conn import get_redis
-    acc_id, site_id = make_site(app, f"single-{n}", n)
+    # Concurrency 1: provider time is then sequential and can be subtracted from the wall time
+    # (bench/ai_throughput.py measures concurrent AI calls).
+    acc_id, site_id = make_site(app, f"single-{n}", n, ai_concurrency=1)
     real = tasks.get_provider
     tasks.get_provider = lambda cfg: TimedProvider(real(cfg))
     TimedProvider.total = {}

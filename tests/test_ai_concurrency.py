@@ -345,7 +345,8 @@ def test_max_rpm_is_shared_across_workers(app):
     [t.start() for t in threads]
     [t.join() for t in threads]
     elapsed = time.monotonic() - t0
-    assert len(stamps) == 40 and elapsed >= 39 * 0.05 * 0.95, elapsed  # 40 requests at 20/s
+    # 40 requests at 20/s (a late caller may catch up one slot: at most two back to back).
+    assert len(stamps) == 40 and elapsed >= 37 * 0.05, elapsed
     # A 429's Retry-After seen by one worker holds back the other.
     other = SharedLimiter(r, rpm=None, scope="u")
     SharedLimiter(r, rpm=None, scope="u").block(0.5)

@@ -37,7 +37,9 @@ if blocked > now then return blocked - now end
 local interval = tonumber(ARGV[1])
 if interval <= 0 then return 0 end
 local tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-if tat < now then tat = now end
+-- A caller that woke a little late (up to one interval) keeps the slot's time: lateness is
+-- caught up instead of lost (at most two requests back to back), so a binding limit is used.
+if tat < now - interval then tat = now - interval end
 if tat > now then return tat - now end
 redis.call('SET', KEYS[1], tat + interval, 'PX', interval + 60000)
 return 0
@@ -152,7 +154,7 @@ class ProviderGate:
                 return
             metrics.ai_rate_limited()  # automation_ai_rate_limited_total: one per wait for a turn
             # A little jitter: calls released by the same block do not all hit at once.
-            if self.stop.wait(wait + random.uniform(0, min(0.05, wait / 10))):
+            if self.stop.wait(wait + random.uniform(0, min(0.01, wait / 20))):
                 raise Interrupted()
 
     def call(self, fn):

@@ -26,7 +26,7 @@ def _query_int(value):
     # security rule of webapp/validation.py; the bounds are the Field's (and the document's).
     if isinstance(value, str):
         if value == "":
-            raise PydanticCustomError("required", "is required")
+            raise PydanticCustomError("empty", "must not be empty")
         if not is_ascii_digits(value) or len(value) > 12:
             raise PydanticCustomError("id_format", "must be an integer (digits 0-9 only)")
         return int(value)

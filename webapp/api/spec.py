@@ -61,7 +61,10 @@ def _after(req, resp, resp_validation_error, instance, model_adapter=None):
     if resp_validation_error is not None:
         # The server tried to answer something its document does not describe: a bug here.
         current_app.logger.error("response of %s does not match its schema: %s", req.path, resp_validation_error)
-        raise RuntimeError(f"response of {req.path} does not match its schema")
+        # Tests fail on it; in production the answer still goes out (the change it reports has
+        # been committed: a 500 would make a client retry an action that succeeded).
+        if current_app.testing:
+            raise RuntimeError(f"response of {req.path} does not match its schema")
 
 
 def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=None, headers=None,
