@@ -334,3 +334,22 @@ def gunicorn_web(app_env):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def fresh_run(run_id):
+    """The run as the database has it now (what another process committed included)."""
+    from webapp.models import AutomationRun
+    db.session.remove()
+    return db.session.get(AutomationRun, run_id)
+
+
+def stop_process(proc):
+    """SIGTERM a process group started with start_new_session, SIGKILL if it lingers."""
+    import signal
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except Exception:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

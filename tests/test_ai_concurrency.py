@@ -17,26 +17,14 @@ from webapp.automation.locks import exec_lock_key
 from webapp.automation.service import AutomationService
 from webapp.errors import BadRequest
 from webapp.extensions import db
-from webapp.models import (AITaskLog, Account, AutomationConfig, AutomationRun, Cluster, Content, ContentIdea,
+from webapp.models import (AITaskLog, Account, AutomationConfig, Cluster, Content, ContentIdea,
                            CreditTransaction, Image, Keyword, RunEvent, Task)
 from webapp.redis_conn import get_redis
 
 from conftest import drain, start_worker, wait_for
 
 
-def _run(run_id):
-    db.session.remove()
-    return db.session.get(AutomationRun, run_id)
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except Exception:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+from conftest import fresh_run as _run, stop_process as _stop  # noqa: E402
 
 
 def set_config(site_id, **values):

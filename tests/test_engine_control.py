@@ -4,9 +4,6 @@ does nothing, two workers never run one run at once, a resume during a slow item
 as soon as it ends, and a cancelled run's leftover site lock never blocks the next start.
 
 Each test names the mutant of the engine it kills (docs/TESTING.md)."""
-import json
-import os
-import signal
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -20,7 +17,7 @@ from webapp.automation.jobs import enqueue_step
 from webapp.automation.locks import site_lock_key
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import AITaskLog, AutomationConfig, AutomationRun
+from webapp.models import AITaskLog, AutomationConfig
 from webapp.redis_conn import get_redis
 
 from conftest import drain, start_worker, wait_for
@@ -28,19 +25,7 @@ from test_engine import _credits, _step_until, _twin_sites, outputs
 from test_logs_and_providers import StubAI
 
 
-def _run(run_id):
-    db.session.remove()
-    return db.session.get(AutomationRun, run_id)
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except Exception:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+from conftest import fresh_run as _run, stop_process as _stop  # noqa: E402
 
 
 def serial(site_id):

@@ -6,25 +6,13 @@ from sqlalchemy import func, select
 
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import AITaskLog, AutomationRun, CreditTransaction, RunEvent
+from webapp.models import AITaskLog, CreditTransaction, RunEvent
 
 from conftest import drain, start_worker, wait_for
 from test_engine import _credits, _twin_sites, outputs
 
 
-def _run(run_id):
-    db.session.remove()
-    return db.session.get(AutomationRun, run_id)
-
-
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except Exception:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
+from conftest import fresh_run as _run, stop_process as _stop  # noqa: E402
 
 
 def test_sigkill_in_stage_4_is_recovered_with_same_outputs(app, app_env, factory):
