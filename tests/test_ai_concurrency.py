@@ -269,7 +269,9 @@ def test_sigkill_under_concurrency_recovers_with_exact_totals(app, app_env, fact
     assert_books_balance(run_id, acc_id, balance)
     no_duplicates(site_id)
     events = [e.action for e in db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id)).scalars()]
-    assert events.count("recover") == 1
+    # Continued by the killed worker's queued next batch (it waits for the dead job's exec lock
+    # to expire) or by one stale-run recovery, whichever the kill's timing left: never twice.
+    assert events.count("recover") <= 1
 
 
 # -- provider rate limits -------------------------------------------------------------------------
@@ -427,6 +429,11 @@ def test_long_ai_call_keeps_the_run_alive(app, app_env, factory):
         _stop(w)
 
 
+def _calls(run_id):
+    db.session.remove()
+    return db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.run_id == run_id)).scalar()
+
+
 def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app_env, factory):
     acc, _ = factory.account(credits=1_000_000)
     site = factory.site(acc, keywords=20)
@@ -445,11 +452,12 @@ def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app
         os.killpg(doomed.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         doomed.wait(5)
-        wait_for(lambda: db.session.execute(select(RunEvent).where(
-            RunEvent.run_id == run_id, RunEvent.action == "recover")).first() and not db.session.remove(),
-            timeout=60, interval=0.5, message="recovery")
+        # The call in flight died with the worker; the run continues on the other worker (through
+        # its queued next batch once the dead job's lock expires, or a stale-run recovery): the
+        # proof is a new AI call charged after the kill.
+        calls_at_kill = _calls(run_id)
+        wait_for(lambda: _calls(run_id) > calls_at_kill, timeout=60, interval=0.5, message="progress after the kill")
         took = time.monotonic() - killed_at
-        wait_for(lambda: _logs(run_id, "auto_cluster") > 0, timeout=30, message="progress on the new worker")
         assert took < 60, took
     finally:
         for p in [doomed, *others]:
