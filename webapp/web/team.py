@@ -13,6 +13,7 @@ from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
 from ..sites import create_site
+from .views import owned_site, service
 
 bp = Blueprint("team_web", __name__)
 AUDIT_PER_PAGE = 50
@@ -33,14 +34,6 @@ def _errors_of(e):
 def _require_owner():
     if not has_role(current_user, "owner"):
         abort(403, "This page needs the owner role.")
-
-
-def _own_site(site_id):
-    site = db.session.execute(db.select(Site).where(Site.id == site_id, Site.account_id == current_user.account_id)
-                              ).scalar_one_or_none()
-    if site is None:
-        abort(404)
-    return site
 
 
 # -- sites -------------------------------------------------------------------------------------------
@@ -72,7 +65,7 @@ def new_site():
 @needs("owner")
 def edit_site(site_id):
     _require_owner()
-    site = _own_site(site_id)
+    site = owned_site(service(), site_id)
     form, errors = {"name": site.name, "domain": site.domain or "", "timezone": site.timezone}, {}
     if request.method == "POST":
         form = request.form
@@ -92,7 +85,7 @@ def edit_site(site_id):
 @needs("owner")
 def delete_site(site_id):
     _require_owner()
-    site = _own_site(site_id)
+    site = owned_site(service(), site_id)
     errors = {}
     if request.method == "POST":
         try:
@@ -151,7 +144,6 @@ def users():
 @login_required
 @needs("owner")
 def invite_user():
-    _require_owner()
     form = request.form
     try:
         user, raw = team.invite(current_user, form.get("email", ""), form.get("role", "operator"))
