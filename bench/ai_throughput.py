@@ -78,7 +78,16 @@ def _run_facts(app, run_ids):
         failed = sum((r.stage_result(n) or {}).get("items_failed", 0) for r in runs for n in range(1, 8))
         calls = db.session.execute(select(func.count()).select_from(AITaskLog).where(
             AITaskLog.run_id.in_(run_ids))).scalar()
-        out = {"statuses": [r.status for r in runs], "pause_reasons": [r.pause_reason for r in runs if r.pause_reason],
+        # Per stage (first run): seconds from its start to its end, and items, to see where time goes.
+        stages = {}
+        for n in range(1, 8):
+            sr = runs[0].stage_result(n) or {}
+            if sr.get("started_at") and sr.get("finished_at"):
+                from datetime import datetime
+                d = (datetime.fromisoformat(sr["finished_at"].replace("Z", "+00:00"))
+                     - datetime.fromisoformat(sr["started_at"].replace("Z", "+00:00"))).total_seconds()
+                stages[n] = [round(d, 1), sr.get("items_processed", 0)]
+        out = {"stage_s_items": stages, "statuses": [r.status for r in runs], "pause_reasons": [r.pause_reason for r in runs if r.pause_reason],
                "items": items, "failed_items": failed, "ai_calls": calls,
                "credits": sum(r.total_credits_used for r in runs)}
         db.session.remove()
@@ -89,7 +98,14 @@ def one_concurrency(env, app, stub_url, state, n_keywords, latency, c):
     from webapp.automation.service import AutomationService
     from webapp.extensions import db
     acc, site = make_site(app, f"c{c}-{int(time.time())}", n_keywords, ai_concurrency=c)
+    prof = os.environ.get("BENCH_PROFILE")  # a folder: py-spy samples the worker (collapsed stacks)
     worker = env.spawn(sys.executable, "worker.py", log_name=f"worker-c{c}.log")
+    spy = None
+    if prof:
+        import subprocess
+        spy = subprocess.Popen(["py-spy", "record", "--nonblocking", "--format", "raw", "--rate", "100",
+                                "-o", f"{prof}/worker-c{c}.txt", "--pid", str(worker.pid)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         time.sleep(2)  # worker start-up (imports, stale check) is not the run's time
         cpu0 = _cpu([worker])
@@ -100,6 +116,9 @@ def one_concurrency(env, app, stub_url, state, n_keywords, latency, c):
         wall, rss = _run_until_done(app, [run_id], [worker], timeout=3600)
         cpu = _cpu([worker]) - cpu0
     finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
         _stop([worker])
     facts = _run_facts(app, [run_id])
     res = {"concurrency": c, "wall_s": round(wall, 1), **facts, "stub_requests": state.requests - requests0,

@@ -60,6 +60,7 @@ def run_row(run_id):
 
 # -- run records close ------------------------------------------------------------------------
 def test_cancel_mid_stage_closes_the_run_and_its_stage(app, api):
+    app.config["JOB_SLICE_SECONDS"] = 0  # one batch per job, so one job leaves stage 1 mid-way
     run_id = data(api.post(f"{A}/run_now/?site_id={api.site_id}"), 201)["run_id"]
     drain(app, max_jobs=1)  # stage 1 started, one batch of two keywords done
     assert run_row(run_id).stage_1_result["status"] == "running"

@@ -112,8 +112,27 @@ def _credits(run_id):
         AITaskLog.run_id == run_id)).scalar()
 
 
+@pytest.mark.parametrize("slice_s, delay, per_job", [
+    (300, 0, 40),  # no delay between batches: one job goes on through the whole stage
+    (0, 0, 8),     # JOB_SLICE_SECONDS=0: one batch (4 keywords x ai_concurrency 2) per job
+    (300, 1, 8),   # a delay between batches keeps one batch per job (the delay is between jobs)
+])
+def test_a_job_goes_on_into_the_next_batches_only_within_its_slice(app, factory, slice_s, delay, per_job):
+    (acc, site), = _twin_sites(factory, stage_1_batch_size=4, ai_concurrency=2, within_stage_delay=delay)[1:]
+    app.config["JOB_SLICE_SECONDS"] = slice_s
+    run_id = AutomationService(acc).start(site).id
+    drain(app, max_jobs=1)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.current_stage == 1 and run.stage_1_result["items_processed"] == per_job
+    assert run.stage_1_result["status"] == "running"
+    drain(app)
+    run = db.session.get(AutomationRun, run_id)
+    assert run.status == "completed" and run.stage_1_result["items_processed"] == 40
+
+
 def test_pause_mid_stage_then_resume_equals_uninterrupted(app, factory):
     (a_acc, a_site), (b_acc, b_site) = _twin_sites(factory, stage_4_batch_size=2, stage_2_batch_size=2)
+    app.config["JOB_SLICE_SECONDS"] = 0  # one batch per job: the pause lands between two jobs
     ref = AutomationService(a_acc).start(a_site).id
     drain(app)
     svc = AutomationService(b_acc, actor="user:beta@example.com")
@@ -149,6 +168,7 @@ def test_pause_mid_stage_then_resume_equals_uninterrupted(app, factory):
 
 def test_cancel_mid_stage_keeps_partial_results_and_frees_site(app, factory):
     (ref_acc, ref_site), (acc_id, site_id) = _twin_sites(factory, stage_4_batch_size=2)
+    app.config["JOB_SLICE_SECONDS"] = 0  # one batch per job: the cancel lands between two jobs
     ref = AutomationService(ref_acc).start(ref_site).id
     drain(app)
     svc = AutomationService(acc_id, actor="user:x")

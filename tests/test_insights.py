@@ -113,8 +113,9 @@ def test_eta_null_until_known_then_from_observed_rate(app, api):
     run_id = data(api.post(f"{A}/run_now/?site_id={api.site_id}"), 201)["run_id"]
     run = data(api.get(f"{A}/current_run/?site_id={api.site_id}"))["run"]
     assert run["eta_seconds"] is None and run["active_seconds"] >= 0 and run["paused_seconds"] == 0
-    # Stage 1 in batches of 8, one batch per job (ai_concurrency 1): after one job, 8 of 24
-    # keywords are done.
+    # Stage 1 in batches of 8, one batch per job (ai_concurrency 1, no job slice): after one
+    # job, 8 of 24 keywords are done.
+    app.config["JOB_SLICE_SECONDS"] = 0
     db.session.execute(update(db.metadata.tables["automation_config"]).values(stage_1_batch_size=8,
                                                                                 ai_concurrency=1))
     db.session.commit()

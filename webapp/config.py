@@ -173,6 +173,10 @@ def load_config(instance_path, env=None):
         "STALE_CHECK_INTERVAL": _int(env, "STALE_CHECK_INTERVAL", 10),
         "MAX_RECOVERY_ATTEMPTS": _int(env, "MAX_RECOVERY_ATTEMPTS", 3),
         "ITEM_MAX_ATTEMPTS": _int(env, "ITEM_MAX_ATTEMPTS", 3),
+        # How long one job goes on with the next batches of its stage (when the site has no
+        # delay between batches) before it queues the next job: runs sharing a worker take
+        # turns at this granularity. 0 = one batch per job.
+        "JOB_SLICE_SECONDS": _float(env, "JOB_SLICE_SECONDS", 10.0),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
         # Websockets (webapp/web/sockets.py): open sockets per user across all web processes,
         # and the origins besides the app's own whose pages may open them.

@@ -21,7 +21,8 @@ def charge(run, stage, function, item_type, item_id, credits, tokens, model):
     # Atomic conditional debit: the balance can never go negative, even with many workers.
     row = db.session.execute(
         update(Account).where(Account.id == run.account_id, Account.credits >= credits)
-        .values(credits=Account.credits - credits).returning(Account.credits)
+        .values(credits=Account.credits - credits).returning(Account.credits),
+        execution_options={"synchronize_session": False},  # the worker's hot path: see stages._guarded
     ).first()
     if row is None:
         available = db.session.execute(db.select(Account.credits).where(Account.id == run.account_id)).scalar()

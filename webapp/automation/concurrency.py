@@ -51,9 +51,14 @@ class CallPool:
 
 
 def run_in_order(units, limit, start, finish, may_start, still_running=None, on_started=None,
-                 stop=None, poll=0.25, check_every=0.5):
+                 stop=None, poll=0.25, check_every=0.5, refill=None, backlog=4):
     """Process `units` with at most `limit` calls in flight; returns "done" or "stopped".
 
+    refill()         asked for more units whenever all given ones have started and a call
+                     slot is free; [] ends the asking. So a job goes on into the next batch
+                     with its window full instead of draining it at every batch's end.
+    backlog          at most limit x backlog units started and not yet finished (a slow head
+                     unit must not let finished ones pile up without bound)
     start(slot)      prepare the unit and set slot.future (the job's thread)
     finish(slot)     commit or record the head unit -> NEXT | RETRY (counted attempt) |
                      REDO (inputs changed, not an attempt) | STOP (the run paused) | DROP
@@ -75,10 +80,18 @@ def run_in_order(units, limit, start, finish, may_start, still_running=None, on_
     def in_flight():
         return sum(1 for s in started if not s.future.done())
 
-    while started or (waiting and not stopping):
-        if waiting and not stopping and in_flight() < limit:
+    while started or (waiting and not stopping) or (refill is not None and not stopping):
+        if not waiting and refill is not None and not stopping and in_flight() < limit:
+            more = refill()
+            if more:
+                waiting.extend(Slot(u) for u in more)
+            else:
+                refill = None
+                if not started:
+                    break
+        if waiting and not stopping and in_flight() < limit and len(started) < limit * backlog:
             if may_start():
-                while waiting and in_flight() < limit:
+                while waiting and in_flight() < limit and len(started) < limit * backlog:
                     slot = waiting.popleft()
                     start(slot)
                     started.append(slot)
