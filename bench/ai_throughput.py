@@ -107,7 +107,7 @@ def one_concurrency(env, app, stub_url, state, n_keywords, latency, c):
                                 "-o", f"{prof}/worker-c{c}.txt", "--pid", str(worker.pid)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        time.sleep(2)  # worker start-up (imports, stale check) is not the run's time
+        env.wait_workers(1)  # worker start-up (imports, stale check) is not the run's time
         cpu0 = _cpu([worker])
         requests0 = state.requests
         with app.app_context():
@@ -144,7 +144,7 @@ def rate_limited(env, app, n_keywords, rpm, latency, with_max_rpm):
     sites = [make_site(app, f"rate-{tag}-{i}", n_keywords, ai_concurrency=16) for i in range(2)]
     workers = [env.spawn(sys.executable, "worker.py", log_name=f"worker-rate-{i}.log") for i in range(2)]
     try:
-        time.sleep(2)
+        env.wait_workers(2)
         with app.app_context():
             runs = [AutomationService(a).start(s).id for a, s in sites]
             db.session.remove()

@@ -69,6 +69,19 @@ class Env:
         return subprocess.Popen(list(cmd), cwd=ROOT, env=self.vars, stdout=out, stderr=subprocess.STDOUT,
                                 start_new_session=True)
 
+    def wait_workers(self, n, timeout=120):
+        """Until n RQ workers are registered (listening): their start-up (imports, the app,
+        the at-start stale check) is not part of what a benchmark measures."""
+        import redis
+        from rq import Worker
+        conn = redis.Redis.from_url(self.vars["REDIS_URL"])
+        deadline = time.time() + timeout
+        while len(Worker.all(connection=conn)) < n:
+            if time.time() > deadline:
+                raise SystemExit(f"{n} workers not listening after {timeout} s")
+            time.sleep(0.1)
+        time.sleep(0.2)  # past the registration: the worker is in its dequeue loop
+
     def close(self):
         self.redis.terminate()
         self.redis.wait(10)
