@@ -27,7 +27,7 @@ MUTANTS ?= webapp.automation.locks.* webapp.automation.billing.* webapp.automati
 	webapp.automation.service.x_finish_side_effects*
 mutate: $(VENV)/.deps-dev
 	-$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
-	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py
+	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py tests/test_heartbeat.py
 
 # Debian's chromium + chromium-driver for the browser tests: installed when possible, else one
 # line saying what to install (scripts/browser_deps.sh).
