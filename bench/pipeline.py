@@ -41,6 +41,28 @@ STAGE_OF = {"cluster_keywords": 1, "generate_ideas": 2, "generate_content": 4, "
             "generate_image": 6}
 
 
+SQL_STATS = None  # --sql-stats: {statement kind: [count, seconds]}
+
+
+def _count_statements(engine):
+    """Count the statements the worker sends (and their time on the wire), by kind."""
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def before(conn, cursor, statement, params, context, executemany):
+        conn.info["t0"] = time.perf_counter()
+
+    @event.listens_for(engine, "after_cursor_execute")
+    def after(conn, cursor, statement, params, context, executemany):
+        words = statement.split()
+        kind = " ".join(words[:3] if words[0] in ("UPDATE", "INSERT") else words[:1])
+        if words[0] == "SELECT":
+            kind = "SELECT " + (statement.split(" FROM ", 1)[1].split()[0] if " FROM " in statement else "")
+        c = SQL_STATS.setdefault(kind, [0, 0.0])
+        c[0] += 1
+        c[1] += time.perf_counter() - conn.info.pop("t0", time.perf_counter())
+
+
 def one_worker(env, app, n):
     from rq import Queue, SimpleWorker
     from webapp.automation import tasks
@@ -57,6 +79,8 @@ def one_worker(env, app, n):
     with app.app_context():
         run_id = AutomationService(acc_id).start(site_id).id
         r = get_redis()
+        if SQL_STATS is not None:
+            _count_statements(db.engine)
         t = time.perf_counter()
         SimpleWorker([Queue(app.config["RQ_QUEUE"], connection=r)], connection=r).work(
             burst=True, with_scheduler=False, logging_level="WARNING")
@@ -123,23 +147,33 @@ def main():
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000])
     p.add_argument("--database-url", default=DEFAULT_DB)
     p.add_argument("--parallel-size", type=int, default=1000)
+    p.add_argument("--sql-stats", action="store_true", help="count the worker's statements by kind")
     args = p.parse_args()
     fresh_database(args.database_url)
     env = Env(args.database_url, AI_LOCAL_LATENCY_MS=0, AI_ARTICLE_WORDS=600)
     app = env.app()
     out = {"single": [], "parallel": None}
+    global SQL_STATS
+    if args.sql_stats:
+        SQL_STATS = {}
     try:
         for n in args.sizes:
             res = one_worker(env, app, n)
             out["single"].append(res)
             print(json.dumps(res), flush=True)
+            if SQL_STATS is not None:
+                per_item = {k: [v[0], round(v[0] / res["items"], 2), round(v[1] * 1000 / res["items"], 3)]
+                            for k, v in sorted(SQL_STATS.items(), key=lambda kv: -kv[1][1])}
+                print(json.dumps({"statements (count, per item, ms per item)": per_item}), flush=True)
+                SQL_STATS.clear()
         if len(out["single"]) > 1:
             a, b = out["single"][0], out["single"][-1]
             out["linearity"] = {"size_ratio": b["keywords"] / a["keywords"], "time_ratio": round(b["wall_s"] / a["wall_s"], 2),
                                 "items_ratio": round(b["items"] / a["items"], 2)}
             print(json.dumps(out["linearity"]), flush=True)
-        out["parallel"] = parallel(env, app, args.parallel_size)
-        print(json.dumps(out["parallel"]), flush=True)
+        if args.parallel_size:
+            out["parallel"] = parallel(env, app, args.parallel_size)
+            print(json.dumps(out["parallel"]), flush=True)
     finally:
         env.close()
     return out

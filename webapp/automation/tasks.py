@@ -39,7 +39,7 @@ UP_NEXT = 3
 LOCK_WAIT = 10  # seconds a job waits for its run's exec lock before queuing itself again
 STAGE_7_BATCH = 50
 MAX_CONCURRENCY = 32
-STATUS_EVERY = 0.05   # s between reads of the run's status while starting items
+STATUS_EVERY = 0.2    # s between reads of the run's status while starting items
 PUBLISH_EVERY = 0.25  # s between live-state publications while items start
 _APP = None
 _shutdown_requested = False
@@ -203,6 +203,8 @@ class RunExecutor:
                 self.exec_lock.release()
             except Exception:  # redis down: the lock expires by itself
                 pass
+            if getattr(self, "logger", None) is not None:
+                self.logger.close()
 
     def concurrency(self):
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
