@@ -31,10 +31,9 @@ def charge(run, stage, function, item_type, item_id, credits, tokens, model):
                     function=function, item_type=item_type, item_id=item_id, credits=credits,
                     tokens=tokens, model=model)
     db.session.add(log)
-    db.session.flush()
     db.session.add(CreditTransaction(account_id=run.account_id, amount=-credits, balance_after=row[0],
                                      reason=f"{function} run {run.id} stage {stage} {item_type} {item_id}",
-                                     run_id=run.id, ai_task_log_id=log.id))
+                                     run_id=run.id, ai_task_log=log))
     return log
 
 

@@ -140,6 +140,8 @@ class CreditTransaction(db.Model):
     run_id = db.Column(db.Integer, db.ForeignKey("automation_run.id", ondelete="SET NULL"), index=True)
     ai_task_log_id = db.Column(db.Integer, db.ForeignKey("ai_task_log.id", ondelete="SET NULL"), unique=True)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # Lets one flush insert the AI log row and its ledger row in order (no flush for the id).
+    ai_task_log = db.relationship("AITaskLog", lazy="select")
 
 
 class RunEvent(TenantMixin, db.Model):
