@@ -127,3 +127,42 @@ def test_stop_ends_the_thread_at_once(app, beating):
         t.set()
     threading.Thread(target=stopper).start()
     assert t.wait(5) and done and not beat.is_alive()
+
+
+def test_a_tokenless_job_beats_for_its_own_run_only(app, factory):
+    """A job queued without a token (before tokens existed) still writes only its run's row."""
+    acc, _ = factory.account(credits=100_000)
+    runs = [AutomationService(acc.id).start(factory.site(acc, name=f"Blog {i}", keywords=4).id).id for i in range(2)]
+    old = utcnow() - timedelta(minutes=5)
+    db.session.execute(update(AutomationRun).where(AutomationRun.id.in_(runs)).values(heartbeat_at=old))
+    db.session.commit()
+    r = get_redis()
+    lock = TTLLock(r, exec_lock_key(runs[0]), 2)
+    assert lock.acquire()
+    beat = Heartbeat(app, runs[0], None, lock, TTLLock(r, "automation:test:site", 2), INTERVAL, lambda: None)
+    beat.start()
+    try:
+        wait_for(lambda: beat.beats >= 2, timeout=20, message="two beats")
+    finally:
+        beat.stop()
+    assert _heartbeat_age(runs[0]) < 5 and _heartbeat_age(runs[1]) > 200
+
+
+def test_redis_unreachable_is_not_a_lost_run(app, beating):
+    """Redis down (here: its address refuses connections) must not stop the job: the beats
+    go on writing the database, and the job is not told to stop."""
+    import socket
+
+    import redis
+    run_id, beat, lost, r = beating
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    wait_for(lambda: beat.beats >= 1, timeout=20, message="a first beat")
+    dead = redis.Redis(host="127.0.0.1", port=free_port, socket_connect_timeout=0.2)
+    beat.exec_lock.r = dead
+    beat.site_lock.r = dead
+    n = beat.beats
+    # (each beat now waits out the client's connection retries, so they come slower)
+    wait_for(lambda: beat.beats >= n + 2, timeout=90, message="beats without Redis")
+    assert not lost.is_set() and _heartbeat_age(run_id) < 30

@@ -171,3 +171,89 @@ def test_user_pause_without_reason_says_so(app, factory):
     run_id = svc.start(site.id).id
     svc.pause(run_id)
     assert db.session.get(AutomationRun, run_id).pause_reason == "paused by user"
+
+
+def _orphan(app, svc, site_id, attempts=0, heartbeat="old"):
+    """A running run whose worker is gone: no job waiting, no exec lock, an old heartbeat."""
+    run_id = svc.start(site_id).id
+    r = get_redis()
+    job = Job.fetch(r.get(job_key(run_id)).decode(), connection=r)
+    Queue(app.config["RQ_QUEUE"], connection=r).remove(job)
+    r.delete(job_key(run_id))
+    run = db.session.get(AutomationRun, run_id)
+    run.recovery_attempts = attempts
+    run.heartbeat_at = {"old": utcnow() - timedelta(seconds=app.config["STALE_RUN_SECONDS"] + 5),
+                        "fresh": utcnow(), "none": None}[heartbeat]
+    db.session.commit()
+    return run_id
+
+
+def test_stale_check_goes_through_every_run_and_records_each_outcome_exactly(app, factory):
+    """Several runs in one check, in id order: one out of attempts fails, one still queued is
+    left alone, one without a heartbeat at all and one orphan are recovered, a fresh one and a
+    paused one are not touched. Each outcome is pinned: status, token, times, the new job's
+    token, the audit row, the log line and the hook event with its run, actor and reason."""
+    from webapp.automation.locks import site_lock_key
+    seen = []
+
+    def listener(event, run, actor, reason):
+        seen.append((event, run.id, actor, reason))
+
+    acc, _ = factory.account(credits=1_000_000)
+    sites = [factory.site(acc, name=f"Blog {i}", keywords=4).id for i in range(6)]
+    svc = AutomationService(acc.id)
+    max_attempts, stale = app.config["MAX_RECOVERY_ATTEMPTS"], app.config["STALE_RUN_SECONDS"]
+    failing = _orphan(app, svc, sites[0], attempts=max_attempts)
+    queued = svc.start(sites[1]).id
+    _age(app, queued)
+    no_beat = _orphan(app, svc, sites[2], heartbeat="none")
+    orphan = _orphan(app, svc, sites[3])
+    fresh = _orphan(app, svc, sites[4], heartbeat="fresh")
+    paused = _orphan(app, svc, sites[5])
+    svc.pause(paused)
+    _age(app, paused)
+    r = get_redis()
+    queued_job = r.get(job_key(queued))
+    tokens = {i: db.session.get(AutomationRun, i).job_token for i in (failing, queued, no_beat, orphan, fresh, paused)}
+    db.session.remove()
+    hooks.subscribe(listener)
+    try:
+        before = utcnow()
+        assert check_stale_runs() == [(failing, "failed"), (no_beat, "recovered"), (orphan, "recovered")]
+        after = utcnow()
+    finally:
+        hooks._listeners.remove(listener)
+
+    msg = (f"Run failed: its worker stopped responding {max_attempts + 1} times in a row "
+           f"(no heartbeat for {stale} s); giving up.")
+    run = db.session.get(AutomationRun, failing)
+    assert run.status == "failed" and run.error_message == msg
+    assert before <= run.completed_at <= after and run.ended_at == run.completed_at
+    assert not r.exists(site_lock_key(sites[0]))  # the site is free for the next start
+    assert "\n".join(svc.log_lines(failing, 50)).endswith(msg)
+    events = lambda i: [(e.action, e.actor, e.reason) for e in svc.events(db.session.get(AutomationRun, i))]
+    assert events(failing)[-1] == ("fail", "system", msg)
+
+    for i in (no_beat, orphan):
+        run = db.session.get(AutomationRun, i)
+        assert run.status == "running" and run.recovery_attempts == 1 and run.job_token != tokens[i]
+        assert before <= run.heartbeat_at <= after  # fresh: the next check leaves it to its new job
+        job = Job.fetch(r.get(job_key(i)).decode(), connection=r)
+        assert job.args == (i, run.job_token) and job.get_status() == "queued"
+        assert events(i)[-1] == ("recover", "system", "worker lost (no heartbeat); continued on another worker")
+        assert "Worker lost (no heartbeat since" in svc.log_lines(i, 1)[-1]
+    assert seen == [("run.failed", failing, "system", msg), ("run.recovered", no_beat, "system", None),
+                    ("run.recovered", orphan, "system", None)]
+
+    for i in (queued, fresh, paused):
+        run = db.session.get(AutomationRun, i)
+        assert run.job_token == tokens[i] and run.recovery_attempts == 0
+    assert r.get(job_key(queued)) == queued_job
+    assert db.session.get(AutomationRun, paused).status == "paused"
+    # Recovered runs are fresh now: their queued jobs are gone again, yet a second check at
+    # once leaves them alone (their heartbeat was set by the recovery).
+    for i in (no_beat, orphan):
+        Queue(app.config["RQ_QUEUE"], connection=r).remove(Job.fetch(r.get(job_key(i)).decode(), connection=r))
+        r.delete(job_key(i))
+    db.session.remove()
+    assert check_stale_runs() == []

@@ -43,7 +43,8 @@ def check_stale_runs(now=None):
     done = []
     stale = db.session.execute(select(AutomationRun).where(
         AutomationRun.status == "running",
-        or_(AutomationRun.heartbeat_at.is_(None), AutomationRun.heartbeat_at < cutoff))).scalars().all()
+        or_(AutomationRun.heartbeat_at.is_(None), AutomationRun.heartbeat_at < cutoff))
+        .order_by(AutomationRun.id)).scalars().all()  # oldest first, the same order every time
     for run in stale:
         if _job_waiting(r, run.id) or r.exists(exec_lock_key(run.id)):
             continue  # queued behind other work, or a live worker holds it

@@ -18,6 +18,7 @@ status = 'new'`) and unique constraints make doing an item twice impossible.
 from pathlib import Path
 
 from sqlalchemy import and_, exists, func, select, update
+from sqlalchemy.orm import joinedload
 
 from ..ai.text import terms
 from ..extensions import db
@@ -182,7 +183,8 @@ class TasksToContent(Stage):
     number, name, model, function, item_type = 4, "Tasks → Content", Task, "generate_content", "task"
 
     def pending(self, site_id):
-        return select(Task).where(Task.site_id == site_id, Task.status == "queued")
+        # The idea comes with its task (prepare reads its outline): one query per batch, not per item.
+        return select(Task).options(joinedload(Task.idea)).where(Task.site_id == site_id, Task.status == "queued")
 
     def label(self, item):
         return item.title
