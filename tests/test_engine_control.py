@@ -269,3 +269,35 @@ def test_start_after_cancel_mid_item_is_never_refused(app, app_env, factory):
     finally:
         _stop(w)
     assert [x.status for x in (_run(a), _run(b), _run(c))] == ["cancelled"] * 3
+
+
+# -- a duplicate job of the same chain leaves; the latest one waits for the lock ----------------
+
+def test_a_superseded_job_leaves_while_the_latest_waits_for_the_lock(app, factory):
+    """Two jobs of one run's chain are queued (a recovery raced with a queued job). While a
+    third party holds the run's exec lock, the older job sees it is no longer the latest and
+    leaves; the latest one waits, takes the lock once it is free and does the batch."""
+    from rq import SimpleWorker
+    from rq.job import Job
+    from webapp.automation.locks import TTLLock, exec_lock_key
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=6)
+    factory.fast_config(site)
+    run_id = AutomationService(acc.id).start(site.id).id
+    r = get_redis()
+    q = Queue(app.config["RQ_QUEUE"], connection=r)
+    token = _run(run_id).job_token
+    first = q.get_jobs()[0]
+    latest = enqueue_step(r, run_id, token)
+    holder = TTLLock(r, exec_lock_key(run_id), 60)
+    assert holder.acquire()
+    worker = SimpleWorker([q], connection=r)
+    worker.work(burst=True, max_jobs=1, with_scheduler=False, logging_level="WARNING")
+    assert Job.fetch(first.id, connection=r).return_value() == "superseded"
+    assert _ai_calls(run_id) == 0 and [j.id for j in q.get_jobs()] == [latest.id]
+    # The latest job waits for the lock (not "superseded"); freed meanwhile, it does the batch.
+    threading.Timer(1.5, holder.release).start()
+    worker.work(burst=True, max_jobs=1, with_scheduler=False, logging_level="WARNING")
+    db.session.remove()
+    assert Job.fetch(latest.id, connection=r).return_value() in ("batch done", "stage done")
+    assert _ai_calls(run_id) > 0
