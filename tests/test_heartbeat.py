@@ -166,3 +166,25 @@ def test_redis_unreachable_is_not_a_lost_run(app, beating):
     # (each beat now waits out the client's connection retries, so they come slower)
     wait_for(lambda: beat.beats >= n + 2, timeout=90, message="beats without Redis")
     assert not lost.is_set() and _heartbeat_age(run_id) < 30
+
+
+def test_database_unreachable_is_not_a_lost_run(app, tmp_path, monkeypatch):
+    """The beat's database write failing (here: the database file cannot be opened) must not
+    stop the job either: its own writes will tell; the exec lock is still renewed."""
+    from webapp import create_app
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/missing/dir/app.db")
+    broken = create_app({"TESTING": True})
+    r = get_redis()
+    lock = TTLLock(r, exec_lock_key(999_999), 2)
+    assert lock.acquire()
+    lost = threading.Event()
+    beat = Heartbeat(broken, 999_999, "t", lock, TTLLock(r, "automation:test:site2", 2), INTERVAL, lost.set)
+    beat.start()
+    try:
+        for _ in range(6):  # 1.5 s: several beats, each failing to write
+            threading.Event().wait(0.25)
+            assert r.pttl(exec_lock_key(999_999)) > 1000
+        assert not lost.is_set() and beat.beats == 0
+    finally:
+        beat.stop()
+        lock.release()
