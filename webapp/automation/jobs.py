@@ -1,4 +1,5 @@
-"""Enqueueing pipeline jobs on RQ. One job = one batch of one stage; it enqueues the next."""
+"""Enqueueing pipeline jobs on RQ. One job = one batch of one stage (or several, within a job
+slice: see tasks.py); it enqueues the next."""
 import uuid
 
 from flask import current_app

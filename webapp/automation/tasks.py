@@ -1,7 +1,8 @@
 """RQ tasks: `run_automation_task(run_id)` and `resume_automation_task(run_id)`.
 
-Each job executes one batch of the run's current stage under the run's exec lock, then
-queues the next batch, so any worker can continue any run and a killed worker loses at
+Each job executes one batch of the run's current stage under the run's exec lock (or, when
+the site has no delay between batches, the next batches too for up to JOB_SLICE_SECONDS, its
+calls' window kept full), then queues the next job, so any worker can continue any run and a killed worker loses at
 most the items it was processing (every item commits on its own). Within a batch up to
 `ai_concurrency` AI calls are in flight (concurrency.py); the job's own thread does every
 database write, in the items' order. The heartbeat runs on its own thread (heartbeat.py),
