@@ -112,6 +112,7 @@ def test_stale_token_job_does_no_work(app, factory):
     old_job, new_job = q.get_jobs()
     assert old_job.args[1] != new_job.args[1] == _run(run_id).job_token
     heartbeat = _run(run_id).heartbeat_at
+    lines = svc.log_lines(run_id, 500)
     # The old chain's job only (a worker on the pipeline queue alone: lifecycle hooks may
     # have queued control jobs of their own).
     from rq import SimpleWorker
@@ -120,6 +121,9 @@ def test_stale_token_job_does_no_work(app, factory):
     db.session.remove()
     run = _run(run_id)
     assert _ai_calls(run_id) == 0 and run.stage_1_result is None and run.heartbeat_at == heartbeat
+    # It did not even start: no line in the run's log (its guarded writes would have hidden
+    # everything else a job with a stale token does).
+    assert svc.log_lines(run_id, 500) == lines
     assert [j.id for j in q.get_jobs()] == [new_job.id]  # it queued nothing after itself
     # A job carrying a made-up token, queued alone, does nothing either.
     q.empty()
@@ -301,3 +305,27 @@ def test_a_superseded_job_leaves_while_the_latest_waits_for_the_lock(app, factor
     db.session.remove()
     assert Job.fetch(latest.id, connection=r).return_value() in ("batch done", "stage done")
     assert _ai_calls(run_id) > 0
+
+
+def test_a_told_job_starts_nothing_whatever_the_database_says(app, factory):
+    """The job's stop event (set by a pause it saw, by its heartbeat finding the run lost, e.g.
+    its exec lock taken by another job) and a worker's SIGTERM stop new starts at once, even
+    though the run's row still says running with this job's token."""
+    from webapp.automation import tasks
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=4)
+    run_id = AutomationService(acc.id).start(site.id).id
+    ex = tasks.RunExecutor(run_id, _run(run_id).job_token)
+    assert ex.ok_to_continue() and ex.may_start()
+    ex.stop = threading.Event()
+    assert ex.ok_to_continue() and ex.may_start()
+    ex.stop.set()
+    assert not ex.ok_to_continue() and not ex.may_start()
+    ex.stop = threading.Event()
+    ex._checked_at = 0.0
+    tasks.request_shutdown()
+    try:
+        assert not ex.may_start()
+    finally:
+        tasks._shutdown_requested = False
+    assert ex.may_start()
