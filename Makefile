@@ -27,7 +27,9 @@ MUTANTS ?= webapp.automation.locks.* webapp.automation.billing.* webapp.automati
 	webapp.automation.service.x_finish_side_effects*
 mutate: $(VENV)/.deps-dev
 	-$(VENV)/bin/mutmut run --max-children $(MUTATE_CHILDREN) $(foreach m,$(MUTANTS),'$(m)')
-	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py tests/test_heartbeat.py
+	$(PY) scripts/mutate_recheck.py --jobs $(MUTATE_CHILDREN) --extra-tests tests/test_recovery.py tests/test_hooks.py tests/test_heartbeat.py \
+		tests/test_engine_control.py::test_a_told_job_starts_nothing_whatever_the_database_says \
+		tests/test_engine_control.py::test_a_superseded_job_leaves_while_the_latest_waits_for_the_lock
 
 # Debian's chromium + chromium-driver for the browser tests: installed when possible, else one
 # line saying what to install (scripts/browser_deps.sh).
