@@ -2,8 +2,8 @@
 
 Each job executes one batch of the run's current stage under the run's exec lock (or, when
 the site has no delay between batches, the next batches too for up to JOB_SLICE_SECONDS, its
-calls' window kept full), then queues the next job, so any worker can continue any run and a killed worker loses at
-most the items it was processing (every item commits on its own). Within a batch up to
+calls' window kept full), then queues the next job, so any worker can continue any run and
+a killed worker loses at most the items it was processing (every item commits on its own). Within a batch up to
 `ai_concurrency` AI calls are in flight (concurrency.py); the job's own thread does every
 database write, in the items' order. The heartbeat runs on its own thread (heartbeat.py),
 and provider rate limits are shared through Redis (webapp/ai/ratelimit.py).
@@ -295,13 +295,14 @@ class RunExecutor:
         def refill():
             if self.cfg.within_stage_delay or time.monotonic() >= slice_end or self.stop.is_set():
                 return []
-            more = db.session.execute(pending.where(stage.model.id > taken[0]).limit(take + UP_NEXT)).scalars().all()
+            found = db.session.execute(pending.where(stage.model.id > taken[0]).limit(take + UP_NEXT)).scalars().all()
             db.session.commit()  # no transaction stays open while calls are in flight
-            if not more[:take]:
+            more, later = found[:take], found[take:]
+            if not more:
                 return []
-            taken[0] = more[:take][-1].id
-            up_next[:] = [stage.label(i) for i in more[take:]]
-            return stage.units(more[:take], bs)
+            taken[0] = more[-1].id
+            up_next[:] = [stage.label(i) for i in later]
+            return stage.units(more, bs)
         self._remaining = max(0, self.res["items_total"] - self.res["items_processed"] - self.res["items_failed"])
 
         published = [0.0]
