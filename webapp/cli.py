@@ -73,6 +73,36 @@ def init_app(app):
         db.session.commit()
         click.echo(f"Balance is now {balance}.")
 
+    @app.cli.command("set-account-limits")
+    @click.argument("account")
+    @click.option("--max-active-runs", default=None, help="runs active at once; more wait as queued ('none' = the default)")
+    @click.option("--max-keywords-per-site", default=None, help="keywords one site may hold ('none' = the default)")
+    @click.option("--weight", default=None, help="share of the workers when accounts compete (default 1)")
+    def set_account_limits(account, max_active_runs, max_keywords_per_site, weight):
+        """Set an account's limits (unset options keep their value; 'none' = the environment's default)."""
+        from . import audit
+        acc = _account(account)
+        changes = {}
+        for opt, value, attr in (("--max-active-runs", max_active_runs, "max_active_runs"),
+                                 ("--max-keywords-per-site", max_keywords_per_site, "max_keywords_per_site")):
+            if value is not None:
+                changes[attr] = None if value.strip().lower() == "none" else _int(value, opt, minimum=1)
+        if weight is not None:
+            try:
+                w = float(weight)
+            except ValueError:
+                fail(f"--weight must be a number, got {weight!r}")
+            if not (0.01 <= w <= 1000):
+                fail("--weight must be between 0.01 and 1000")
+            changes["weight"] = w
+        for attr, value in changes.items():
+            setattr(acc, attr, value)
+        if changes:
+            audit.record(acc.id, "cli", "account.limits", **changes)
+        db.session.commit()
+        click.echo(f"Account {acc.name!r}: max_active_runs={acc.max_active_runs or 'default'}, "
+                   f"max_keywords_per_site={acc.max_keywords_per_site or 'default'}, weight={acc.weight:g}.")
+
     @app.cli.command("create-user")
     @click.argument("email")
     @click.option("--password", required=True)

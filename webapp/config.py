@@ -178,6 +178,10 @@ def load_config(instance_path, env=None):
         # turns at this granularity. 0 = one batch per job.
         "JOB_SLICE_SECONDS": _float(env, "JOB_SLICE_SECONDS", 10.0),
         "RQ_QUEUE": env.get("RQ_QUEUE", "automation"),
+        # Account limits of a shared service; `set-account-limits` overrides them per account.
+        # Runs started beyond ACCOUNT_MAX_ACTIVE_RUNS wait as `queued` (None = no limit).
+        "ACCOUNT_MAX_ACTIVE_RUNS": _positive_or_none(env, "ACCOUNT_MAX_ACTIVE_RUNS"),
+        "MAX_KEYWORDS_PER_SITE": _int(env, "MAX_KEYWORDS_PER_SITE", 100000),
         # Websockets (webapp/web/sockets.py): open sockets per user across all web processes,
         # and the origins besides the app's own whose pages may open them.
         "WS_MAX_PER_USER": _ws_cap(env),

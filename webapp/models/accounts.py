@@ -13,6 +13,14 @@ class Account(db.Model):
     name = db.Column(db.String(120), nullable=False, unique=True)
     credits = db.Column(db.Integer, nullable=False, default=0)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # Limits of a shared service (webapp/automation/fairness.py, quotas): None = the
+    # environment's default (ACCOUNT_MAX_ACTIVE_RUNS, MAX_KEYWORDS_PER_SITE).
+    max_active_runs = db.Column(db.Integer)
+    max_keywords_per_site = db.Column(db.Integer)
+    # Share of the workers when several accounts have work (fair dispatch), default 1.
+    weight = db.Column(db.Float, nullable=False, default=1.0, server_default="1")
+    # Credits this account may spend per calendar month (None = no budget).
+    monthly_budget = db.Column(db.Integer)
     __table_args__ = (db.CheckConstraint("credits >= 0", name="credits_non_negative"),)
 
 

@@ -6,7 +6,8 @@ from .base import TenantMixin, iso, utcnow
 ACTIVE_STATUSES = ("running", "paused")
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 STAGE_COUNT = 7
-_ACTIVE_SQL = text("status IN ('running', 'paused')")
+# A queued run holds its site like a running one (one active run per site, SPEC §3).
+_ACTIVE_SQL = text("status IN ('queued', 'running', 'paused')")
 
 
 class AutomationConfig(TenantMixin, db.Model):
@@ -81,6 +82,9 @@ class AutomationRun(TenantMixin, db.Model):
     job_token = db.Column(db.String(32))
     # A retry run (trigger_type "retry") processes only this run's failed items (see scope.py).
     retry_of_run_id = db.Column(db.Integer, db.ForeignKey("automation_run.id", ondelete="SET NULL"))
+    # A run beyond its account's limit waits as `queued` (holding its site and its credits);
+    # the queue is ordered by this time (webapp/automation/fairness.py).
+    queued_at = db.Column(db.DateTime)
     __table_args__ = (
         # At most one active run per site, enforced by the database (SPEC §3).
         db.Index("uq_run_one_active_per_site", "site_id", unique=True,

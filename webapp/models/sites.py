@@ -9,6 +9,8 @@ class Site(db.Model):
     domain = db.Column(db.String(255))
     timezone = db.Column(db.String(64), nullable=False, default="UTC")
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    # Credits this site may spend per calendar month (None = no budget).
+    monthly_budget = db.Column(db.Integer)
     __table_args__ = (db.UniqueConstraint("account_id", "name", name="uq_site_account_name"),)
 
     def to_dict(self):
