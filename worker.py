@@ -1,6 +1,9 @@
 """Background processes.
 
-    python worker.py              an RQ worker on the pipeline queue
+    python worker.py              an RQ worker on the pipeline queue (fed by fair dispatch) and
+                                  the control queue
+    python worker.py --notify     an RQ worker for notifications only (webhooks, email): a slow
+                                  receiver never holds a pipeline worker
     python worker.py --scheduler  rq-scheduler with the periodic jobs registered
 
 Both honour REDIS_URL / DATABASE_URL; with REDIS_URL unset they use the embedded Redis
@@ -27,7 +30,7 @@ def _redis_url(app):
     return url
 
 
-def run_worker(app, burst=False):
+def run_worker(app, burst=False, notify=False):
     from redis import Redis
     from rq import Queue
     from webapp.automation.worker import AutomationWorker
@@ -55,10 +58,15 @@ def run_worker(app, burst=False):
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
         while True:
-            # Notifications before the pipeline: a busy pipeline must not starve them.
-            queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(NOTIFY_QUEUE, connection=conn),
-                      Queue(app.config["RQ_QUEUE"], connection=conn)]
+            if notify:
+                # Notifications have workers of their own: a receiver that drips its answer
+                # holds one of these for at most WEBHOOK_TIMEOUT, never a pipeline worker.
+                queues = [Queue(NOTIFY_QUEUE, connection=conn)]
+            else:
+                queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
             w = AutomationWorker(queues, connection=conn)
+            if not notify:
+                w.pipeline_queue = app.config["RQ_QUEUE"]
             try:
                 w.work(burst=burst, with_scheduler=False, logging_level="INFO")
             except (redis.ConnectionError, redis.TimeoutError) as e:
@@ -91,6 +99,7 @@ def run_scheduler(app):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Automation Console background processes")
     p.add_argument("--scheduler", action="store_true", help="run rq-scheduler with the periodic jobs")
+    p.add_argument("--notify", action="store_true", help="a worker for notifications (webhooks, email) only")
     p.add_argument("--burst", action="store_true", help="worker: exit when the queue is empty")
     args = p.parse_args(argv)
     app = create_app()
@@ -100,7 +109,7 @@ def main(argv=None):
     if args.scheduler:
         run_scheduler(app)
     else:
-        run_worker(app, burst=args.burst)
+        run_worker(app, burst=args.burst, notify=args.notify)
     return 0
 
 

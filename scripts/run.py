@@ -60,6 +60,9 @@ def main():
         "web": [str(bin_dir / "gunicorn"), "--config", "gunicorn.conf.py", "--bind", f"{host}:{port}",
                 "--workers", env.get("WEB_WORKERS", "1"), "--access-logfile", "-", "wsgi:app"],
         "worker": [sys.executable, "worker.py"],
+        # Notifications on workers of their own: a slow receiver never holds the pipeline's.
+        "notify": [sys.executable, "worker.py", "--notify"],
+        "notify2": [sys.executable, "worker.py", "--notify"],
         "scheduler": [sys.executable, "worker.py", "--scheduler"],
     }
     for name, cmd in commands.items():

@@ -20,6 +20,7 @@ def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_serv
     app.config["WEBHOOK_ALLOW_PRIVATE"] = True
     rec = Receiver()
     worker = start_worker(app_env, extra_env={"AI_LOCAL_LATENCY_MS": "60", "WEBHOOK_ALLOW_PRIVATE": "1"})
+    notifier = start_worker(app_env, "--notify", extra_env={"WEBHOOK_ALLOW_PRIVATE": "1"})
     try:
         d.get(f"{live}/login")
         d.find_element(By.ID, "email").send_keys("acme@example.com")
@@ -45,8 +46,9 @@ def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_serv
         wait(d, lambda: "HTTP 200" in d.page_source and "run.completed" in d.page_source, message="delivery listed")
         shot(d, "webhooks", tmp_path)
     finally:
-        worker.terminate()
-        worker.wait(20)
+        for w in (worker, notifier):
+            w.terminate()
+            w.wait(20)
         rec.close()
 
     ids = db.session.execute(db.select(Content.id).where(Content.site_id == site_id, Content.status == "review")

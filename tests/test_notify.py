@@ -102,12 +102,15 @@ def test_completed_run_signed_delivery_with_a_real_worker(app, app_env, client, 
     assert [w["id"] for w in listed] == [hook["id"]] and "secret" not in listed[0]  # shown once only
 
     run_id = client.post(f"/api/v1/automation/run_now/?site_id={sid}", headers=bearer(token)).get_json()["data"]["run_id"]
+    # The pipeline and notifications on workers of their own, as `make run` starts them.
     worker = start_worker(app_env, extra_env={"WEBHOOK_ALLOW_PRIVATE": "1"})
+    notifier = start_worker(app_env, "--notify", extra_env={"WEBHOOK_ALLOW_PRIVATE": "1"})
     try:
         wait_for(lambda: rec.calls, timeout=90, message="the run.completed delivery")
     finally:
-        worker.terminate()
-        worker.wait(20)
+        for w in (worker, notifier):
+            w.terminate()
+            w.wait(20)
     data = verify(rec.calls[0], hook["secret"])
     assert data["event"] == "run.completed" and rec.calls[0]["path"] == "/hook?x=1"
     assert data["run"]["run_id"] == run_id and data["run"]["status"] == "completed"

@@ -47,6 +47,9 @@ def create_app(test_config=None):
     media.init_app(app)
     health.init_app(app)
     notify.init_app(app)
+    # A run that ends frees a slot of its account's limit: the next queued run starts.
+    from .automation import hooks, limits
+    hooks.subscribe(limits.on_run_event)
     writer_views.init_app(app)
     cli.init_app(app)
     return app

@@ -100,6 +100,13 @@ def init_app(app):
         if changes:
             audit.record(acc.id, "cli", "account.limits", **changes)
         db.session.commit()
+        from .automation import dispatch, limits
+        from .redis_conn import get_redis
+        try:
+            dispatch.set_weight(get_redis(), acc.id, acc.weight)
+            limits.promote(acc.id)  # a raised limit starts queued runs at once
+        except Exception as e:  # redis down: the stale check promotes within a minute
+            click.echo(f"warning: limits saved; queued runs start with the next check ({e.__class__.__name__})", err=True)
         click.echo(f"Account {acc.name!r}: max_active_runs={acc.max_active_runs or 'default'}, "
                    f"max_keywords_per_site={acc.max_keywords_per_site or 'default'}, weight={acc.weight:g}.")
 

@@ -70,3 +70,9 @@ class TTLLock:
 
 def site_lock(client, site_id, ttl, run_id=None):
     return TTLLock(client, site_lock_key(site_id), ttl, token=f"run:{run_id}" if run_id else None)
+
+
+def site_lock_ttl(app=None):
+    """The site lock's lease: renewed by the run's heartbeat, so it outlives a stale check."""
+    from flask import current_app
+    return max(30, (app or current_app).config["STALE_RUN_SECONDS"] * 2)

@@ -15,6 +15,7 @@ from ..models import AutomationRun
 from ..models.base import utcnow
 from ..redis_conn import get_redis
 from . import hooks, jobs
+from .limits import promote_all
 from .closing import end_values, system_event
 from .locks import exec_lock_key
 
@@ -76,7 +77,7 @@ def check_stale_runs(now=None):
         system_event(run, "recover", "worker lost (no heartbeat); continued on another worker")
         db.session.commit()
         run_logger(run).log(f"Worker lost (no heartbeat since {run.heartbeat_at}); run continued on another worker")
-        jobs.enqueue_step(r, run.id, token)
+        jobs.enqueue_step(r, run.id, token, account_id=run.account_id)
         hooks.emit("run.recovered", run, "system")
         done.append((run.id, "recovered"))
     return done
@@ -86,6 +87,10 @@ def check_stale_runs_task():
     from .tasks import _app_context
     with _app_context():
         try:
-            return check_stale_runs()
+            done = check_stale_runs()
+            # Safety net of account limits: a queued run whose promotion was missed (its
+            # account's last run ended in a worker killed a moment later) starts now.
+            done += [(run_id, "dequeued") for run_id in promote_all()]
+            return done
         finally:
             db.session.remove()

@@ -17,10 +17,10 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import billing, costs, hooks, insights, jobs, schedule
+from . import billing, costs, hooks, insights, jobs, limits, schedule
 from .closing import end_values
 from .config_schema import validate_update
-from .locks import site_lock
+from .locks import site_lock, site_lock_ttl
 from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
@@ -33,10 +33,6 @@ ETA_HISTORY_RUNS = 10
 ETA_INPUTS_TTL = 2.0
 OVERVIEW_TTL = 1.0
 PAST = {"pause": "paused", "resume": "resumed", "cancel": "cancelled"}
-
-
-def site_lock_ttl(app=None):
-    return max(30, (app or current_app).config["STALE_RUN_SECONDS"] * 2)
 
 
 def run_logger(run):
@@ -227,7 +223,12 @@ class AutomationService:
             raise
         lock.retoken(f"run:{run.id}")
         run_logger(run).log(f"Run started ({trigger_type}) by {self.actor}" + (f": {reason}" if reason else ""))
-        jobs.enqueue_step(r, run.id, run.job_token, first=True)
+        if run.status == "queued":
+            # No job yet: limits.promote queues its first one when a slot frees.
+            run_logger(run).log(f"Run queued ({self._queued_reason}): it starts by itself when a slot frees")
+        else:
+            jobs.enqueue_step(r, run.id, run.job_token, first=True, account_id=run.account_id,
+                              weight=self._weight)
         hooks.emit("run.started", run, self.actor, reason)
         return run
 
@@ -276,13 +277,20 @@ class AutomationService:
                 detail = f" (balance {balance}, held by active runs {held})" if held else ""
                 raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), "
                                  f"available {available}{detail}.")
+            account = self.account()
+            # Beyond the account's limit the run is created queued (its credits held all the
+            # same): under the account lock, so two starts never both take the last slot.
+            self._queued_reason = limits.must_queue(account)
+            self._weight = account.weight
         except BaseException:
             db.session.rollback()
             raise
         now = utcnow()
-        run = AutomationRun(account_id=site.account_id, site_id=site.id, status="running", trigger_type=trigger_type,
+        run = AutomationRun(account_id=site.account_id, site_id=site.id,
+                            status="queued" if self._queued_reason else "running", trigger_type=trigger_type,
                             current_stage=1, started_at=now, heartbeat_at=now, started_by=self.actor,
-                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of, credits_hold=required)
+                            job_token=uuid.uuid4().hex, retry_of_run_id=scope.retry_of, credits_hold=required,
+                            queued_at=now if self._queued_reason else None)
         db.session.add(run)
         try:
             db.session.flush()
@@ -376,6 +384,7 @@ class AutomationService:
             d[f"stage_{n}_result"] = r
         d.update(active_seconds=ins["active_seconds"], paused_seconds=ins["paused_seconds"],
                  eta_seconds=ins["eta_seconds"], retry_of_run_id=run.retry_of_run_id)
+        d["queue_position"], d["queued_reason"] = limits.queue_info(run)
         return d
 
     def summaries(self, runs, now=None):
@@ -431,7 +440,7 @@ class AutomationService:
                                 "recovery_attempts": 0}, reason)
         r = get_redis()
         site_lock(r, run.site_id, site_lock_ttl(), run_id=run.id).force()
-        jobs.enqueue_step(r, run.id, token)
+        jobs.enqueue_step(r, run.id, token, account_id=run.account_id)
         hooks.emit("run.resumed", run, self.actor, reason)
         return run
 

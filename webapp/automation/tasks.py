@@ -25,12 +25,11 @@ from ..extensions import db
 from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
-from . import concurrency, hooks, jobs
+from . import concurrency, dispatch, hooks, jobs
 from .billing import InsufficientCredits, charge
 from .closing import close_stage_if_ended, end_values, system_event
 from .heartbeat import Heartbeat, interval_for
-from .locks import TTLLock, exec_lock_key, site_lock
-from .service import site_lock_ttl
+from .locks import TTLLock, exec_lock_key, site_lock, site_lock_ttl
 from .scope import scope_for
 from .stages import STAGES, AlreadyDone, Stale
 from .state import build_state, publish_state
@@ -72,10 +71,26 @@ def resume_automation_task(run_id, token=None):
 
 def _execute(run_id, token):
     with _app_context():
+        job = get_current_job()
+        account_id = dispatch.account_of(job.id) if job is not None else None
+        timer = None
         try:
-            return RunExecutor(run_id, token).step()
+            r = get_redis()
+            # This worker is busy now: hand the next ready job to RQ's list for another one.
+            dispatch.top_up(r, current_app.config["RQ_QUEUE"])
+            timer = dispatch.Timer(r, account_id)
+        except redis.RedisError:
+            pass
+        try:
+            return RunExecutor(run_id, token, account_id).step()
         finally:
             db.session.remove()
+            try:
+                if timer is not None:
+                    timer.done()
+                dispatch.top_up(get_redis(), current_app.config["RQ_QUEUE"])
+            except redis.RedisError:  # the next top-up (a start, another job, an idle worker) does it
+                pass
 
 
 class Stop(Exception):
@@ -97,9 +112,10 @@ class StageContext:
 
 
 class RunExecutor:
-    def __init__(self, run_id, token):
+    def __init__(self, run_id, token, account_id=None):
         self.app = current_app._get_current_object()
         self.run_id, self.token = int(run_id), token
+        self.account_id = account_id  # set for jobs that came through fair dispatch
         self.r = get_redis()
         self.stale_seconds = self.app.config["STALE_RUN_SECONDS"]
         self.max_attempts = max(1, self.app.config["ITEM_MAX_ATTEMPTS"])
@@ -207,6 +223,12 @@ class RunExecutor:
             if getattr(self, "logger", None) is not None:
                 self.logger.close()
 
+    def contended(self):
+        try:
+            return dispatch.contended(self.r, self.app.config["RQ_QUEUE"], self.run.account_id)
+        except redis.RedisError:
+            return False
+
     def concurrency(self):
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
 
@@ -250,7 +272,8 @@ class RunExecutor:
 
     def enqueue_next(self):
         try:
-            jobs.enqueue_step(self.r, self.run_id, self.token)
+            jobs.enqueue_step(self.r, self.run_id, self.token,
+                              account_id=getattr(getattr(self, "run", None), "account_id", None) or self.account_id)
             return True
         except redis.RedisError as e:
             # The chain breaks here; the stale-run check continues the run once Redis is back.
@@ -294,6 +317,8 @@ class RunExecutor:
 
         def refill():
             if self.cfg.within_stage_delay or time.monotonic() >= slice_end or self.stop.is_set():
+                return []
+            if self.contended():  # another account waits for a worker: end the slice here
                 return []
             found = db.session.execute(pending.where(stage.model.id > taken[0]).limit(take + UP_NEXT)).scalars().all()
             db.session.commit()  # no transaction stays open while calls are in flight

@@ -10,10 +10,13 @@ process in PROMETHEUS_MULTIPROC_DIR) and its log lines carry the job's ids.
 from rq.worker import SimpleWorker
 
 from ..logging_setup import job_context
-from . import tasks
+from . import dispatch, tasks
 
 
 class AutomationWorker(SimpleWorker):
+    # The pipeline queue fed by fair dispatch (dispatch.py); None for workers without it.
+    pipeline_queue = None
+
     # RQ records a stop request only when a job is running; worker.py needs to know in
     # every case whether its loop ended on purpose (signal) or because Redis went away.
     stop_signalled = False
@@ -22,6 +25,16 @@ class AutomationWorker(SimpleWorker):
         self.stop_signalled = True
         tasks.request_shutdown()
         return super().request_stop(signum, frame)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        # About to wait for work: hand a ready job to RQ's list first, so a free worker never
+        # sleeps while an account's job waits in its ready list.
+        if self.pipeline_queue:
+            try:
+                dispatch.top_up(self.connection, self.pipeline_queue)
+            except Exception:  # redis trouble: RQ's own loop reports and retries it
+                pass
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def execute_job(self, job, queue):
         # job_id and the request_id that queued it (job.meta) on every line the job logs,

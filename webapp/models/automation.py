@@ -3,7 +3,7 @@ from sqlalchemy import text
 from ..extensions import db
 from .base import TenantMixin, iso, utcnow
 
-ACTIVE_STATUSES = ("running", "paused")
+ACTIVE_STATUSES = ("queued", "running", "paused")  # queued: waiting for a slot of its account's limit
 FINISHED_STATUSES = ("completed", "failed", "cancelled")
 STAGE_COUNT = 7
 # A queued run holds its site like a running one (one active run per site, SPEC §3).

@@ -28,6 +28,7 @@ from ..logging_setup import job_meta
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
 from ..redis_conn import get_redis
+from ..automation.locks import TTLLock
 from . import mail, targets
 from .webhooks import new_delivery, payload, sign
 
@@ -144,7 +145,32 @@ def deliver_webhook(pk, attempt):
             db.session.remove()
 
 
+BUSY_RETRY = 2  # s before a delivery waiting for its webhook's attempt in flight tries again
+
+
 def _deliver(pk, attempt):
+    """One attempt, while no other attempt to the same webhook is in flight: a slow receiver
+    holds one notify worker (for at most WEBHOOK_TIMEOUT), and its other deliveries wait for
+    it instead of taking the other workers from every other webhook."""
+    d = db.session.get(WebhookDelivery, pk)
+    db.session.commit()
+    if d is None:
+        return "delivery deleted"
+    flight = TTLLock(get_redis(), f"automation:notify:webhook:{int(d.webhook_id)}:in-flight",
+                     current_app.config["WEBHOOK_TIMEOUT"] + 5)
+    if not flight.acquire():
+        enqueue_delivery(pk, attempt, delay=BUSY_RETRY)
+        return "deferred: another attempt to this webhook is in flight"
+    try:
+        return _attempt(pk, attempt)
+    finally:
+        try:
+            flight.release()
+        except Exception:  # redis trouble: the lock expires by itself
+            pass
+
+
+def _attempt(pk, attempt):
     if not _claim(WebhookDelivery, pk, attempt):
         return "skipped: attempt already made or delivery finished"
     d = db.session.get(WebhookDelivery, pk)

@@ -8,6 +8,8 @@ an internal service. Redirects are not followed, for the same reason.
 """
 import ipaddress
 import socket
+import threading
+import time
 from urllib.parse import urlsplit
 
 import urllib3
@@ -92,6 +94,10 @@ def resolve(host, port, allow_private=False):
     return addresses[0]
 
 
+class DeadlineExceeded(Exception):
+    """The receiver did not answer completely within WEBHOOK_TIMEOUT (however slowly it dripped)."""
+
+
 def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
     """POST `body` to `url` pinned to the checked address; returns (status, first 500 bytes).
     HTTPS verifies the certificate for the URL's host name (SNI too), not for the address."""
@@ -106,21 +112,42 @@ def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
     host_header = f"[{host}]" if ":" in host else host
     if parts.port:
         host_header += f":{parts.port}"
-    t = urllib3.Timeout(connect=timeout, read=timeout, total=timeout)
+    # A hard deadline for the whole attempt: connect, send and the complete answer. urllib3's
+    # timeouts apply per socket operation, so a receiver dripping one byte every few seconds
+    # would never trip them; a watchdog shuts the socket down at the deadline instead.
+    deadline = time.monotonic() + timeout
+    t = urllib3.Timeout(connect=timeout, read=timeout)
     if https:
         import certifi
-        pool = urllib3.HTTPSConnectionPool(ip, port, timeout=t, retries=False, maxsize=1, cert_reqs="CERT_REQUIRED",
-                                           ca_certs=ca_certs or certifi.where(), server_hostname=host,
-                                           assert_hostname=host)
+        conn = urllib3.connection.HTTPSConnection(ip, port, timeout=t.connect_timeout, cert_reqs="CERT_REQUIRED",
+                                                  ca_certs=ca_certs or certifi.where(), server_hostname=host,
+                                                  assert_hostname=host)
     else:
-        pool = urllib3.HTTPConnectionPool(ip, port, timeout=t, retries=False, maxsize=1)
+        conn = urllib3.connection.HTTPConnection(ip, port, timeout=t.connect_timeout)
+    expired = threading.Event()
+
+    def cut():
+        expired.set()
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+    watchdog = threading.Timer(timeout, cut)
+    watchdog.daemon = True
+    watchdog.start()
     try:
-        resp = pool.urlopen("POST", path, body=body, headers={**headers, "Host": host_header}, redirect=False,
-                            retries=False, preload_content=False)
-        try:
-            excerpt = resp.read(500, decode_content=False)
-        finally:
-            resp.release_conn()
+        conn.request("POST", path, body=body, headers={**headers, "Host": host_header})
+        resp = conn.getresponse()
+        excerpt = resp.read(500, decode_content=False)
+        if expired.is_set() or time.monotonic() > deadline:
+            raise DeadlineExceeded(f"no complete answer within {timeout:g} s")
         return resp.status, excerpt
+    except Exception as e:
+        if expired.is_set():
+            raise DeadlineExceeded(f"no complete answer within {timeout:g} s") from None
+        raise e
     finally:
-        pool.close()
+        watchdog.cancel()
+        conn.close()
