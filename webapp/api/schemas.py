@@ -17,7 +17,7 @@ from ..validation import (DOMAIN_MAX, EMAIL_MAX, MAX_ID, NAME_MAX, NOTE_MAX, PAS
                           is_ascii_digits)
 from ..writer.review import CONTENT_STATUSES, MAX_BULK
 
-RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
 TRIGGER_TYPES = ("manual", "scheduled", "api", "retry")
 
 
@@ -210,6 +210,11 @@ class Run(RunSummary):
     stage_7_result: Optional[StageResult]
     eta_seconds: Optional[float] = Field(description="estimated seconds to the end (running runs; null until known)")
     retry_of_run_id: Optional[int] = Field(description="the run whose failed items this retry run processes")
+    queue_position: Optional[int] = Field(None, description="place in line, 1 = next: a queued run among its "
+                                                            "account's queued runs, a running run whose next job "
+                                                            "waits for a free worker; null otherwise")
+    queued_reason: Optional[str] = Field(None, description="why it waits, e.g. \"account limit: 2 of 2 runs active\" "
+                                                           "or \"waiting for a worker: 3 jobs ahead\"")
 
 
 class RunEventOut(Model):

@@ -89,8 +89,8 @@ def _execute(run_id, token):
                 if timer is not None:
                     timer.done()
                 dispatch.top_up(get_redis(), current_app.config["RQ_QUEUE"])
-            except redis.RedisError:  # the next top-up (a start, another job, an idle worker) does it
-                pass
+            except redis.RedisError as e:  # the next top-up (a start, another job, an idle worker) does it
+                log.warning("fair dispatch: top-up after the job failed (%s)", e)
 
 
 class Stop(Exception):

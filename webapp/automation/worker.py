@@ -32,8 +32,8 @@ class AutomationWorker(SimpleWorker):
         if self.pipeline_queue:
             try:
                 dispatch.top_up(self.connection, self.pipeline_queue)
-            except Exception:  # redis trouble: RQ's own loop reports and retries it
-                pass
+            except Exception as e:  # redis trouble: RQ's own loop reports and retries it
+                self.log.warning("fair dispatch: top-up failed (%s: %s)", e.__class__.__name__, e)
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def execute_job(self, job, queue):

@@ -1,0 +1,312 @@
+"""Fair share of the workers between accounts: fair dispatch (dispatch.py), account limits that
+queue (limits.py), notifications on workers of their own with a hard deadline (notify/).
+
+Real Redis, real database, real RQ; the interleaving and the queue run with real `worker.py`
+processes where the order of processed jobs is what is asserted."""
+import socket
+import threading
+import time
+
+import pytest
+from rq import Queue
+from rq.job import Job
+from rq.registry import FinishedJobRegistry
+from sqlalchemy import func, select
+
+from webapp.automation import dispatch, limits
+from webapp.automation.service import AutomationService
+from webapp.errors import BadRequest
+from webapp.extensions import db
+from webapp.models import AITaskLog, Account, AutomationRun, CreditTransaction
+from webapp.redis_conn import get_redis
+
+from conftest import ROOT, drain, fresh_run, stop_process, wait_for
+
+TASK = "webapp.automation.tasks.resume_automation_task"
+
+
+def start_worker(app_env, *args, extra_env=None):
+    """worker.py with its output in a file: these tests run hundreds of jobs, whose log lines
+    would fill an unread pipe and block the worker on its next write."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    out = tempfile.TemporaryFile()
+    return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), *args], cwd=str(ROOT),
+                            env={**os.environ, **app_env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _push(app, account_id, run_id, weight=None):
+    q = dispatch.FairQueue(app.config["RQ_QUEUE"], account_id, weight, connection=get_redis())
+    return q.enqueue(TASK, run_id, None, job_id=dispatch.job_id(run_id, account_id, f"{time.monotonic_ns()}")).id
+
+
+def _take(app):
+    """What a free worker gets next (RQ's own list), topping up as a worker does."""
+    r = get_redis()
+    q = Queue(app.config["RQ_QUEUE"], connection=r)
+    job_id = r.lpop(q.key)
+    dispatch.top_up(r, app.config["RQ_QUEUE"])
+    return job_id.decode() if job_id else None
+
+
+def test_the_next_job_comes_from_the_account_with_least_worker_time(app):
+    r = get_redis()
+    # Account 1 has six runs' jobs waiting, account 2 one: 2 is served second, not seventh.
+    for run in range(1, 7):
+        _push(app, 1, run)
+    _push(app, 2, 100)
+    order = [dispatch.account_of(_take(app)) for _ in range(7)]
+    assert order[:3] in ([1, 2, 1], [2, 1, 1]), order
+    assert order.count(2) == 1 and _take(app) is None
+    # Only DEPTH jobs ever sit in RQ's list; the rest wait in the accounts' ready lists.
+    for run in range(1, 5):
+        _push(app, 1, run)
+    assert r.llen(Queue(app.config["RQ_QUEUE"], connection=r).key) == dispatch.DEPTH
+    assert dispatch.backlog(r) == {1: 4 - dispatch.DEPTH}
+
+
+def test_weight_gives_a_proportional_share_and_runs_of_one_account_take_turns(app):
+    for i in range(30):
+        _push(app, 1, 1 + i % 3, weight=2)  # three runs of account 1, round-robin inside it
+        _push(app, 2, 10, weight=1)
+    taken = [_take(app) for _ in range(30)]
+    accounts = [dispatch.account_of(j) for j in taken]
+    # Each hand-out charges the estimate / weight: account 1 gets two turns for each of 2's.
+    assert 19 <= accounts.count(1) <= 21, accounts
+    runs_of_1 = [int(j.split("-")[2]) for j in taken if dispatch.account_of(j) == 1]
+    assert runs_of_1[:6] == [1, 2, 3, 1, 2, 3]
+
+
+def test_an_idle_account_earns_no_credit_to_spend_later(app):
+    r = get_redis()
+    for run in range(1, 11):  # account 1 works alone for a while
+        _push(app, 1, run)
+    for _ in range(10):
+        job = _take(app)
+        dispatch.charge(r, dispatch.account_of(job), 5.0)
+    # Account 2 joins at the floor, not at zero: it does not get the next ten turns in a row.
+    for run in range(11, 21):
+        _push(app, 1, run)
+    for run in range(100, 110):
+        _push(app, 2, run)
+    first_ten = [dispatch.account_of(_take(app)) for _ in range(10)]
+    assert 4 <= first_ten.count(2) <= 7, first_ten
+
+
+def _two_accounts(factory, sites_a, keywords=6):
+    a, _ = factory.account(name="Big", credits=1_000_000, email="big@example.com")
+    b, _ = factory.account(name="Small", credits=1_000_000, email="small@example.com")
+    a_sites = [factory.site(a, name=f"A{i}", keywords=keywords) for i in range(sites_a)]
+    b_site = factory.site(b, name="B0", keywords=keywords)
+    for s in [*a_sites, b_site]:
+        factory.fast_config(s, stage_1_batch_size=2, stage_4_batch_size=1, stage_5_batch_size=2, ai_concurrency=1)
+    return a.id, [s.id for s in a_sites], b.id, b_site.id
+
+
+def test_two_accounts_runs_interleave_fairly_on_a_real_worker(app, app_env, factory):
+    a, a_sites, b, b_site = _two_accounts(factory, sites_a=4)
+    a_runs = [AutomationService(a).start(s).id for s in a_sites]
+    b_run = AutomationService(b).start(b_site).id
+    # One batch per job, so the order of jobs is the order of turns.
+    w = start_worker(app_env, extra_env={"JOB_SLICE_SECONDS": "0", "AI_LOCAL_LATENCY_MS": "5"})
+    try:
+        wait_for(lambda: all(fresh_run(i).status == "completed" for i in [*a_runs, b_run]), timeout=120,
+                 message="all runs completed")
+    finally:
+        stop_process(w)
+    r = get_redis()
+    reg = FinishedJobRegistry(app.config["RQ_QUEUE"], connection=r)
+    jobs = [j for j in Job.fetch_many(reg.get_job_ids(), connection=r) if j is not None]
+    order = [dispatch.account_of(j.id) for j in sorted(jobs, key=lambda j: j.started_at)]
+    b_turns = [i for i, acc in enumerate(order) if acc == b]
+    assert b_turns, order
+    # While B had work, it got every other turn (A's four runs shared the other half): one
+    # A job at most between two of B's, where turns per run would have given A four.
+    gaps = [b_turns[i + 1] - b_turns[i] - 1 for i in range(len(b_turns) - 1)]
+    assert max(gaps) <= 1, order
+    assert b_turns[0] <= 1, order
+    # B's run was done while A still had most of its work ahead.
+    assert b_turns[-1] < len(order) * 0.5, order
+
+
+def test_account_limit_queues_runs_in_order_and_cancel_of_a_queued_run_charges_nothing(app, factory, client):
+    acc, user = factory.account(credits=1_000_000)
+    token = factory.token(user)
+    sites = [factory.site(acc, name=f"S{i}", keywords=4) for i in range(4)]
+    for s in sites:
+        factory.fast_config(s)
+    db.session.get(Account, acc.id).max_active_runs = 2
+    db.session.commit()
+    acc_id, site_ids = acc.id, [s.id for s in sites]
+    svc = AutomationService(acc_id, actor="t")
+    runs = [svc.start(s) for s in site_ids]
+    assert [r.status for r in runs] == ["running", "running", "queued", "queued"]
+    runs = [fresh_run(r.id) for r in runs]
+    info = [limits.queue_info(fresh_run(r.id)) for r in runs[2:]]
+    assert info == [(1, "account limit: 2 of 2 runs active"), (2, "account limit: 2 of 2 runs active")]
+    # The API shows the same; pause and resume answer 400 on a queued run.
+    cur = client.get(f"/api/v1/automation/current_run/?site_id={site_ids[3]}",
+                     headers={"Authorization": f"Bearer {token}"}).get_json()["data"]["run"]
+    assert cur["status"] == "queued" and cur["queue_position"] == 2 and "2 of 2" in cur["queued_reason"]
+    for action in ("pause", "resume"):
+        resp = client.post(f"/api/v1/automation/{action}/?run_id={runs[3].id}",
+                           headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 400 and "queued" in resp.get_json()["error"]
+    # The site is held: a second run of it is refused as before.
+    with pytest.raises(BadRequest, match="already active"):
+        svc.start(site_ids[2])
+    # Credits are held for queued runs too.
+    run_ids = [r.id for r in runs]
+    holds = [fresh_run(i).credits_hold for i in run_ids]
+    held_before = AutomationService(acc_id).estimate(site_ids[0])["held"]
+    assert held_before == sum(holds)
+    # Cancel the last queued run: nothing charged, its hold released, its site free.
+    balance = db.session.get(Account, acc_id).credits
+    svc.cancel(run_ids[3])
+    assert fresh_run(run_ids[3]).status == "cancelled" and fresh_run(run_ids[3]).total_credits_used == 0
+    assert db.session.get(Account, acc_id).credits == balance
+    assert not db.session.execute(select(CreditTransaction).where(CreditTransaction.run_id == run_ids[3])).first()
+    assert AutomationService(acc_id).estimate(site_ids[0])["held"] == held_before - holds[3]
+    # The queued run starts by itself, in order, when a slot frees; then all complete.
+    drain(app)
+    done = [fresh_run(i) for i in run_ids]
+    assert [r.status for r in done] == ["completed", "completed", "completed", "cancelled"]
+    assert done[2].started_at >= min(done[0].ended_at, done[1].ended_at)
+    assert done[2].total_credits_used > 0
+    svc.start(site_ids[3])  # its site is free again
+
+
+def test_a_queued_run_started_later_pauses_resumes_and_cancels_as_any_run(app, app_env, factory):
+    acc, _ = factory.account(credits=1_000_000)
+    first = factory.site(acc, name="First", keywords=30)
+    second = factory.site(acc, name="Second", keywords=30)
+    for s in (first, second):
+        factory.fast_config(s, stage_4_batch_size=1)
+    db.session.get(Account, acc.id).max_active_runs = 1
+    db.session.commit()
+    svc = AutomationService(acc.id, actor="t")
+    r1 = svc.start(first.id).id
+    r2 = svc.start(second.id).id
+    assert fresh_run(r2).status == "queued"
+    w = start_worker(app_env, extra_env={"AI_LOCAL_LATENCY_MS": "40"})
+    try:
+        svc.cancel(r1)  # frees the slot at once: r2 leaves the queue
+        wait_for(lambda: fresh_run(r2).status == "running" and (fresh_run(r2).stage_1_result or {})
+                 .get("items_processed"), timeout=60, message="the queued run started and processed items")
+        svc.pause(r2)
+        paused = fresh_run(r2)
+        time.sleep(1.0)
+        assert fresh_run(r2).status == "paused"
+        stage = paused.current_stage
+        before = db.session.execute(select(func.count(AITaskLog.id)).where(AITaskLog.run_id == r2)).scalar()
+        time.sleep(1.0)
+        # Nothing more was processed while paused (an item in flight may finish: within 1 s).
+        assert db.session.execute(select(func.count(AITaskLog.id)).where(AITaskLog.run_id == r2)).scalar() == before
+        svc.resume(r2)
+        wait_for(lambda: fresh_run(r2).status == "completed", timeout=120, message="completed after resume")
+    finally:
+        stop_process(w)
+    run = fresh_run(r2)
+    ledger = db.session.execute(select(func.sum(CreditTransaction.amount)).where(
+        CreditTransaction.run_id == r2)).scalar()
+    assert -ledger == run.total_credits_used > 0 and stage >= 1
+
+
+def test_a_scheduled_burst_over_the_limit_queues_instead_of_refusing(app, factory):
+    acc, _ = factory.account(credits=1_000_000)
+    sites = [factory.site(acc, name=f"S{i}", keywords=2) for i in range(5)]
+    for s in sites:
+        factory.fast_config(s)
+    db.session.get(Account, acc.id).max_active_runs = 2
+    db.session.commit()
+    runs = [AutomationService(acc.id, actor="scheduler").start(s.id, trigger_type="scheduled") for s in sites]
+    assert sorted(r.status for r in runs) == ["queued"] * 3 + ["running"] * 2
+    run_ids = [r.id for r in runs]
+    drain(app)
+    assert all(fresh_run(i).status == "completed" for i in run_ids)
+
+
+class Drip:
+    """A webhook receiver that answers one header byte every `every` seconds."""
+
+    def __init__(self, every=1.0):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.every, self.accepted = every, 0
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._drip, args=(c,), daemon=True).start()
+
+    def _drip(self, c):
+        try:
+            c.recv(65536)
+            for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 600:
+                c.send(bytes([ch]))
+                time.sleep(self.every)
+        except OSError:
+            pass
+        finally:
+            c.close()
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_dripping_receiver_attempt_ends_at_the_webhook_timeout(app):
+    from webapp.notify import targets
+    drip = Drip(every=0.5)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(targets.DeadlineExceeded, match="within 2 s"):
+            targets.post(drip.url, b"{}", {}, 2.0, allow_private=True)
+        took = time.monotonic() - t0
+    finally:
+        drip.close()
+    # 600 bytes at 0.5 s each would be 300 s; per-read timeouts never fire on a drip.
+    assert took < 30
+
+
+def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, client):
+    """A dripping receiver's test deliveries hold notify workers only: another account's run on
+    the pipeline worker processes its first item while the attempts are in flight."""
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    drip = Drip(every=1.0)
+    a, a_user = factory.account(name="Noisy", credits=10_000, email="noisy@example.com")
+    a_site = factory.site(a, name="Hooked", keywords=2)
+    b, _ = factory.account(name="Quiet", credits=100_000, email="quiet@example.com")
+    b_site = factory.site(b, name="Runs", keywords=6)
+    factory.fast_config(b_site)
+    token = factory.token(a_user)
+    auth = {"Authorization": f"Bearer {token}"}
+    hook = client.post(f"/api/v1/sites/{a_site.id}/webhooks/", json={"url": drip.url, "events": ["run.completed"]},
+                       headers=auth).get_json()["data"]["webhook"]
+    env = {"WEBHOOK_ALLOW_PRIVATE": "1", "WEBHOOK_TIMEOUT": "20"}
+    pipeline = start_worker(app_env, extra_env=env)
+    notifier = start_worker(app_env, "--notify", extra_env=env)
+    try:
+        for _ in range(3):
+            resp = client.post(f"/api/v1/sites/{a_site.id}/webhooks/{hook['id']}/test/", headers=auth)
+            assert resp.status_code in (200, 201, 202), resp.get_data(as_text=True)
+        wait_for(lambda: drip.accepted >= 1, timeout=30, message="the receiver holds an attempt")
+        run_id = AutomationService(b.id).start(b_site.id).id
+        wait_for(lambda: (fresh_run(run_id).stage_1_result or {}).get("items_processed"), timeout=15,
+                 message="another account's first item while the receiver drips")
+        # One attempt to that webhook at a time: the other test deliveries wait for it.
+        assert drip.accepted == 1
+    finally:
+        stop_process(pipeline)
+        stop_process(notifier)
+        drip.close()
