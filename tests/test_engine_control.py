@@ -108,8 +108,10 @@ def test_stale_token_job_does_no_work(app, factory):
     run_id = svc.start(site_id).id
     svc.pause(run_id)
     svc.resume(run_id)
+    from rq.job import Job
+    from webapp.automation.dispatch import waiting_jobs
     q = Queue(app.config["RQ_QUEUE"], connection=get_redis())
-    old_job, new_job = q.get_jobs()
+    old_job, new_job = Job.fetch_many(waiting_jobs(get_redis(), app.config["RQ_QUEUE"]), connection=get_redis())
     assert old_job.args[1] != new_job.args[1] == _run(run_id).job_token
     heartbeat = _run(run_id).heartbeat_at
     lines = svc.log_lines(run_id, 500)

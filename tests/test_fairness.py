@@ -310,3 +310,31 @@ def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, clien
         stop_process(pipeline)
         stop_process(notifier)
         drip.close()
+
+
+def test_pages_say_why_a_run_waits(app, factory, client, auth):
+    acc, _ = factory.account(credits=1_000_000)
+    sites = [factory.site(acc, name=f"Site {i}", keywords=3) for i in range(2)]
+    db.session.get(Account, acc.id).max_active_runs = 1
+    db.session.commit()
+    site_ids = [s.id for s in sites]
+    svc = AutomationService(acc.id, actor="t")
+    first, second = svc.start(site_ids[0]).id, svc.start(site_ids[1]).id
+    auth.login()
+    for page in ("/", f"/sites/{site_ids[1]}/automation", f"/runs/{second}"):
+        html = client.get(page).get_data(as_text=True)
+        assert "account limit: 1 of 1 runs active" in html, page
+        assert "badge-queued" in html, page
+    ops = client.get("/ops").get_data(as_text=True)
+    assert 'id="fair-queue"' in ops
+    # Cancel is offered on a queued run; pause is not.
+    run_page = client.get(f"/runs/{second}").get_data(as_text=True)
+    assert f'id="cancel-{second}"' in run_page and f'id="pause-{second}"' not in run_page
+    svc.cancel(first)
+    assert fresh_run(second).status == "running"
+    from flask import g
+    g.pop("_login_user", None)  # fresh_run ended the session the test client's user was loaded in
+    html = client.get(f"/sites/{site_ids[1]}/automation").get_data(as_text=True)
+    # Now it waits for a worker (none runs in this test), behind the cancelled run's stale job.
+    assert "</strong> waiting for a worker: 1 job ahead." in html
+    assert "</strong> account limit" not in html

@@ -344,6 +344,12 @@ def test_ops_page_and_metrics_show_the_tick_stale_runs_and_recoveries(app, clien
     # A run whose worker vanished: its job is gone and its heartbeat is old.
     a_run = AutomationService(a_acc.id).start(a_site.id).id
     b_run = AutomationService(b_acc.id).start(b_site.id).id
+    # Redis lost their jobs: RQ's list and fair dispatch's ready lists alike.
+    from webapp.automation.dispatch import waiting_jobs
+    r = get_redis()
+    for job_id in waiting_jobs(r, app.config["RQ_QUEUE"]):
+        r.delete(f"rq:job:{job_id}")
+    r.delete(*r.keys("automation:fair:*"))
     Queue(app.config["RQ_QUEUE"], connection=get_redis()).empty()
     db.session.execute(update(AutomationRun).values(heartbeat_at=utcnow() - timedelta(hours=1)))
     db.session.commit()

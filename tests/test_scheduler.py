@@ -78,10 +78,11 @@ def test_skips_are_recorded_with_reason_and_still_advance(app, factory):
         set_next(site_id, datetime(2026, 6, 1, 3, 0))
     assert len(check_scheduled_automations(now=now)) == 3
     # Only the scheduled starts: run them in this process.
-    from rq import Queue
+    from rq.job import Job
+    from webapp.automation.dispatch import waiting_jobs
     from webapp.redis_conn import get_redis
-    q = Queue(app.config["RQ_QUEUE"], connection=get_redis())
-    for job in q.jobs:
+    r = get_redis()
+    for job in Job.fetch_many(waiting_jobs(r, app.config["RQ_QUEUE"]), connection=r):
         if job.func_name.endswith("start_scheduled_run"):
             job.perform()
     reasons = {e.site_id: e.reason for e in db.session.execute(
@@ -131,7 +132,8 @@ def test_thousand_due_sites_one_tick_without_query_storm(app, factory):
     assert len(statements) <= 5, statements  # one select, one executemany update (+ transaction noise)
     from rq import Queue
     from webapp.redis_conn import get_redis
-    assert Queue(app.config["RQ_QUEUE"], connection=get_redis()).count == 1000
+    from webapp.automation.dispatch import waiting_jobs
+    assert len(set(waiting_jobs(get_redis(), app.config["RQ_QUEUE"]))) == 1000  # RQ's list + ready lists
     assert db.session.execute(select(func.count()).select_from(AutomationConfig).where(
         AutomationConfig.next_run_at == datetime(2026, 6, 2, 3, 0))).scalar() == 1000
 

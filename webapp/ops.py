@@ -17,6 +17,7 @@ from sqlalchemy import func, select
 from .extensions import db
 from .models import AutomationConfig, AutomationRun, MailDelivery, RunEvent, Site, WebhookDelivery
 from .models.base import utcnow
+from .automation import dispatch
 
 LAST_TICK_KEY = "automation:scheduler:last_tick"
 TICK_JOB_ID = "periodic-check_scheduled_automations"
@@ -32,6 +33,21 @@ def queue_names():
     from .notify.jobs import NOTIFY_QUEUE
     from .scheduling import CONTROL_QUEUE
     return [CONTROL_QUEUE, NOTIFY_QUEUE, current_app.config["RQ_QUEUE"]]
+
+
+def fair_queue(r, account_id):
+    """The pipeline's queue by account (fair dispatch, account limits): this account's jobs
+    waiting for a worker and runs waiting for a slot; other accounts as totals only."""
+    try:
+        backlog = dispatch.backlog(r)
+    except Exception:
+        backlog = {}
+    queued = dict(db.session.execute(select(AutomationRun.account_id, func.count(AutomationRun.id)).where(
+        AutomationRun.status == "queued").group_by(AutomationRun.account_id)).all())
+    others = [a for a in set(backlog) | set(queued) if a != account_id]
+    return {"mine": {"jobs": backlog.get(account_id, 0), "queued_runs": queued.get(account_id, 0)},
+            "others": {"accounts": len(others), "jobs": sum(backlog.get(a, 0) for a in others),
+                       "queued_runs": sum(queued.get(a, 0) for a in others)}}
 
 
 def record_tick(r):

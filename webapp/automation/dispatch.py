@@ -208,6 +208,15 @@ def backlog(client):
     return dict(zip(accounts, pipe.execute()))
 
 
+def waiting_jobs(client, queue_name):
+    """Every job id waiting for a worker: RQ's list, then each account's ready list."""
+    q = Queue(queue_name, connection=client)
+    ids = [j.decode() for j in client.lrange(q.key, 0, -1)]
+    for a in client.zrange(WAITING, 0, -1):
+        ids += [j.decode() for j in client.lrange(ready_key(int(a)), 0, -1)]
+    return ids
+
+
 class Timer:
     """Worker seconds of one job, charged to its account when it ends (tasks.py)."""
 

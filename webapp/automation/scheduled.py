@@ -12,6 +12,7 @@ at most once through a Redis claim key, and the per-site lock plus the DB unique
 make a second active run impossible anyway.
 """
 import logging
+import uuid
 from flask import current_app
 from rq import Queue
 from sqlalchemy import bindparam, select, update
@@ -23,7 +24,7 @@ from ..logging_setup import job_meta
 from ..models import AutomationConfig, RunEvent, Site
 from ..models.base import utcnow
 from ..redis_conn import get_redis
-from . import schedule
+from . import dispatch, schedule
 from .locks import TTLLock
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def check_scheduled_automations(now=None):
         rows = db.session.execute(
             select(AutomationConfig.id, AutomationConfig.site_id, AutomationConfig.next_run_at,
                    AutomationConfig.frequency, AutomationConfig.scheduled_time, AutomationConfig.scheduled_day,
-                   Site.timezone)
+                   Site.timezone, Site.account_id)
             .join(Site, Site.id == AutomationConfig.site_id)
             .where(AutomationConfig.is_enabled.is_(True), AutomationConfig.next_run_at <= now)
         ).all()
@@ -61,10 +62,17 @@ def check_scheduled_automations(now=None):
         db.session.execute(stmt, params)
         db.session.commit()
         due = [(row.site_id, row.next_run_at.isoformat()) for row in rows]
-        q = Queue(current_app.config["RQ_QUEUE"], connection=r)
-        q.enqueue_many([Queue.prepare_data("webapp.automation.scheduled.start_scheduled_run", (site_id, slot),
-                                           timeout=300, result_ttl=3600, meta=job_meta())
-                       for site_id, slot in due])
+        # The starts go through fair dispatch, per account: at 02:00, when every site's default
+        # slot is due, the largest account's hundreds of starts do not all go before the others'.
+        by_account = {}
+        for row in rows:
+            by_account.setdefault(row.account_id, []).append((row.site_id, row.next_run_at.isoformat()))
+        for account_id, starts in by_account.items():
+            q = dispatch.FairQueue(current_app.config["RQ_QUEUE"], account_id, connection=r)
+            q.enqueue_many([Queue.prepare_data(
+                "webapp.automation.scheduled.start_scheduled_run", (site_id, slot), timeout=300, result_ttl=3600,
+                meta=job_meta(), job_id=f"automation-start-{int(site_id)}-a{int(account_id)}-{uuid.uuid4().hex[:12]}")
+                for site_id, slot in starts])
         log.info("scheduler tick at %s: %d due site(s) queued", now.isoformat(), len(due))
         return due
     finally:

@@ -41,6 +41,7 @@ def page():
     workers = ops.workers(r)
     summary = dict(now=utcnow(), queues=queues, workers=workers, scheduler=ops.scheduler(r),
                    runs=ops.run_counts(), recoveries_24h=ops.recoveries_since(24),
+                   fair=ops.fair_queue(r, account_id),
                    failed_total=sum(q["failed"] for q in queues))
     if not has_role(current_user, DETAILS_ROLE):
         return render_template("ops.html", details=False, **summary)

@@ -25,13 +25,14 @@ from ..models import ACTIVE_STATUSES, AutomationConfig, AutomationRun, RunEvent,
 from ..redis_conn import get_redis
 from .insight_view import insight_view, timeline
 from ..writer.review import awaiting_review
+from ..automation import limits
 
 # Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
 # them for this long; a run's state change (stage, status) changes the cache key, so the
 # pipeline, estimate and balance are read afresh the moment a run moves on or ends.
 COUNTS_TTL_ACTIVE = 3
 COUNTS_TTL_IDLE = 10
-ACTIONS = {"running": ["pause", "cancel"], "paused": ["resume", "cancel"]}
+ACTIONS = {"queued": ["cancel"], "running": ["pause", "cancel"], "paused": ["resume", "cancel"]}
 
 
 def fmt(dt):
@@ -100,6 +101,9 @@ def run_view(run, with_events=False, svc=None):
         "pause_reason": run.pause_reason, "actions": ACTIONS.get(run.status, []),
         "stages": stage_rows(run), "processing": processing,
     }
+    # Why it waits: its account's limit (queued) or other accounts' jobs ahead (fair dispatch).
+    view["queue_position"], view["queued_reason"] = (
+        limits.queue_info(run) if run.status in ACTIVE_STATUSES else (None, None))
     events = None
     if with_events or svc is not None:
         events = db.session.execute(select(RunEvent).where(RunEvent.run_id == run.id).order_by(RunEvent.id)).scalars().all()
@@ -146,7 +150,7 @@ def latest_run(site_id):
 
 
 HISTORY_PER_PAGE = 20
-RUN_STATUSES = ("running", "paused", "completed", "failed", "cancelled")
+RUN_STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
 TRIGGERS = ("manual", "api", "scheduled", "retry")
 
 
@@ -293,7 +297,8 @@ def dashboard_snapshot(svc):
             cur = view["stages"][run.current_stage - 1]
             row["run"] = {"id": run.id, "status": run.status, "current_stage": run.current_stage,
                           "stage_name": cur["name"], "stage_status": cur["status"], "percentage": cur["percentage"],
-                          "pause_reason": run.pause_reason, "insights": view["insights"]}
+                          "pause_reason": run.pause_reason, "insights": view["insights"],
+                          "queue_position": view["queue_position"], "queued_reason": view["queued_reason"]}
         last = next((r for r in runs if r.status not in ACTIVE_STATUSES), None)
         if last is not None:
             d = finished.get(last.id, {})
