@@ -338,3 +338,46 @@ def test_pages_say_why_a_run_waits(app, factory, client, auth):
     # Now it waits for a worker (none runs in this test), behind the cancelled run's stale job.
     assert "</strong> waiting for a worker: 1 job ahead." in html
     assert "</strong> account limit" not in html
+
+
+def test_a_queued_run_started_later_survives_a_sigkill_with_exact_credits(app, app_env, factory):
+    import os
+    import signal
+    from datetime import timedelta
+    from webapp.automation.locks import exec_lock_key
+    from webapp.models.base import utcnow
+    acc, _ = factory.account(credits=1_000_000)
+    first = factory.site(acc, name="First", keywords=2)
+    second = factory.site(acc, name="Second", keywords=24)
+    for s in (first, second):
+        factory.fast_config(s, stage_4_batch_size=2)
+    db.session.get(Account, acc.id).max_active_runs = 1
+    db.session.commit()
+    svc = AutomationService(acc.id, actor="t")
+    r1, r2 = svc.start(first.id).id, svc.start(second.id).id
+    assert fresh_run(r2).status == "queued"
+    env = {"STALE_RUN_SECONDS": "2", "AI_LOCAL_LATENCY_MS": "100"}
+    w1 = start_worker(app_env, extra_env=env)
+    try:
+        # r1 completes, r2 leaves the queue; kill while r2 is mid-item in stage 4.
+        wait_for(lambda: fresh_run(r2).current_stage == 4 and (fresh_run(r2).stage_4_result or {})
+                 .get("items_processed", 0) >= 1 and get_redis().exists(exec_lock_key(r2)), timeout=120,
+                 interval=0.02, message="the once-queued run in stage 4")
+        os.killpg(w1.pid, signal.SIGKILL)
+        w1.wait(5)
+        assert fresh_run(r1).status == "completed"
+        wait_for(lambda: not get_redis().exists(exec_lock_key(r2)), timeout=30, message="exec lock expired")
+        wait_for(lambda: fresh_run(r2).heartbeat_at < utcnow() - timedelta(seconds=2.5), timeout=30,
+                 message="heartbeat stale")
+        w2 = start_worker(app_env, extra_env=env)  # its start-up stale check recovers the run
+        try:
+            wait_for(lambda: fresh_run(r2).status == "completed", timeout=120, message="completed after the kill")
+        finally:
+            stop_process(w2)
+    finally:
+        stop_process(w1)
+    run = fresh_run(r2)
+    ledger = db.session.execute(select(func.sum(CreditTransaction.amount)).where(
+        CreditTransaction.run_id == r2)).scalar()
+    calls = db.session.execute(select(func.sum(AITaskLog.credits)).where(AITaskLog.run_id == r2)).scalar()
+    assert -ledger == calls == run.total_credits_used > 0
