@@ -214,6 +214,10 @@ def load_config(instance_path, env=None):
         "REMEMBER_COOKIE_SECURE": secure,
         "LOGIN_RATE_LIMIT_EMAIL": _rate(env, "LOGIN_RATE_LIMIT_EMAIL", "10 per 15 minutes"),
         "LOGIN_RATE_LIMIT_IP": _rate(env, "LOGIN_RATE_LIMIT_IP", "50 per 15 minutes"),
+        # Failed logins for one email from all addresses together beyond which each attempt on
+        # that email waits LOGIN_SLOWDOWN_SECONDS (a slow-down, never a refusal: no lock-outs).
+        "LOGIN_SLOWDOWN_EMAIL": _rate(env, "LOGIN_SLOWDOWN_EMAIL", "10 per 15 minutes"),
+        "LOGIN_SLOWDOWN_SECONDS": _float(env, "LOGIN_SLOWDOWN_SECONDS", 2.0),
         "API_RATE_LIMIT": _rate(env, "API_RATE_LIMIT", "1200 per minute"),
         # Unset: the detailed /status (worker names, pids) is for logged-in users only.
         "STATUS_TOKEN": env.get("STATUS_TOKEN") or None,

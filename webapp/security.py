@@ -4,10 +4,13 @@
   a password change, `flask --app wsgi logout-user EMAIL` or deactivating a user call
   `end_sessions(user)`, and every earlier cookie stops working at once (web, API, websockets).
 - throttling (Flask-Limiter on the app's Redis, so limits hold across web processes): failed
-  logins per account email and per client address, shared by the login form and
-  `POST /api/v1/auth/token`; a general limit per API caller (token, else session user, else
-  address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each process keeps
-  counting in memory until Redis answers again (limits loosen per process, never vanish).
+  logins per (account email, client address) and per client address, shared by the login form
+  and `POST /api/v1/auth/token`; failures for one email across all addresses only slow that
+  email's attempts down (LOGIN_SLOWDOWN_*), never refuse them, so nobody can lock a user out
+  from elsewhere (OWASP); a general limit per API caller (the parsed bearer token, else session
+  user, else address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each
+  process keeps counting in memory until Redis answers again (limits loosen per process,
+  never vanish).
 - the client address: the socket peer, or when that peer is in TRUSTED_PROXIES (a list of
   networks, shared with the request-id logging) the first X-Forwarded-For hop, from the right,
   that is not a trusted proxy; a header a client sends itself is never believed.
@@ -15,11 +18,12 @@
   and X-Frame-Options, nosniff, Referrer-Policy; HSTS and Secure cookies with SECURE_COOKIES=1;
   `WWW-Authenticate: Bearer` on every API 401.
 """
+import functools
 import hashlib
 import logging
 import time
 
-from flask import current_app, request, session
+from flask import after_this_request, current_app, request, session
 from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy import update
 
@@ -133,15 +137,25 @@ def client_address():
     return peer
 
 
-def _login_email_key():
-    """Failed logins are counted per account email (normalised, hashed: no addresses in Redis)."""
+def _login_email():
+    """The email a login attempt names, normalised (case, spaces) as the user lookup does."""
     if request.is_json:
         data = request.get_json(silent=True)
         email = data.get("email") if isinstance(data, dict) else None
     else:
         email = request.form.get("email")
-    email = email.strip().lower()[:255] if isinstance(email, str) else ""
-    return "email:" + hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
+    return email.strip().lower()[:255] if isinstance(email, str) else ""
+
+
+def _email_hash():
+    # Hashed: no addresses in Redis.
+    return hashlib.sha256(_login_email().encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _login_email_key():
+    """Failed logins per (account email, client address): an attacker's failures for a victim's
+    email count against the attacker's address only; the victim elsewhere is not refused."""
+    return "email:" + _email_hash() + "|ip:" + client_address()
 
 
 def _login_ip_key():
@@ -149,10 +163,16 @@ def _login_ip_key():
 
 
 def api_caller_key():
-    """One bucket per API token (hashed), else per session user, else per address."""
+    """One bucket per API token (the parsed token, hashed: `bearer T`, `BEARER T` and
+    `Bearer  T` are one caller), else per session user, else per address. A header that is no
+    bearer credential at all is counted per address, so varying garbage buys no new bucket."""
     header = request.headers.get("Authorization") or ""
     if header:
-        return "tok:" + hashlib.sha256(header.strip().encode("utf-8", "replace")).hexdigest()[:32]
+        from .auth.tokens import parse_bearer
+        raw = parse_bearer(header)
+        if raw is None:
+            return "badauth:" + client_address()
+        return "tok:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
     uid = session.get("_user_id")
     if isinstance(uid, str) and uid:
         return "user:" + uid.partition(":")[0]
@@ -165,11 +185,53 @@ def _failed_login(response):
 
 
 limiter = Limiter(key_func=client_address, key_prefix="automation")
+SLOWDOWN_SCOPE = "login-email-all"
+
+
+def _email_ceiling():
+    from limits import parse
+    return parse(current_app.config["LOGIN_SLOWDOWN_EMAIL"])
+
+
+def _slow_down_busy_emails(fn):
+    """The per-email ceiling across addresses. A hard per-email limit would let anyone lock
+    any user out (fail 10 times from anywhere, the right password waits 15 minutes); refusing
+    per (email, address) alone would let a botnet guess one email from many addresses at full
+    speed. So beyond LOGIN_SLOWDOWN_EMAIL failures for an email (all addresses together), each
+    attempt on it waits LOGIN_SLOWDOWN_SECONDS before the password is checked: a guessing
+    client loses its speed, the right password from any address still gets in. The wait is a
+    sleep of this request's greenlet (gunicorn's gevent worker), not of the process."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if request.method != "POST":
+            return fn(*args, **kwargs)
+        ident = _email_hash()
+        try:
+            busy = not limiter.limiter.test(_email_ceiling(), limiter._key_prefix, SLOWDOWN_SCOPE, ident)
+        except Exception:  # storage away: no slow-down rather than a failed login page
+            busy = False
+        if busy:
+            delay = current_app.config["LOGIN_SLOWDOWN_SECONDS"]
+            log.warning("sign-in attempts for one email are slowed down by %.1f s (over %s failures)",
+                        delay, current_app.config["LOGIN_SLOWDOWN_EMAIL"])
+            time.sleep(delay)
+        @after_this_request
+        def _count(response):  # also sees a 401 raised as an error (the API's ApiError)
+            if _failed_login(response):
+                try:
+                    limiter.limiter.hit(_email_ceiling(), limiter._key_prefix, SLOWDOWN_SCOPE, ident)
+                except Exception:
+                    log.warning("login slow-down counter not updated (rate-limit storage unavailable)")
+            return response
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 def login_throttle(fn):
     """Decorator for every route that checks a password (the form and the token route share
-    the same counters)."""
+    the same counters). The limits refuse (429) only the address that failed; the email's
+    ceiling across addresses slows down and never refuses."""
+    fn = _slow_down_busy_emails(fn)
     fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_EMAIL"], scope="login-email",
                               key_func=_login_email_key, deduct_when=_failed_login)(fn)
     fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_IP"], scope="login-ip",
