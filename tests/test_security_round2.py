@@ -111,3 +111,87 @@ def test_api_bucket_keys_the_parsed_token_not_the_raw_header(app, client, factor
     codes = [client.get("/api/v1/sites/", headers={"Authorization": f"Basic x{i}"},
                         environ_base={"REMOTE_ADDR": "192.0.2.9"}).status_code for i in range(6)]
     assert codes[:4] == [401] * 4 and codes[4:] == [429, 429], codes
+
+
+# -- webhook targets: every encoding of an inward address ------------------------------------------
+INWARD = ["http://[2002:7f00:1::]:8089/",          # 6to4 of 127.0.0.1 (the finding)
+          "http://[2002:a00:1::1]/",               # 6to4 of 10.0.0.1
+          "http://[64:ff9b::7f00:1]/",             # NAT64 of 127.0.0.1
+          "http://[64:ff9b::a9fe:a9fe]/",          # NAT64 of the metadata service
+          "http://[64:ff9b:1::a00:1]/",            # local-use NAT64
+          "http://[2001:0:4136:e378:8000:63bf:80ff:fffe]/",  # Teredo
+          "http://[::127.0.0.1]/",                 # IPv4-compatible
+          "http://[::ffff:10.0.0.1]/",             # IPv4-mapped
+          "http://[::ffff:0:7f00:1]/",             # IPv4-translated
+          "http://[fec0::1]/",                     # site-local
+          "http://127.1/", "http://0x7f000001/", "http://2130706433/", "http://017700000001/",  # inet_aton forms
+          "http://localhost./", "http://10.0.0.1./"]
+
+
+def _hooks_api(client, token, site_id, url):
+    return client.post(f"/api/v1/sites/{site_id}/webhooks/", json={"url": url},
+                       headers={"Authorization": f"Bearer {token}"})
+
+
+@pytest.mark.parametrize("url", INWARD)
+def test_inward_encodings_refused_when_saved(client, factory, url):
+    acc, user = factory.account()
+    site = factory.site(acc)
+    r = _hooks_api(client, factory.token(user), site.id, url)
+    assert r.status_code == 400 and "url" in r.json["errors"], r.json
+
+
+def test_public_forms_still_accepted(client, factory):
+    acc, user = factory.account()
+    site = factory.site(acc)
+    token = factory.token(user)
+    for url in ("https://8.8.8.8/hook", "https://[2606:4700:4700::1111]/hook", "https://[64:ff9b::808:808]/",
+                "https://hooks.example.com/x"):
+        assert _hooks_api(client, token, site.id, url).status_code == 201, url
+
+
+def _deliver_test_event(app, client, token, site_id, hook_id):
+    from conftest import drain
+    h = {"Authorization": f"Bearer {token}"}
+    assert client.post(f"/api/v1/sites/{site_id}/webhooks/{hook_id}/test/", headers=h).status_code in (200, 201, 202)
+    drain(app)
+    r = client.get(f"/api/v1/sites/{site_id}/webhooks/{hook_id}/deliveries/", headers=h)
+    return r.json["data"]["deliveries"][0]
+
+
+@pytest.mark.parametrize("url", ["http://[2002:7f00:1::]:8089/", "http://[64:ff9b::7f00:1]/", "http://localhost:9/"])
+def test_inward_targets_refused_at_delivery_without_showing_addresses(app, client, factory, url):
+    """Saved while private targets were allowed (or a name that later resolves inward): the
+    delivery checks again, and the attempt's error names the kind, not the DNS answer."""
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    acc, user = factory.account()
+    site = factory.site(acc)
+    token = factory.token(user)
+    r = _hooks_api(client, token, site.id, url)
+    assert r.status_code == 201, r.json
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = False
+    d = _deliver_test_event(app, client, token, site.id, r.json["data"]["webhook"]["id"])
+    error = d["attempts"][0]["error"]
+    assert d["status"] == "failed" and "refused" in error and d["attempts"][0]["status_code"] is None, d
+    from urllib.parse import urlsplit
+    rest = error.replace(urlsplit(url).hostname, "<host>")  # the URL's own host may be named
+    for address in ("127.0.0.1", "::1", "7f00"):
+        assert address not in rest, error
+
+
+def test_connection_errors_do_not_show_the_address_connected_to(app, client, factory):
+    """`localhost` resolves to 127.0.0.1 (and maybe ::1); nothing listens on port 9: the
+    error says the connection failed, not where it went."""
+    import socket
+    app.config["WEBHOOK_ALLOW_PRIVATE"] = True
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    acc, user = factory.account()
+    site = factory.site(acc)
+    token = factory.token(user)
+    r = _hooks_api(client, token, site.id, f"http://localhost:{port}/hook")
+    d = _deliver_test_event(app, client, token, site.id, r.json["data"]["webhook"]["id"])
+    error = d["attempts"][0]["error"]
+    assert "connection failed" in error.lower(), error
+    assert "127.0.0.1" not in error and "::1" not in error and "HTTPConnection" not in error, error
