@@ -30,10 +30,11 @@ def _token_login(client, email="acme@example.com", password="wrong-password", ad
                        environ_base={"REMOTE_ADDR": addr}, **kw)
 
 
-def _form_login(client, email="acme@example.com", password="password123", addr="198.51.100.20"):
-    env = {"REMOTE_ADDR": addr}
-    token = csrf_from(client.get("/login", environ_base=env).get_data(as_text=True))
-    return client.post("/login", data={"email": email, "password": password, "csrf_token": token}, environ_base=env)
+def _form_login(client, email="acme@example.com", password="password123", addr="198.51.100.20", host=None):
+    env, kw = {"REMOTE_ADDR": addr}, ({"base_url": f"http://{host}"} if host else {})  # cookies are per host
+    token = csrf_from(client.get("/login", environ_base=env, **kw).get_data(as_text=True))
+    return client.post("/login", data={"email": email, "password": password, "csrf_token": token}, environ_base=env,
+                       **kw)
 
 
 # -- throttling without lock-outs ------------------------------------------------------------------
@@ -195,3 +196,233 @@ def test_connection_errors_do_not_show_the_address_connected_to(app, client, fac
     error = d["attempts"][0]["error"]
     assert "connection failed" in error.lower(), error
     assert "127.0.0.1" not in error and "::1" not in error and "HTTPConnection" not in error, error
+
+
+# -- secrets out of logs and stdout (real processes) -------------------------------------------------
+import signal  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import requests  # noqa: E402
+
+from conftest import ROOT, wait_for  # noqa: E402
+
+GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_gunicorn(app_env, tmp_path, name, extra_env=None, args=()):
+    """gunicorn as production runs it (gunicorn.conf.py from the working directory: the gevent
+    worker, our logger class), writing its access log to a file of this test."""
+    port = _free_port()
+    env = {**os.environ, **app_env, **(extra_env or {})}
+    log = tmp_path / f"{name}-access.log"
+    proc = subprocess.Popen([GUNICORN, "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}",
+                             "--workers", "1", "--access-logfile", str(log), *args, "wsgi:app"],
+                            cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / f"{name}-error.log", "wb"))
+
+    def up():
+        try:
+            return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except requests.RequestException:
+            return proc.poll() is not None  # exited: stop waiting, the caller sees it
+    wait_for(up, timeout=60, message=f"gunicorn {name} up")
+    assert proc.poll() is None, (tmp_path / f"{name}-error.log").read_text()[-2000:]
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def _stop(proc):
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_invitation_token_never_in_the_access_log(app, app_env, client, factory, tmp_path):
+    """The finding: `GET /invite/<one-time token>` sat in the access log. New links carry the
+    token in the fragment (never sent) and accept it by POST; an old-style link's path, and the
+    Referer its page's assets send, are scrubbed."""
+    from webapp.team import invite
+    _acc, owner = factory.account()
+    _user, old_style = invite(owner, "old@example.com", "viewer")
+    _user, new_style = invite(owner, "new@example.com", "viewer")
+    proc, base, log = _start_gunicorn(app_env, tmp_path, "web")
+    try:
+        s = requests.Session()
+        page = s.get(f"{base}/invite/{old_style}", headers={"Referer": f"{base}/invite/{old_style}"}, timeout=30)
+        assert page.status_code == 200 and "old@example.com" in page.text
+        s.get(f"{base}/static/js/app.js", headers={"Referer": f"{base}/invite/{old_style}"}, timeout=30)
+        # the new form: GET /invite (no token anywhere in the URL), the token in the POST body
+        form = s.get(f"{base}/invite", timeout=30)
+        assert form.status_code == 200 and 'id="invite-token"' in form.text
+        r = s.post(f"{base}/invite", data={"csrf_token": csrf_from(form.text), "token": new_style,
+                                           "password": "a-good-password", "password_again": "a-good-password"},
+                   allow_redirects=False, timeout=30)
+        assert r.status_code == 302, r.text[:500]
+
+        def logged():
+            text = log.read_text() if log.exists() else ""
+            return text if text.count("/invite") >= 4 and "app.js" in text else None
+        text = wait_for(logged, timeout=30, message="access log lines")
+    finally:
+        _stop(proc)
+    text = log.read_text()
+    assert old_style not in text and new_style not in text, text
+    assert "/invite/[redacted]" in text
+    db.session.remove()
+    assert db.session.execute(db.select(User).where(User.email == "new@example.com")).scalar_one() \
+        .check_password("a-good-password")
+
+
+def test_control_socket_one_per_instance_or_none(app_env, tmp_path):
+    """Two instances on one machine used to share gunicorn's default control socket path."""
+    runtime = tmp_path / "xdg"
+    runtime.mkdir(mode=0o700)
+    env = {"XDG_RUNTIME_DIR": str(runtime), "HOME": str(tmp_path)}
+    a = b = c = None
+    try:
+        a, _, _ = _start_gunicorn(app_env, tmp_path, "a", env)
+        b, _, _ = _start_gunicorn(app_env, tmp_path, "b", env)
+        assert not (runtime / "gunicorn.ctl").exists() and not (tmp_path / ".gunicorn").exists()
+        own = tmp_path / "c.ctl"
+        c, _, _ = _start_gunicorn(app_env, tmp_path, "c", {**env, "GUNICORN_CONTROL_SOCKET": str(own)})
+        wait_for(own.exists, timeout=30, message="the instance's own control socket")
+        assert not (runtime / "gunicorn.ctl").exists()
+    finally:
+        for p in (a, b, c):
+            if p is not None:
+                _stop(p)
+
+
+def test_make_run_prints_no_redis_password(tmp_path):
+    """`make run` printed the embedded Redis URL, password included, on stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY")}
+    instance = tmp_path / "instance"
+    port = _free_port()
+    env.update(INSTANCE_PATH=str(instance), PORT=str(port))
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "run.py")], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True)
+    out = []
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            line = proc.stdout.readline()
+            out.append(line)
+            if "Press Ctrl-C" in line or proc.poll() is not None:
+                break
+        url = (instance / "redis.url").read_text().strip()
+        password = re.match(r"redis://:([^@]+)@", url).group(1)
+        # let the children start and log (they share this stdout), then stop as Ctrl-C does
+        def web_up():
+            try:
+                return requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return proc.poll() is not None
+        wait_for(web_up, timeout=60, message="the web server of make run")
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            rest, _ = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            rest, _ = proc.communicate()
+    text = "".join(out) + rest
+    assert "embedded Redis at redis://:***@127.0.0.1:" in text, text[-3000:]
+    assert password not in text, "the Redis password was printed"
+
+
+def _create_app_stderr(tmp_path, redis_url):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "SECRET_KEY")}
+    env.update(INSTANCE_PATH=str(tmp_path / "inst"), REDIS_URL=redis_url, SECRET_KEY="x")
+    r = subprocess.run([sys.executable, "-c", "from webapp import create_app; create_app()"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r.stderr
+
+
+def test_warning_for_a_redis_without_password_elsewhere(tmp_path):
+    err = _create_app_stderr(tmp_path, "redis://192.0.2.10:6379/0")
+    assert "WARNING" in err and "REDIS_URL redis://192.0.2.10:6379/0 has no password" in err, err
+    assert "has no password" not in _create_app_stderr(tmp_path, "redis://:s3cret@192.0.2.10:6379/0")
+    assert "has no password" not in _create_app_stderr(tmp_path, "redis://127.0.0.1:6379/0")
+    assert "has no password" not in _create_app_stderr(tmp_path, "redis://[::1]:6379/0")
+
+
+# -- the invite form does not reveal accounts elsewhere; links from PUBLIC_URL ------------------------
+def _invite(client, email, host=None):
+    kw = {"base_url": f"http://{host}"} if host else {}  # the Host header the request carries
+    csrf = csrf_from(client.get("/users", **kw).get_data(as_text=True))
+    return client.post("/users/invite", data={"csrf_token": csrf, "email": email, "role": "viewer"}, **kw)
+
+
+def test_invite_form_does_not_say_an_email_exists_elsewhere(app, client, factory):
+    factory.account()
+    factory.account(name="Elsewhere", email="taken@example.com")
+    assert _form_login(client).status_code == 302
+    r = _invite(client, "TAKEN@example.com")
+    page = r.get_data(as_text=True)
+    assert r.status_code == 400 and "cannot be invited" in page
+    for hint in ("already exists", "Elsewhere", "another account", "already a member"):
+        assert hint not in page, hint
+    assert db.session.execute(db.select(User).where(User.email == "taken@example.com")).scalar_one().account.name \
+        == "Elsewhere"  # untouched
+    # within one's own account it may say so
+    r = _invite(client, "acme@example.com")
+    assert r.status_code == 400 and "already a member of this account" in r.get_data(as_text=True)
+
+
+def test_invitation_links_come_from_public_url_never_the_host_header(app, client, factory):
+    app.config["PUBLIC_URL"] = "https://console.example.com"
+    factory.account()
+    assert _form_login(client, host="evil.example").status_code == 302
+    r = _invite(client, "fresh@example.com", host="evil.example")
+    link = re.search(r'id="invite-link">([^<]+)<', r.get_data(as_text=True)).group(1)
+    assert r.status_code == 201 and link.startswith("https://console.example.com/invite#"), link
+    assert "evil.example" not in r.get_data(as_text=True)
+
+
+def test_mail_links_use_public_url(app, factory):
+    from webapp.notify.mail import compose
+    app.config["PUBLIC_URL"] = "https://console.example.com/"[:-1]
+    acc, _user = factory.account()
+    site = factory.site(acc)
+    _subject, body = compose("run.completed", {"run_id": 7, "status": "completed"}, None, site.id)
+    assert "https://console.example.com/runs/7" in body
+
+
+def test_trusted_hosts_from_public_url(app_env, monkeypatch, factory):
+    from webapp import create_app
+    for k, v in app_env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PUBLIC_URL", "https://console.example.com")
+    app = create_app({"TESTING": True})
+    assert app.config["TRUSTED_HOSTS"] == ["console.example.com", "localhost", "127.0.0.1"]
+    c = app.test_client()
+    assert c.get("/login", headers={"Host": "console.example.com"}).status_code == 200
+    assert c.get("/healthz", headers={"Host": "127.0.0.1:5000"}).status_code == 200
+    assert c.get("/login", headers={"Host": "evil.example"}).status_code == 400
+    # an explicit list wins; unset PUBLIC_URL checks nothing (development)
+    monkeypatch.setenv("TRUSTED_HOSTS", "a.example, .b.example")
+    assert create_app({"TESTING": True}).config["TRUSTED_HOSTS"] == ["a.example", ".b.example"]
+    monkeypatch.delenv("TRUSTED_HOSTS")
+    monkeypatch.delenv("PUBLIC_URL")
+    app = create_app({"TESTING": True})
+    assert app.config["TRUSTED_HOSTS"] is None and app.config["PUBLIC_URL"].startswith("http://localhost:")
+
+
+@pytest.mark.parametrize("bad", ["console.example.com", "ftp://x.example", "https://x.example/?a=1", "https://u:p@x.example"])
+def test_public_url_checked_at_start(bad):
+    from webapp.config import _public_url
+    with pytest.raises(SystemExit, match="PUBLIC_URL"):
+        _public_url({"PUBLIC_URL": bad})

@@ -14,6 +14,8 @@
 - the client address: the socket peer, or when that peer is in TRUSTED_PROXIES (a list of
   networks, shared with the request-id logging) the first X-Forwarded-For hop, from the right,
   that is not a trusted proxy; a header a client sends itself is never believed.
+- hosts: with PUBLIC_URL set, a Host header outside TRUSTED_HOSTS is answered 400 before any
+  other hook (links never come from the Host header: webapp/links.py).
 - headers on every response: CSP (no inline script or style anywhere), frame-ancestors 'none'
   and X-Frame-Options, nosniff, Referrer-Policy; HSTS and Secure cookies with SECURE_COOKIES=1;
   `WWW-Authenticate: Bearer` on every API 401.
@@ -323,13 +325,27 @@ def _security_headers(response):
     return response
 
 
+def _refuse_untrusted_host():
+    """A Host outside TRUSTED_HOSTS (derived from PUBLIC_URL): 400 before anything else runs.
+    Flask leaves such a request without a URL adapter, so any hook or page that builds a URL
+    would fail with a 500 instead."""
+    from werkzeug.exceptions import SecurityError
+    if isinstance(request.routing_exception, SecurityError):
+        return current_app.response_class("400 Bad Request: unknown host\n", status=400, mimetype="text/plain")
+    return None
+
+
 def init_app(app):
     login_manager.user_loader(load_session_user)
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_untrusted_host)
 
     # Registered before Flask-Limiter's own hook so that it runs after it (Flask runs
     # after_request functions in reverse order).
     app.after_request(_security_headers)
-    from .redis_conn import resolve_url
+    from .redis_conn import open_redis_warning, resolve_url
+    warning = open_redis_warning(app.config.get("REDIS_URL"))
+    if warning:
+        log.warning(warning)
     app.config.setdefault("RATELIMIT_STORAGE_URI", resolve_url(app) or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # Measured per API request: 2 Redis round trips and O(1) memory per key (moving-window:

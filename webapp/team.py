@@ -79,7 +79,15 @@ def _member(actor_user, user_id):
 def invite(actor_user, email, role="operator"):
     """Create the user with a one-time set-password link; returns (user, raw link token)."""
     check_role(actor_user, "owner")
-    user = new_user(actor_user.account_id, email, role=validate_role(role))
+    email, role = validate_email(email), validate_role(role)
+    taken = db.session.execute(select(User.account_id).where(User.email == email)).first()
+    if taken is not None:
+        if taken[0] == actor_user.account_id:
+            raise BadRequest(f"'email': {email} is already a member of this account.")
+        # An email belongs to one account. Saying so ("a user with email … already exists")
+        # told any owner which addresses have accounts elsewhere; this says nothing about where.
+        raise BadRequest("'email': this address cannot be invited. Ask the person for another address.")
+    user = new_user(actor_user.account_id, email, role=role)
     raw = secrets.token_urlsafe(32)
     user.invite_hash = _hash(raw)
     user.invite_expires_at = utcnow() + INVITE_TTL

@@ -9,6 +9,7 @@ from flask_login import current_user, login_required, login_user
 from .. import audit, team
 from ..access import has_role, needs
 from ..errors import AppError, NotFound
+from ..links import public_url
 from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
@@ -152,7 +153,9 @@ def invite_user():
         field = e.message.split("'")[1] if e.message.startswith("'") else "email"
         return render_template("users.html", users=team.account_users(current_user.account_id),
                                errors={field: e.message}, invite=None, form=form), 400
-    link = url_for("team_web.set_password", token=raw, _external=True)
+    # PUBLIC_URL, not the request's Host; the token in the fragment, which no browser sends
+    # (so no access log or proxy ever records it).
+    link = public_url("team_web.accept_invite", _fragment=raw)
     return render_template("users.html", users=team.account_users(current_user.account_id), errors={},
                            invite={"email": user.email, "link": link}, form={}), 201
 
@@ -187,14 +190,34 @@ def deactivate_user(user_id):
     return redirect(url_for("team_web.users"))
 
 
+@bp.route("/invite", methods=["GET", "POST"])
+@needs("viewer")
+def accept_invite():
+    """Invitation links are `/invite#TOKEN`: the page's script moves the token from the
+    fragment into the form, and it arrives in the POST body, never in a URL."""
+    if request.method == "GET":
+        return render_template("set_password.html", user=None, errors={}, token=None, token_in_form=True)
+    token = request.form.get("token", "").strip()
+    return _invite_form(token, token_in_form=True)
+
+
 @bp.route("/invite/<token>", methods=["GET", "POST"])
 def set_password(token):
+    """Links handed out before the fragment form (valid 7 days). The access log scrubs this
+    path (webapp/logging_setup.py)."""
+    return _invite_form(token, token_in_form=False)
+
+
+def _invite_form(token, token_in_form):
     user = team.invited_user(token)
     if user is None:
+        if token_in_form and request.method == "POST":
+            return render_template("set_password.html", user=None, token=token, token_in_form=True, errors={
+                "token": "This invitation is invalid, used or expired. Ask an owner for a new one."}), 404
         return render_template("error.html", code=404,
                                message="This invitation link is invalid, used or expired. Ask an owner for a new one."), 404
     errors = {}
-    if request.method == "POST":
+    if request.method == "POST" and (not token_in_form or "password" in request.form):
         password, again = request.form.get("password", ""), request.form.get("password_again", "")
         if password != again:
             errors["password_again"] = "The two passwords differ."
@@ -207,7 +230,8 @@ def set_password(token):
             except AppError as e:
                 db.session.rollback()
                 errors["password"] = e.message
-    return render_template("set_password.html", user=user, errors=errors), 400 if errors else 200
+    return render_template("set_password.html", user=user, errors=errors, token=token if token_in_form else None,
+                           token_in_form=token_in_form), 400 if errors else 200
 
 
 # -- audit log ------------------------------------------------------------------------------------------
