@@ -426,3 +426,66 @@ def test_public_url_checked_at_start(bad):
     from webapp.config import _public_url
     with pytest.raises(SystemExit, match="PUBLIC_URL"):
         _public_url({"PUBLIC_URL": bad})
+
+
+# -- changing a password ------------------------------------------------------------------------------
+def test_set_password_cli(app, runner, client, factory):
+    _acc, user = factory.account()
+    assert _form_login(client).status_code == 302
+    assert client.get("/").status_code == 200
+    r = runner.invoke(args=["set-password", "ACME@example.com", "--password", "a-brand-new-one"])
+    assert r.exit_code == 0 and "sessions were ended" in r.output, r.output
+    assert client.get("/").status_code == 302  # the open session ended
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("a-brand-new-one")
+    for args, says in ((["set-password", "ghost@example.com", "--password", "long-enough"], "unknown user"),
+                       (["set-password", "acme@example.com", "--password", "short"], "8-255"),
+                       (["set-password", "acme@example.com", "--password", "nul\x00in-it"], "NUL")):
+        r = runner.invoke(args=args)
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and says in lines[0], r.output
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("a-brand-new-one")  # nothing half-applied
+
+
+def _change(client, current, new, again=None, addr="198.51.100.20"):
+    env = {"REMOTE_ADDR": addr}
+    csrf = csrf_from(client.get("/account/password", environ_base=env).get_data(as_text=True))
+    return client.post("/account/password", environ_base=env, data={
+        "csrf_token": csrf, "current_password": current, "new_password": new,
+        "new_password_again": new if again is None else again})
+
+
+def test_change_password_page(app, client, factory):
+    _acc, user = factory.account()
+    other_browser = app.test_client()
+    assert _form_login(client).status_code == 302
+    assert _form_login(other_browser).status_code == 302
+    token = factory.token(user)
+
+    r = _change(client, "wrong-password", "a-brand-new-one")
+    page = r.get_data(as_text=True)
+    assert r.status_code == 400 and 'id="current-error"' in page and "not your current password" in page
+    r = _change(client, "password123", "short")
+    assert r.status_code == 400 and 'id="new-error"' in r.get_data(as_text=True) and "8-255" in r.get_data(as_text=True)
+    r = _change(client, "password123", "a-brand-new-one", again="something-else")
+    assert r.status_code == 400 and 'id="again-error"' in r.get_data(as_text=True)
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("password123")  # nothing applied yet
+
+    r = _change(client, "password123", "a-brand-new-one")
+    assert r.status_code == 302
+    assert client.get("/").status_code == 200            # this browser stays logged in
+    assert other_browser.get("/").status_code == 302     # every other session ended
+    assert client.get("/api/v1/sites/", headers={"Authorization": f"Bearer {token}"}).status_code == 200  # tokens kept
+    assert _token_login(app.test_client(), password="a-brand-new-one").status_code == 201
+    assert _token_login(app.test_client(), password="password123").status_code == 401
+
+
+def test_wrong_current_passwords_are_limited_per_user(app, client, factory):
+    app.config.update(LOGIN_RATE_LIMIT_EMAIL="3 per minute")
+    factory.account()
+    assert _form_login(client).status_code == 302
+    for _ in range(3):
+        assert _change(client, "guess", "a-brand-new-one").status_code == 400
+    assert _change(client, "password123", "a-brand-new-one").status_code == 429

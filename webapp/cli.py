@@ -195,6 +195,23 @@ def init_app(app):
         db.session.commit()
         click.echo(f"Ended all sessions of {user.email}" + (f"; revoked {revoked} API tokens." if revoke_tokens else "."))
 
+    @app.cli.command("set-password")
+    @click.argument("email")
+    @click.option("--password", required=True, help="the new password (8-255 characters)")
+    def set_password(email, password):
+        """Set a user's password; every browser session of theirs ends (API tokens are kept)."""
+        from . import team
+        from .errors import AppError
+        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+        if user is None:
+            fail(f"unknown user {email!r}")
+        try:
+            team.change_password(user, password, actor="cli")
+        except AppError as e:
+            db.session.rollback()
+            fail("password " + ", ".join(getattr(e, "errors", {}).values()) if getattr(e, "errors", None) else e.message)
+        click.echo(f"Password of {user.email} changed; their sessions were ended.")
+
     @app.cli.command("revoke-token")
     @click.argument("token_id")
     def revoke_token(token_id):

@@ -119,6 +119,39 @@ def accept_invite(raw, password):
     return user
 
 
+PASSWORD_MIN, PASSWORD_MAX = 8, 255
+
+
+def password_problem(password):
+    """Why `password` cannot be a password, or None."""
+    from .validation import text_problem
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"must be {PASSWORD_MIN}-{PASSWORD_MAX} characters"
+    return text_problem(password)
+
+
+def change_password(user, new_password, current_password=None, actor=None):
+    """Set a user's password and end every session opened before (User.set_password bumps the
+    session generation; the caller logs the current browser in again if it should stay).
+    `current_password` is required from the page (a session left open must not be enough to
+    take the account over); the CLI is the operator and passes None. API tokens are kept
+    (`logout-user --revoke-tokens` ends those)."""
+    errors = {}
+    if current_password is not None and not user.check_password(current_password):
+        errors["current_password"] = "is not your current password"
+    problem = password_problem(new_password)
+    if problem:
+        errors["new_password"] = problem
+    if errors:
+        raise FieldErrors(errors)
+    user.set_password(new_password)
+    user.invite_hash = None  # a password is set: an open invitation link must not set another
+    user.invite_expires_at = None
+    audit.record(user.account_id, actor or actor_of(user), "user.set_password", target=user.email)
+    db.session.commit()
+    return user
+
+
 def _owners_left(account_id, excluding):
     return db.session.execute(select(func.count()).select_from(User).where(
         User.account_id == account_id, User.role == "owner", User.active.is_(True), User.id != excluding)).scalar()
