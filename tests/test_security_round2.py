@@ -58,6 +58,9 @@ def test_an_attacker_elsewhere_cannot_lock_the_victim_out(app, client, factory):
     assert r.status_code == 201, r.get_data(as_text=True)
     # ...after the slow-down the email's failures earned (a lower bound: holds under any load)
     assert time.monotonic() - started >= 0.4
+    r = client.post("/api/v1/auth/token/", json={"email": "acme@example.com", "password": "password123"},
+                    environ_base={"REMOTE_ADDR": "198.51.100.21"})
+    assert r.status_code == 201
     r = _form_login(client, addr="198.51.100.20")
     assert r.status_code == 302 and r.headers["Location"].endswith("/")
     # a wrong password from a fresh address is a plain 401, not a refusal
