@@ -492,3 +492,14 @@ def test_wrong_current_passwords_are_limited_per_user(app, client, factory):
     for _ in range(3):
         assert _change(client, "guess", "a-brand-new-one").status_code == 400
     assert _change(client, "password123", "a-brand-new-one").status_code == 429
+
+
+def test_an_ipv6_client_cannot_rotate_through_its_own_block(app, client, factory):
+    """Per-address limits count an IPv6 client by its /64: a subscriber's block is 2^64
+    addresses, one per guess would make the limit meaningless."""
+    app.config.update(TRUSTED_PROXIES=(), LOGIN_RATE_LIMIT_IP="4 per minute", LOGIN_SLOWDOWN_SECONDS=0)
+    factory.account()
+    for i in range(4):
+        assert _token_login(client, email=f"guess{i}@example.com", addr=f"2001:db8:1:2::{i + 1:x}").status_code == 401
+    assert _token_login(client, password="password123", addr="2001:db8:1:2:ffff::9").status_code == 429
+    assert _token_login(client, password="password123", addr="2001:db8:1:3::1").status_code == 201  # another /64

@@ -139,6 +139,19 @@ def client_address():
     return peer
 
 
+def throttle_address():
+    """The client address as the limits count it: an IPv6 client by its /64, the block one
+    subscriber gets (anyone holding one has 2^64 addresses to rotate through), IPv4 as is."""
+    addr = client_address()
+    ip = _ip(addr)
+    if ip is not None and ip.version == 6 and not ip.ipv4_mapped:
+        import ipaddress
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    if ip is not None and ip.version == 6:
+        return str(ip.ipv4_mapped)
+    return addr
+
+
 def _login_email():
     """The email a login attempt names, normalised (case, spaces) as the user lookup does."""
     if request.is_json:
@@ -157,11 +170,11 @@ def _email_hash():
 def _login_email_key():
     """Failed logins per (account email, client address): an attacker's failures for a victim's
     email count against the attacker's address only; the victim elsewhere is not refused."""
-    return "email:" + _email_hash() + "|ip:" + client_address()
+    return "email:" + _email_hash() + "|ip:" + throttle_address()
 
 
 def _login_ip_key():
-    return "ip:" + client_address()
+    return "ip:" + throttle_address()
 
 
 def api_caller_key():
@@ -173,12 +186,12 @@ def api_caller_key():
         from .auth.tokens import parse_bearer
         raw = parse_bearer(header)
         if raw is None:
-            return "badauth:" + client_address()
+            return "badauth:" + throttle_address()
         return "tok:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
     uid = session.get("_user_id")
     if isinstance(uid, str) and uid:
         return "user:" + uid.partition(":")[0]
-    return "ip:" + client_address()
+    return "ip:" + throttle_address()
 
 
 def _failed_login(response):
@@ -186,7 +199,7 @@ def _failed_login(response):
     return response.status_code == 401
 
 
-limiter = Limiter(key_func=client_address, key_prefix="automation")
+limiter = Limiter(key_func=throttle_address, key_prefix="automation")
 SLOWDOWN_SCOPE = "login-email-all"
 
 

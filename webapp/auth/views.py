@@ -7,7 +7,7 @@ from wtforms import EmailField, PasswordField
 from wtforms.validators import DataRequired, Length
 
 from ..access import needs
-from ..security import client_address, limiter, login_throttle
+from ..security import limiter, login_throttle, throttle_address
 from .tokens import check_credentials
 
 bp = Blueprint("auth", __name__)
@@ -62,7 +62,7 @@ def logout():
 
 
 def _password_change_key():
-    uid = current_user.get_id().partition(":")[0] if current_user.is_authenticated else client_address()
+    uid = current_user.get_id().partition(":")[0] if current_user.is_authenticated else throttle_address()
     return f"pwchange:{uid}"
 
 
