@@ -1,9 +1,9 @@
-"""Pages for sites (create, edit, delete), users (owners), API tokens and the audit log.
+"""Pages for sites (create, edit, delete), users (owners), API tokens, your password and the audit log.
 Thin: webapp/team.py does the work; roles are enforced centrally (webapp/access.py), and the
 `needs` marks say where a page differs from the default (operator for changes)."""
 from zoneinfo import available_timezones
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user
 
 from .. import audit, team
@@ -13,6 +13,7 @@ from ..links import public_url
 from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
+from ..security import limiter, throttle_address
 from ..sites import create_site
 from .views import owned_site, service
 
@@ -232,6 +233,44 @@ def _invite_form(token, token_in_form):
                 errors["password"] = e.message
     return render_template("set_password.html", user=user, errors=errors, token=token if token_in_form else None,
                            token_in_form=token_in_form), 400 if errors else 200
+
+
+# -- your password ------------------------------------------------------------------------------------
+def _password_change_key():
+    uid = current_user.get_id().partition(":")[0] if current_user.is_authenticated else throttle_address()
+    return f"pwchange:{uid}"
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+@needs("viewer")  # everyone changes their own password
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT_EMAIL"], key_func=_password_change_key,
+               methods=["POST"], deduct_when=lambda response: bool(g.get("wrong_current_password")))
+def change_password():
+    """The current password is required: a session left open is not the account. Every other
+    session of the user ends; this browser is logged in again with the new generation. Wrong
+    current passwords are limited per user like failed logins (a stolen cookie is no oracle)."""
+    errors = {}
+    if request.method == "POST":
+        form = request.form
+        user = current_user._get_current_object()
+        if form.get("new_password", "") != form.get("new_password_again", ""):
+            errors["new_password_again"] = "The two passwords differ."
+        else:
+            try:
+                team.change_password(user, form.get("new_password", ""), form.get("current_password", ""))
+                login_user(user)  # the new generation: this browser stays, every other session ends
+                flash("Password changed. Your other sessions were ended.", "success")
+                return redirect(url_for("web.dashboard"))
+            except AppError as e:
+                db.session.rollback()
+                found = getattr(e, "errors", None) or {"new_password": e.message}
+                errors = {"current_password": "This is not your current password."} \
+                    if "current_password" in found else {}
+                if "new_password" in found:
+                    errors["new_password"] = f"The new password {found['new_password']}."
+                g.wrong_current_password = "current_password" in errors
+    return render_template("account_password.html", errors=errors), 400 if errors else 200
 
 
 # -- audit log ------------------------------------------------------------------------------------------
