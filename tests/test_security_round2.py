@@ -1,16 +1,24 @@
 """Security, second red team (issue 23, the security half): each finding reproduced and shown
 fixed. Real app, real database, real Redis; the log and stdout findings start the real
 processes (gunicorn, scripts/run.py)."""
+import hashlib
 import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+import requests
 
 from webapp.extensions import db
 from webapp.models import User
 
-from conftest import csrf_from
+from conftest import ROOT, csrf_from, drain, stop_process, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +92,6 @@ def test_failures_spread_over_many_addresses_slow_down_without_refusing(app, cli
     # another email is not slowed by this one's failures (its counter stays empty)
     from limits import parse
     from webapp.security import SLOWDOWN_SCOPE, limiter
-    import hashlib
     other = hashlib.sha256(b"other@example.com").hexdigest()[:32]
     assert limiter.limiter.test(parse("1 per minute"), limiter._key_prefix, SLOWDOWN_SCOPE, other)
     assert _token_login(client, email="other@example.com", password="password123", addr="192.0.2.1").status_code == 201
@@ -155,7 +162,6 @@ def test_public_forms_still_accepted(client, factory):
 
 
 def _deliver_test_event(app, client, token, site_id, hook_id):
-    from conftest import drain
     h = {"Authorization": f"Bearer {token}"}
     assert client.post(f"/api/v1/sites/{site_id}/webhooks/{hook_id}/test/", headers=h).status_code in (200, 201, 202)
     drain(app)
@@ -177,16 +183,14 @@ def test_inward_targets_refused_at_delivery_without_showing_addresses(app, clien
     d = _deliver_test_event(app, client, token, site.id, r.json["data"]["webhook"]["id"])
     error = d["attempts"][0]["error"]
     assert d["status"] == "failed" and "refused" in error and d["attempts"][0]["status_code"] is None, d
-    from urllib.parse import urlsplit
     rest = error.replace(urlsplit(url).hostname, "<host>")  # the URL's own host may be named
     for address in ("127.0.0.1", "::1", "7f00"):
         assert address not in rest, error
 
 
 def test_connection_errors_do_not_show_the_address_connected_to(app, client, factory):
-    """`localhost` resolves to 127.0.0.1 (and maybe ::1); nothing listens on port 9: the
+    """`localhost` resolves to 127.0.0.1 (and maybe ::1); nothing listens on the port: the
     error says the connection failed, not where it went."""
-    import socket
     app.config["WEBHOOK_ALLOW_PRIVATE"] = True
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -202,16 +206,6 @@ def test_connection_errors_do_not_show_the_address_connected_to(app, client, fac
 
 
 # -- secrets out of logs and stdout (real processes) -------------------------------------------------
-import signal  # noqa: E402
-import socket  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import requests  # noqa: E402
-
-from conftest import ROOT, wait_for  # noqa: E402
-
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 
 
@@ -242,16 +236,6 @@ def _start_gunicorn(app_env, tmp_path, name, extra_env=None, args=()):
     return proc, f"http://127.0.0.1:{port}", log
 
 
-def _stop(proc):
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-
-
 def test_invitation_token_never_in_the_access_log(app, app_env, client, factory, tmp_path):
     """The finding: `GET /invite/<one-time token>` sat in the access log. New links carry the
     token in the fragment (never sent) and accept it by POST; an old-style link's path, and the
@@ -279,7 +263,7 @@ def test_invitation_token_never_in_the_access_log(app, app_env, client, factory,
             return text if text.count("/invite") >= 4 and "app.js" in text else None
         text = wait_for(logged, timeout=30, message="access log lines")
     finally:
-        _stop(proc)
+        stop_process(proc)
     text = log.read_text()
     assert old_style not in text and new_style not in text, text
     assert "/invite/[redacted]" in text
@@ -305,7 +289,7 @@ def test_control_socket_one_per_instance_or_none(app_env, tmp_path):
     finally:
         for p in (a, b, c):
             if p is not None:
-                _stop(p)
+                stop_process(p)
 
 
 def test_make_run_prints_no_redis_password(tmp_path):

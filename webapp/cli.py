@@ -31,6 +31,13 @@ def _account(name):
     return acc
 
 
+def _user(email):
+    user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+    if user is None:
+        fail(f"unknown user {email!r}")
+    return user
+
+
 def init_app(app):
     @app.cli.command("init-db")
     def init_db():
@@ -183,9 +190,7 @@ def init_app(app):
         """End every browser session of a user at once (and optionally their API tokens)."""
         from .models.base import utcnow
         from .security import end_sessions
-        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
-        if user is None:
-            fail(f"unknown user {email!r}")
+        user = _user(email)
         end_sessions(user, commit=False)
         revoked = 0
         if revoke_tokens:
@@ -202,9 +207,7 @@ def init_app(app):
         """Set a user's password; every browser session of theirs ends (API tokens are kept)."""
         from . import team
         from .errors import AppError
-        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
-        if user is None:
-            fail(f"unknown user {email!r}")
+        user = _user(email)
         try:
             team.change_password(user, password, actor="cli")
         except AppError as e:
