@@ -408,7 +408,8 @@ def test_trusted_hosts_from_public_url(app_env, monkeypatch, factory):
     assert app.config["TRUSTED_HOSTS"] is None and app.config["PUBLIC_URL"].startswith("http://localhost:")
 
 
-@pytest.mark.parametrize("bad", ["console.example.com", "ftp://x.example", "https://x.example/?a=1", "https://u:p@x.example"])
+@pytest.mark.parametrize("bad", ["console.example.com", "ftp://x.example", "https://x.example/?a=1",
+                                 "https://u:p@x.example"])
 def test_public_url_checked_at_start(bad):
     from webapp.config import _public_url
     with pytest.raises(SystemExit, match="PUBLIC_URL"):

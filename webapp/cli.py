@@ -212,7 +212,8 @@ def init_app(app):
             team.change_password(user, password, actor="cli")
         except AppError as e:
             db.session.rollback()
-            fail("password " + ", ".join(getattr(e, "errors", {}).values()) if getattr(e, "errors", None) else e.message)
+            errors = getattr(e, "errors", None)
+            fail("password " + ", ".join(errors.values()) if errors else e.message)
         click.echo(f"Password of {user.email} changed; their sessions were ended.")
 
     @app.cli.command("revoke-token")

@@ -344,7 +344,8 @@ def _refuse_untrusted_host():
     would fail with a 500 instead."""
     from werkzeug.exceptions import SecurityError
     if isinstance(request.routing_exception, SecurityError):
-        return current_app.response_class("400 Bad Request: unknown host (not in TRUSTED_HOSTS)\n", status=400, mimetype="text/plain")
+        return current_app.response_class("400 Bad Request: unknown host (not in TRUSTED_HOSTS)\n", status=400,
+                                          mimetype="text/plain")
     return None
 
 
