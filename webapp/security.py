@@ -163,7 +163,7 @@ def _login_email():
 
 
 def _email_hash():
-    # Hashed: no addresses in Redis.
+    # Hashed: no email addresses in Redis.
     return hashlib.sha256(_login_email().encode("utf-8", "replace")).hexdigest()[:32]
 
 
@@ -230,6 +230,7 @@ def _slow_down_busy_emails(fn):
             log.warning("sign-in attempts for one email are slowed down by %.1f s (over %s failures)",
                         delay, current_app.config["LOGIN_SLOWDOWN_EMAIL"])
             time.sleep(delay)
+
         @after_this_request
         def _count(response):  # also sees a 401 raised as an error (the API's ApiError)
             if _failed_login(response):
