@@ -9,6 +9,7 @@ imported, which makes redis-py and flask-sock cooperative; psycopg2 is a C exten
 needs psycogreen's wait callback, installed below, or every PostgreSQL query would block the
 whole process. One process uses one core: run one worker per core (`--workers`).
 """
+import os
 import signal
 
 worker_class = "gevent"
@@ -17,6 +18,13 @@ worker_class = "gevent"
 worker_connections = 10000
 graceful_timeout = 5
 keepalive = 5  # > the UI's 2 s polling interval, so polling browsers keep their connection
+# gunicorn's control socket (`gunicornc`) defaults to one path per user ($XDG_RUNTIME_DIR or
+# ~/.gunicorn/gunicorn.ctl): two instances on one machine would share it, and the second
+# would take it over from the first. None by default; GUNICORN_CONTROL_SOCKET=/path gives
+# this instance one of its own.
+control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
+if not control_socket_disable:
+    control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 
 
 def on_starting(server):

@@ -25,7 +25,8 @@ def _redis_url(app):
     url = app.config.get("REDIS_URL") or embedded_url(app.instance_path)
     if not url:
         url, _proc = start_embedded(app.instance_path)  # lives as long as this process
-        logging.getLogger("worker").info("started embedded redis at %s", url)
+        from webapp.redis_conn import redacted
+        logging.getLogger("worker").info("started embedded redis at %s", redacted(url))
     app.config["REDIS_URL"] = url
     return url
 

@@ -51,7 +51,10 @@ def main():
         from webapp.redis_conn import start_embedded
         url, redis_proc = start_embedded(app.instance_path)
         env["REDIS_URL"] = url
-        log(f"embedded Redis at {url}")
+        from webapp.redis_conn import redacted
+        # Never the password: a terminal is scrolled back, copied, recorded. It is in
+        # instance/redis.url (0600) for whoever needs it.
+        log(f"embedded Redis at {redacted(url)} (URL with password in instance/redis.url)")
 
     host, port = env.get("HOST", "127.0.0.1"), env.get("PORT", "5000")
     bin_dir = Path(sys.executable).parent

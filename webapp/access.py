@@ -22,7 +22,7 @@ RANK = {r: i for i, r in enumerate(ROLES)}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 DEFAULT_WRITE_ROLE = "operator"
 # Web endpoints anyone may POST to whatever their role (they act on the caller only).
-_OPEN_WEB = {"auth.login", "auth.logout", "team_web.set_password"}
+_OPEN_WEB = {"auth.login", "auth.logout", "team_web.set_password", "team_web.accept_invite"}
 
 
 class Forbidden(AppError):

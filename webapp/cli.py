@@ -31,6 +31,13 @@ def _account(name):
     return acc
 
 
+def _user(email):
+    user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
+    if user is None:
+        fail(f"unknown user {email!r}")
+    return user
+
+
 def init_app(app):
     @app.cli.command("init-db")
     def init_db():
@@ -190,9 +197,7 @@ def init_app(app):
         """End every browser session of a user at once (and optionally their API tokens)."""
         from .models.base import utcnow
         from .security import end_sessions
-        user = db.session.execute(select(User).where(User.email == email.strip().lower())).scalar_one_or_none()
-        if user is None:
-            fail(f"unknown user {email!r}")
+        user = _user(email)
         end_sessions(user, commit=False)
         revoked = 0
         if revoke_tokens:
@@ -201,6 +206,22 @@ def init_app(app):
                                          .values(revoked_at=utcnow())).rowcount
         db.session.commit()
         click.echo(f"Ended all sessions of {user.email}" + (f"; revoked {revoked} API tokens." if revoke_tokens else "."))
+
+    @app.cli.command("set-password")
+    @click.argument("email")
+    @click.option("--password", required=True, help="the new password (8-255 characters)")
+    def set_password(email, password):
+        """Set a user's password; every browser session of theirs ends (API tokens are kept)."""
+        from . import team
+        from .errors import AppError
+        user = _user(email)
+        try:
+            team.change_password(user, password, actor="cli")
+        except AppError as e:
+            db.session.rollback()
+            errors = getattr(e, "errors", None)
+            fail("password " + ", ".join(errors.values()) if errors else e.message)
+        click.echo(f"Password of {user.email} changed; their sessions were ended.")
 
     @app.cli.command("revoke-token")
     @click.argument("token_id")

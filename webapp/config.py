@@ -88,6 +88,42 @@ def _smtp_url(env):
     return url
 
 
+def _public_url(env):
+    """PUBLIC_URL: the address users reach the console at (`https://console.example.com`), the
+    base of every link in mail and invitations. Unset: `make run`'s own address."""
+    from urllib.parse import urlsplit
+    raw = (env.get("PUBLIC_URL") or "").strip()
+    if not raw:
+        return f"http://localhost:{(env.get('PORT') or '5000').strip()}", False
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
+            or parts.fragment or parts.username or parts.password:
+        raise SystemExit(f"config error: PUBLIC_URL must look like https://host[:port][/path], got {raw!r}")
+    return raw.rstrip("/"), True
+
+
+def _trusted_hosts(env, public_url, public_url_set):
+    """Host headers the app answers (Flask's TRUSTED_HOSTS; others get 400): TRUSTED_HOSTS if
+    set (comma-separated; `.example.com` also matches its subdomains), else PUBLIC_URL's host
+    plus this machine's own names (health checks, a proxy on the machine). None = any host,
+    when PUBLIC_URL is unset (development)."""
+    from urllib.parse import urlsplit
+    raw = env.get("TRUSTED_HOSTS")
+    if raw is not None and raw.strip():
+        hosts = [h.strip().lower() for h in raw.split(",") if h.strip()]
+        for h in hosts:
+            if "/" in h or " " in h:
+                raise SystemExit(f"config error: TRUSTED_HOSTS entries are host names, got {h!r}")
+        return hosts
+    if not public_url_set:
+        return None
+    return [urlsplit(public_url).hostname, "localhost", "127.0.0.1"]
+
+
 def persistent_secret_key(instance_path):
     """SECRET_KEY unset: generate one once and keep it under instance/ (mode 0600)
     so sessions survive restarts and every process of one install shares it."""
@@ -144,6 +180,7 @@ def load_config(instance_path, env=None):
     if db_url.startswith("postgres://"):  # Heroku-style URLs
         db_url = "postgresql://" + db_url[len("postgres://"):]
     secure = _bool(env, "SECURE_COOKIES")
+    public_url, public_url_set = _public_url(env)
     return {
         "SECRET_KEY": env.get("SECRET_KEY") or persistent_secret_key(instance_path),
         "SQLALCHEMY_DATABASE_URI": db_url,
@@ -214,7 +251,15 @@ def load_config(instance_path, env=None):
         "REMEMBER_COOKIE_SECURE": secure,
         "LOGIN_RATE_LIMIT_EMAIL": _rate(env, "LOGIN_RATE_LIMIT_EMAIL", "10 per 15 minutes"),
         "LOGIN_RATE_LIMIT_IP": _rate(env, "LOGIN_RATE_LIMIT_IP", "50 per 15 minutes"),
+        # Failed logins for one email from all addresses together beyond which each attempt on
+        # that email waits LOGIN_SLOWDOWN_SECONDS (a slow-down, never a refusal: no lock-outs).
+        "LOGIN_SLOWDOWN_EMAIL": _rate(env, "LOGIN_SLOWDOWN_EMAIL", "10 per 15 minutes"),
+        "LOGIN_SLOWDOWN_SECONDS": _float(env, "LOGIN_SLOWDOWN_SECONDS", 2.0),
         "API_RATE_LIMIT": _rate(env, "API_RATE_LIMIT", "1200 per minute"),
+        # Links in mail and invitations are built from PUBLIC_URL, never from the request's
+        # Host header (which a client writes); with PUBLIC_URL set, other hosts get 400.
+        "PUBLIC_URL": public_url,
+        "TRUSTED_HOSTS": _trusted_hosts(env, public_url, public_url_set),
         # Unset: the detailed /status (worker names, pids) is for logged-in users only.
         "STATUS_TOKEN": env.get("STATUS_TOKEN") or None,
     }

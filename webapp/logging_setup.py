@@ -211,8 +211,27 @@ except ImportError:  # pragma: no cover - gunicorn is a runtime dependency
     _GunicornLogger = object
 
 
+# Paths that carry a secret: invitation links handed out before they moved the token into the
+# fragment (`/invite#TOKEN`, never sent by a browser) still have it in the path, and a page
+# there sends it on as the Referer of its own static files. Whoever reads access logs must not
+# be able to accept an owner invitation.
+_SECRET_IN_PATH = re.compile(r"(/invite/)[^/?#\s\"]+")
+
+
+def scrub_secrets(text):
+    return _SECRET_IN_PATH.sub(r"\1[redacted]", text) if "/invite/" in text else text
+
+
 class GunicornLogger(_GunicornLogger):
-    """gunicorn's error and access logs in the same format as the app's (gunicorn.conf.py)."""
+    """gunicorn's error and access logs in the same format as the app's (gunicorn.conf.py),
+    with secrets scrubbed from access lines (request line, path, Referer, any header atom)."""
+
+    def atoms(self, resp, req, environ, request_time):
+        atoms = super().atoms(resp, req, environ, request_time)
+        for key, value in list(atoms.items()):
+            if isinstance(value, str) and "/invite/" in value:
+                atoms[key] = scrub_secrets(value)
+        return atoms
 
     def setup(self, cfg):
         super().setup(cfg)

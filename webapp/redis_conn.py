@@ -91,6 +91,44 @@ def start_embedded(instance_path, port=None):
     sys.exit(f"embedded redis failed to start on port {port}: {tail}")
 
 
+def redacted(url):
+    """The URL without its password, for logs and the terminal (`redis://:***@host:port/db`)."""
+    from urllib.parse import urlsplit, urlunsplit
+    try:
+        parts = urlsplit(url)
+        if parts.password is None and not parts.username:
+            return url
+        host = parts.hostname or ""
+        host = f"[{host}]" if ":" in host else host
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    except ValueError:
+        return "redis://***"
+
+
+LOCAL_HOSTS = {"127.0.0.1", "::1", "localhost"}
+
+
+def open_redis_warning(url):
+    """A warning for a Redis reachable from other machines without a password, or None.
+    Whoever can write to the Redis can run code as the worker (RQ jobs are code)."""
+    from urllib.parse import parse_qs, urlsplit
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        return None
+    if parts.scheme == "unix" or host in LOCAL_HOSTS:
+        return None
+    if parts.password or parse_qs(parts.query).get("password"):
+        return None
+    return (f"REDIS_URL {redacted(url)} has no password and is not on this machine: anyone who can "
+            "reach it can queue jobs the workers run as code. Require a password "
+            "(redis://:PASSWORD@host:port/db) and keep the server on a private network.")
+
+
 def resolve_url(app):
     return app.config.get("REDIS_URL") or embedded_url(app.instance_path)
 

@@ -4,22 +4,28 @@
   a password change, `flask --app wsgi logout-user EMAIL` or deactivating a user call
   `end_sessions(user)`, and every earlier cookie stops working at once (web, API, websockets).
 - throttling (Flask-Limiter on the app's Redis, so limits hold across web processes): failed
-  logins per account email and per client address, shared by the login form and
-  `POST /api/v1/auth/token`; a general limit per API caller (token, else session user, else
-  address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each process keeps
-  counting in memory until Redis answers again (limits loosen per process, never vanish).
+  logins per (account email, client address) and per client address, shared by the login form
+  and `POST /api/v1/auth/token`; failures for one email across all addresses only slow that
+  email's attempts down (LOGIN_SLOWDOWN_*), never refuse them, so nobody can lock a user out
+  from elsewhere (OWASP); a general limit per API caller (the parsed bearer token, else session
+  user, else address) with X-RateLimit-* headers; 429 with Retry-After. Redis down: each
+  process keeps counting in memory until Redis answers again (limits loosen per process,
+  never vanish).
 - the client address: the socket peer, or when that peer is in TRUSTED_PROXIES (a list of
   networks, shared with the request-id logging) the first X-Forwarded-For hop, from the right,
   that is not a trusted proxy; a header a client sends itself is never believed.
+- hosts: with PUBLIC_URL set, a Host header outside TRUSTED_HOSTS is answered 400 before any
+  other hook (links never come from the Host header: webapp/links.py).
 - headers on every response: CSP (no inline script or style anywhere), frame-ancestors 'none'
   and X-Frame-Options, nosniff, Referrer-Policy; HSTS and Secure cookies with SECURE_COOKIES=1;
   `WWW-Authenticate: Bearer` on every API 401.
 """
+import functools
 import hashlib
 import logging
 import time
 
-from flask import current_app, request, session
+from flask import after_this_request, current_app, request, session
 from flask_limiter import Limiter, RateLimitExceeded
 from sqlalchemy import update
 
@@ -133,30 +139,59 @@ def client_address():
     return peer
 
 
-def _login_email_key():
-    """Failed logins are counted per account email (normalised, hashed: no addresses in Redis)."""
+def throttle_address():
+    """The client address as the limits count it: an IPv6 client by its /64, the block one
+    subscriber gets (anyone holding one has 2^64 addresses to rotate through), IPv4 as is."""
+    addr = client_address()
+    ip = _ip(addr)
+    if ip is not None and ip.version == 6 and not ip.ipv4_mapped:
+        import ipaddress
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    if ip is not None and ip.version == 6:
+        return str(ip.ipv4_mapped)
+    return addr
+
+
+def _login_email():
+    """The email a login attempt names, normalised (case, spaces) as the user lookup does."""
     if request.is_json:
         data = request.get_json(silent=True)
         email = data.get("email") if isinstance(data, dict) else None
     else:
         email = request.form.get("email")
-    email = email.strip().lower()[:255] if isinstance(email, str) else ""
-    return "email:" + hashlib.sha256(email.encode("utf-8", "replace")).hexdigest()[:32]
+    return email.strip().lower()[:255] if isinstance(email, str) else ""
+
+
+def _email_hash():
+    # Hashed: no email addresses in Redis.
+    return hashlib.sha256(_login_email().encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def _login_email_key():
+    """Failed logins per (account email, client address): an attacker's failures for a victim's
+    email count against the attacker's address only; the victim elsewhere is not refused."""
+    return "email:" + _email_hash() + "|ip:" + throttle_address()
 
 
 def _login_ip_key():
-    return "ip:" + client_address()
+    return "ip:" + throttle_address()
 
 
 def api_caller_key():
-    """One bucket per API token (hashed), else per session user, else per address."""
+    """One bucket per API token (the parsed token, hashed: `bearer T`, `BEARER T` and
+    `Bearer  T` are one caller), else per session user, else per address. A header that is no
+    bearer credential at all is counted per address, so varying garbage buys no new bucket."""
     header = request.headers.get("Authorization") or ""
     if header:
-        return "tok:" + hashlib.sha256(header.strip().encode("utf-8", "replace")).hexdigest()[:32]
+        from .auth.tokens import parse_bearer
+        raw = parse_bearer(header)
+        if raw is None:
+            return "badauth:" + throttle_address()
+        return "tok:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]
     uid = session.get("_user_id")
     if isinstance(uid, str) and uid:
         return "user:" + uid.partition(":")[0]
-    return "ip:" + client_address()
+    return "ip:" + throttle_address()
 
 
 def _failed_login(response):
@@ -164,12 +199,55 @@ def _failed_login(response):
     return response.status_code == 401
 
 
-limiter = Limiter(key_func=client_address, key_prefix="automation")
+limiter = Limiter(key_func=throttle_address, key_prefix="automation")
+SLOWDOWN_SCOPE = "login-email-all"
+
+
+def _email_ceiling():
+    from limits import parse
+    return parse(current_app.config["LOGIN_SLOWDOWN_EMAIL"])
+
+
+def _slow_down_busy_emails(fn):
+    """The per-email ceiling across addresses. A hard per-email limit would let anyone lock
+    any user out (fail 10 times from anywhere, the right password waits 15 minutes); refusing
+    per (email, address) alone would let a botnet guess one email from many addresses at full
+    speed. So beyond LOGIN_SLOWDOWN_EMAIL failures for an email (all addresses together), each
+    attempt on it waits LOGIN_SLOWDOWN_SECONDS before the password is checked: a guessing
+    client loses its speed, the right password from any address still gets in. The wait is a
+    sleep of this request's greenlet (gunicorn's gevent worker), not of the process."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if request.method != "POST":
+            return fn(*args, **kwargs)
+        ident = _email_hash()
+        try:
+            busy = not limiter.limiter.test(_email_ceiling(), limiter._key_prefix, SLOWDOWN_SCOPE, ident)
+        except Exception:  # storage away: no slow-down rather than a failed login page
+            busy = False
+        if busy:
+            delay = current_app.config["LOGIN_SLOWDOWN_SECONDS"]
+            log.warning("sign-in attempts for one email are slowed down by %.1f s (over %s failures)",
+                        delay, current_app.config["LOGIN_SLOWDOWN_EMAIL"])
+            time.sleep(delay)
+
+        @after_this_request
+        def _count(response):  # also sees a 401 raised as an error (the API's ApiError)
+            if _failed_login(response):
+                try:
+                    limiter.limiter.hit(_email_ceiling(), limiter._key_prefix, SLOWDOWN_SCOPE, ident)
+                except Exception:
+                    log.warning("login slow-down counter not updated (rate-limit storage unavailable)")
+            return response
+        return fn(*args, **kwargs)
+    return wrapper
 
 
 def login_throttle(fn):
     """Decorator for every route that checks a password (the form and the token route share
-    the same counters)."""
+    the same counters). The limits refuse (429) only the address that failed; the email's
+    ceiling across addresses slows down and never refuses."""
+    fn = _slow_down_busy_emails(fn)
     fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_EMAIL"], scope="login-email",
                               key_func=_login_email_key, deduct_when=_failed_login)(fn)
     fn = limiter.shared_limit(lambda: current_app.config["LOGIN_RATE_LIMIT_IP"], scope="login-ip",
@@ -261,13 +339,28 @@ def _security_headers(response):
     return response
 
 
+def _refuse_untrusted_host():
+    """A Host outside TRUSTED_HOSTS (derived from PUBLIC_URL): 400 before anything else runs.
+    Flask leaves such a request without a URL adapter, so any hook or page that builds a URL
+    would fail with a 500 instead."""
+    from werkzeug.exceptions import SecurityError
+    if isinstance(request.routing_exception, SecurityError):
+        return current_app.response_class("400 Bad Request: unknown host (not in TRUSTED_HOSTS)\n", status=400,
+                                          mimetype="text/plain")
+    return None
+
+
 def init_app(app):
     login_manager.user_loader(load_session_user)
+    app.before_request_funcs.setdefault(None, []).insert(0, _refuse_untrusted_host)
 
     # Registered before Flask-Limiter's own hook so that it runs after it (Flask runs
     # after_request functions in reverse order).
     app.after_request(_security_headers)
-    from .redis_conn import resolve_url
+    from .redis_conn import open_redis_warning, resolve_url
+    warning = open_redis_warning(app.config.get("REDIS_URL"))
+    if warning:
+        log.warning(warning)
     app.config.setdefault("RATELIMIT_STORAGE_URI", resolve_url(app) or "memory://")
     app.config.setdefault("RATELIMIT_HEADERS_ENABLED", True)
     # Measured per API request: 2 Redis round trips and O(1) memory per key (moving-window:

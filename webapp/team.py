@@ -79,7 +79,15 @@ def _member(actor_user, user_id):
 def invite(actor_user, email, role="operator"):
     """Create the user with a one-time set-password link; returns (user, raw link token)."""
     check_role(actor_user, "owner")
-    user = new_user(actor_user.account_id, email, role=validate_role(role))
+    email, role = validate_email(email), validate_role(role)
+    taken = db.session.execute(select(User.account_id).where(User.email == email)).first()
+    if taken is not None:
+        if taken[0] == actor_user.account_id:
+            raise BadRequest(f"'email': {email} is already a member of this account.")
+        # An email belongs to one account. Saying so ("a user with email … already exists")
+        # told any owner which addresses have accounts elsewhere; this says nothing about where.
+        raise BadRequest("'email': this address cannot be invited. Ask the person for another address.")
+    user = new_user(actor_user.account_id, email, role=role)
     raw = secrets.token_urlsafe(32)
     user.invite_hash = _hash(raw)
     user.invite_expires_at = utcnow() + INVITE_TTL
@@ -107,6 +115,39 @@ def accept_invite(raw, password):
     user.invite_hash = None  # one time
     user.invite_expires_at = None
     audit.record(user.account_id, actor_of(user), "user.set_password")
+    db.session.commit()
+    return user
+
+
+PASSWORD_MIN, PASSWORD_MAX = 8, 255
+
+
+def password_problem(password):
+    """Why `password` cannot be a password, or None."""
+    from .validation import text_problem
+    if not isinstance(password, str) or not PASSWORD_MIN <= len(password) <= PASSWORD_MAX:
+        return f"must be {PASSWORD_MIN}-{PASSWORD_MAX} characters"
+    return text_problem(password)
+
+
+def change_password(user, new_password, current_password=None, actor=None):
+    """Set a user's password and end every session opened before (User.set_password bumps the
+    session generation; the caller logs the current browser in again if it should stay).
+    `current_password` is required from the page (a session left open must not be enough to
+    take the account over); the CLI is the operator and passes None. API tokens are kept
+    (`logout-user --revoke-tokens` ends those)."""
+    errors = {}
+    if current_password is not None and not user.check_password(current_password):
+        errors["current_password"] = "is not your current password"
+    problem = password_problem(new_password)
+    if problem:
+        errors["new_password"] = problem
+    if errors:
+        raise FieldErrors(errors)
+    user.set_password(new_password)
+    user.invite_hash = None  # a password is set: an open invitation link must not set another
+    user.invite_expires_at = None
+    audit.record(user.account_id, actor or actor_of(user), "user.set_password", target=user.email)
     db.session.commit()
     return user
 

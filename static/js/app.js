@@ -274,10 +274,23 @@
     }
   };
 
+  // An invitation link carries its one-time token in the fragment (/invite#TOKEN): browsers
+  // never send a fragment, so it stays out of every access log and proxy. Into the form it
+  // goes, and out of the address bar.
+  function inviteToken() {
+    var field = document.getElementById("invite-token");
+    if (!field || !location.hash || location.hash.length < 2) return;
+    field.value = decodeURIComponent(location.hash.slice(1));
+    var box = document.getElementById("invite-token-box");
+    if (box) box.hidden = true;
+    if (history.replaceState) history.replaceState(null, "", location.pathname + location.search);
+  }
+
   function start() {
     live.start();
     logViewer.start();
     pruneFlashes();
+    inviteToken();
   }
   document.addEventListener("DOMContentLoaded", start);
 })();

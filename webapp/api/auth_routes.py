@@ -18,7 +18,8 @@ def ping():
 @endpoint("/auth/token", ["POST"], json=s.TokenRequest, form=s.TokenRequest, status=201,
           ok=s.ok("TokenResponse", s.Token), auth=False,
           errors={401: "Invalid email or password",
-                  429: "Too many failed logins for this email or address (Retry-After says when)"}, tags=["auth"])
+                  429: "Too many failed logins from this address, for this email or in all "
+                       "(Retry-After says when)"}, tags=["auth"])
 @login_throttle
 def issue_token():
     """Exchange email + password (JSON or form) for an API token."""

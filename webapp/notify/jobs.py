@@ -193,8 +193,10 @@ def _attempt(pk, attempt):
     except targets.UnsafeTarget as e:
         # Resolving to a private address is a property of the target, not a transient fault.
         error, permanent = str(e), True
-    except Exception as e:  # timeouts, refused connections, TLS errors: all retried
-        error = f"{e.__class__.__name__}: {e}"
+    except targets.DeliveryError as e:  # timeouts, refused connections, TLS errors: all retried
+        error = str(e)  # worded without the address connected to (targets.describe)
+    except Exception as e:
+        error = f"delivery failed ({e.__class__.__name__})"
     ok = error is None
     db.session.add(WebhookAttempt(account_id=d.account_id, site_id=d.site_id, delivery_id=d.id, number=attempt,
                                   started_at=started, duration_ms=int((time.monotonic() - t0) * 1000),

@@ -75,6 +75,9 @@ def compose(event, snapshot, reason, site_id):
         r = s.get(f"stage_{n}_result")
         if r:
             lines.append(f"Stage {n}: {r.get('items_processed', 0)} processed, {r.get('items_created', 0)} created")
+    if run_id:
+        from ..links import public_url  # PUBLIC_URL: the worker has no request, and a Host is never trusted
+        lines += ["", f"Run page: {public_url('web.run_detail', run_id=run_id)}"]
     lines += ["", "You receive this because you opted in to run notifications for your account."]
     return subject, "\n".join(lines) + "\n"
 

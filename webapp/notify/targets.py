@@ -7,6 +7,7 @@ check, once to connect — would let a DNS answer that changes in between (DNS r
 an internal service. Redirects are not followed, for the same reason.
 """
 import ipaddress
+import os
 import socket
 import threading
 import time
@@ -23,21 +24,83 @@ class UnsafeTarget(Exception):
     pass
 
 
+class DeliveryError(Exception):
+    """A delivery that failed on the way (timeout, refused, TLS): the message names the kind of
+    failure and never the address connected to (that is a DNS answer of the webhook owner's
+    choosing, maybe an internal one; urllib3's own messages include it)."""
+
+
+# IPv6 forms that carry an IPv4 address inside: the connection ends up at that IPv4 address (the
+# OS for mapped ones, a relay or translator for the others), so the IPv4 address is what counts.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052 well-known prefix: public IPv4 only
+NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")  # RFC 8215 local-use: a private translator
+SIXTOFOUR = ipaddress.ip_network("2002::/16")
+TEREDO = ipaddress.ip_network("2001::/32")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated (RFC 4291)
+IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT (RFC 2765)
+SITE_LOCAL = ipaddress.ip_network("fec0::/10")  # deprecated, yet is_global in Python 3.11
+
+
+def _kind(ip):
+    if ip in METADATA:
+        return "a cloud metadata address"
+    if ip.is_loopback:
+        return "a loopback address"
+    if ip.is_link_local:
+        return "a link-local address"
+    if ip.is_private:
+        return "a private address"
+    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
+        return "not a public address"
+    return None
+
+
+def address_kind(ip):
+    """What kind of non-public address `ip` is ("a loopback address", ...), or None if it is a
+    public one. Worded without the address: delivery errors show it, and a DNS answer is the
+    target's business (maybe an internal network's layout), not the attempt log's."""
+    ip = ipaddress.ip_address(ip)
+    if ip.version == 6:
+        ip = ipaddress.IPv6Address(ip.packed)  # without a zone id: "fe80::1%eth0" is fe80::1
+        if ip.ipv4_mapped:
+            ip = ip.ipv4_mapped
+        elif ip in TEREDO:
+            return "a Teredo tunnel address"
+        elif ip in SIXTOFOUR:
+            inner = _kind(ip.sixtofour)
+            return "a 6to4 address" + (f" embedding {inner}" if inner else "")
+        elif ip in NAT64_LOCAL:
+            return "a local-use NAT64 address"
+        elif ip in NAT64:
+            inner = _kind(ipaddress.IPv4Address(ip.packed[-4:]))
+            return f"a NAT64 address embedding {inner}" if inner else None
+        elif ip in IPV4_TRANSLATED or (ip in IPV4_COMPATIBLE and int(ip) > 1):
+            return "an IPv4-compatible address (deprecated form)"
+        elif ip in SITE_LOCAL:
+            return "a site-local address"
+    return _kind(ip)
+
+
 def address_problem(ip):
     """Why `ip` may not be a webhook target, or None if it may."""
-    ip = ipaddress.ip_address(ip)
-    if ip.version == 6 and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
-    if ip in METADATA:
-        return f"{ip} is a cloud metadata address"
-    if ip.is_loopback:
-        return f"{ip} is a loopback address"
-    if ip.is_link_local:
-        return f"{ip} is a link-local address"
-    if ip.is_private:
-        return f"{ip} is a private address"
-    if ip.is_multicast or ip.is_unspecified or ip.is_reserved or not ip.is_global:
-        return f"{ip} is not a public address"
+    kind = address_kind(ip)
+    return f"{ipaddress.ip_address(ip)} is {kind}" if kind else None
+
+
+def literal_address(host):
+    """The address a host written as a number means, or None for a name. Besides the usual
+    forms, the resolver also reads the old inet_aton ones (`127.1`, `0x7f000001`,
+    `2130706433`, `017700000001`): those are checked at save time too."""
+    host = host.rstrip(".") if host.count(".") > 1 else host
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if host and all(c in "0123456789abcdefxABCDEFX." for c in host) and host[0].isdigit():
+        try:
+            return ipaddress.IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
     return None
 
 
@@ -64,12 +127,13 @@ def check_url(url, allow_private=False):
         return "has an invalid port"
     if allow_private:
         return None
-    if host == "localhost" or host.endswith(".localhost"):
+    name = host.rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
         return "must not point to this machine (localhost)"
-    try:
-        problem = address_problem(host)
-    except ValueError:  # a name, resolved at delivery time
+    ip = literal_address(host)
+    if ip is None:  # a name, resolved (and checked) at delivery time
         return None
+    problem = address_problem(ip)
     return f"must not point to a non-public address: {problem}" if problem else None
 
 
@@ -86,15 +150,16 @@ def resolve(host, port, allow_private=False):
             addresses.append(addr)
     if not allow_private:
         for addr in addresses:
-            problem = address_problem(addr)
-            if problem:
-                raise UnsafeTarget(f"refused: {host} resolves to {problem} (set WEBHOOK_ALLOW_PRIVATE=1 to allow)")
+            kind = address_kind(addr)
+            if kind:
+                # The kind, not the address: a DNS answer can be an internal network's layout.
+                raise UnsafeTarget(f"refused: {host} resolves to {kind} (set WEBHOOK_ALLOW_PRIVATE=1 to allow)")
     if not addresses:
         raise UnsafeTarget(f"cannot resolve {host}")
     return addresses[0]
 
 
-class DeadlineExceeded(Exception):
+class DeadlineExceeded(DeliveryError):
     """The receiver did not answer completely within WEBHOOK_TIMEOUT (however slowly it dripped)."""
 
 
@@ -147,7 +212,39 @@ def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
     except Exception as e:
         if expired.is_set():
             raise DeadlineExceeded(f"no complete answer within {timeout:g} s") from None
-        raise e
+        raise DeliveryError(describe(e, timeout)) from e
     finally:
         watchdog.cancel()
         conn.close()
+
+
+def describe(e, timeout):
+    """What went wrong, without the address: urllib3 and the OS name the pinned IP."""
+    import ssl
+    from urllib3 import exceptions as ux
+    chain, todo = [], [e]
+    while todo and len(chain) < 20:  # the causes, and what urllib3 wraps in its args
+        cur = todo.pop(0)
+        if cur is None or cur in chain:
+            continue
+        chain.append(cur)
+        todo += [cur.__cause__, cur.__context__, *(a for a in cur.args if isinstance(a, BaseException))]
+    for err in chain:
+        if isinstance(err, ssl.SSLCertVerificationError):
+            return f"TLS certificate not accepted ({err.verify_message or 'verification failed'})"
+        if err.__class__.__name__ == "CertificateError":  # urllib3's host name check: names only
+            return f"TLS certificate not accepted ({err})"
+    for err in chain:
+        if isinstance(err, ssl.SSLError):
+            return f"TLS error ({err.reason or 'handshake failed'})"
+    if any(isinstance(err, ux.SSLError) for err in chain):
+        return "TLS error"
+    # Before the timeouts: urllib3's NewConnectionError is a ConnectTimeoutError subclass.
+    for err in chain:
+        if isinstance(err, OSError) and err.errno and not isinstance(err, (TimeoutError, socket.timeout)):
+            return f"connection failed ({os.strerror(err.errno)})"
+    if any(isinstance(err, (ux.TimeoutError, TimeoutError, socket.timeout)) for err in chain):
+        return f"timed out after {timeout:g} s"
+    if isinstance(e, (ux.ProtocolError, ConnectionError)):
+        return "connection closed by the receiver"
+    return f"delivery failed ({e.__class__.__name__})"

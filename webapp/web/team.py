@@ -1,17 +1,19 @@
-"""Pages for sites (create, edit, delete), users (owners), API tokens and the audit log.
+"""Pages for sites (create, edit, delete), users (owners), API tokens, your password and the audit log.
 Thin: webapp/team.py does the work; roles are enforced centrally (webapp/access.py), and the
 `needs` marks say where a page differs from the default (operator for changes)."""
 from zoneinfo import available_timezones
 
-from flask import Blueprint, abort, flash, redirect, render_template, request, url_for
+from flask import Blueprint, abort, current_app, flash, g, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user
 
 from .. import audit, team
 from ..access import has_role, needs
 from ..errors import AppError, NotFound
+from ..links import public_url
 from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
+from ..security import limiter, throttle_address
 from ..sites import create_site
 from .views import owned_site, service
 
@@ -152,7 +154,9 @@ def invite_user():
         field = e.message.split("'")[1] if e.message.startswith("'") else "email"
         return render_template("users.html", users=team.account_users(current_user.account_id),
                                errors={field: e.message}, invite=None, form=form), 400
-    link = url_for("team_web.set_password", token=raw, _external=True)
+    # PUBLIC_URL, not the request's Host; the token in the fragment, which no browser sends
+    # (so no access log or proxy ever records it).
+    link = public_url("team_web.accept_invite", _fragment=raw)
     return render_template("users.html", users=team.account_users(current_user.account_id), errors={},
                            invite={"email": user.email, "link": link}, form={}), 201
 
@@ -187,14 +191,34 @@ def deactivate_user(user_id):
     return redirect(url_for("team_web.users"))
 
 
+@bp.route("/invite", methods=["GET", "POST"])
+@needs("viewer")
+def accept_invite():
+    """Invitation links are `/invite#TOKEN`: the page's script moves the token from the
+    fragment into the form, and it arrives in the POST body, never in a URL."""
+    if request.method == "GET":
+        return render_template("set_password.html", user=None, errors={}, token=None, token_in_form=True)
+    token = request.form.get("token", "").strip()
+    return _invite_form(token, token_in_form=True)
+
+
 @bp.route("/invite/<token>", methods=["GET", "POST"])
 def set_password(token):
+    """Links handed out before the fragment form (valid 7 days). The access log scrubs this
+    path (webapp/logging_setup.py)."""
+    return _invite_form(token, token_in_form=False)
+
+
+def _invite_form(token, token_in_form):
     user = team.invited_user(token)
     if user is None:
+        if token_in_form and request.method == "POST":
+            return render_template("set_password.html", user=None, token=token, token_in_form=True, errors={
+                "token": "This invitation is invalid, used or expired. Ask an owner for a new one."}), 404
         return render_template("error.html", code=404,
                                message="This invitation link is invalid, used or expired. Ask an owner for a new one."), 404
     errors = {}
-    if request.method == "POST":
+    if request.method == "POST" and (not token_in_form or "password" in request.form):
         password, again = request.form.get("password", ""), request.form.get("password_again", "")
         if password != again:
             errors["password_again"] = "The two passwords differ."
@@ -207,7 +231,46 @@ def set_password(token):
             except AppError as e:
                 db.session.rollback()
                 errors["password"] = e.message
-    return render_template("set_password.html", user=user, errors=errors), 400 if errors else 200
+    return render_template("set_password.html", user=user, errors=errors, token=token if token_in_form else None,
+                           token_in_form=token_in_form), 400 if errors else 200
+
+
+# -- your password ------------------------------------------------------------------------------------
+def _password_change_key():
+    uid = current_user.get_id().partition(":")[0] if current_user.is_authenticated else throttle_address()
+    return f"pwchange:{uid}"
+
+
+@bp.route("/account/password", methods=["GET", "POST"])
+@login_required
+@needs("viewer")  # everyone changes their own password
+@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT_EMAIL"], key_func=_password_change_key,
+               methods=["POST"], deduct_when=lambda response: bool(g.get("wrong_current_password")))
+def change_password():
+    """The current password is required: a session left open is not the account. Every other
+    session of the user ends; this browser is logged in again with the new generation. Wrong
+    current passwords are limited per user like failed logins (a stolen cookie is no oracle)."""
+    errors = {}
+    if request.method == "POST":
+        form = request.form
+        user = current_user._get_current_object()
+        if form.get("new_password", "") != form.get("new_password_again", ""):
+            errors["new_password_again"] = "The two passwords differ."
+        else:
+            try:
+                team.change_password(user, form.get("new_password", ""), form.get("current_password", ""))
+                login_user(user)  # the new generation: this browser stays, every other session ends
+                flash("Password changed. Your other sessions were ended.", "success")
+                return redirect(url_for("web.dashboard"))
+            except AppError as e:
+                db.session.rollback()
+                found = getattr(e, "errors", None) or {"new_password": e.message}
+                errors = {"current_password": "This is not your current password."} \
+                    if "current_password" in found else {}
+                if "new_password" in found:
+                    errors["new_password"] = f"The new password {found['new_password']}."
+                g.wrong_current_password = "current_password" in errors
+    return render_template("account_password.html", errors=errors), 400 if errors else 200
 
 
 # -- audit log ------------------------------------------------------------------------------------------
