@@ -186,6 +186,11 @@ def load_config(instance_path, env=None):
         # and the origins besides the app's own whose pages may open them.
         "WS_MAX_PER_USER": _ws_cap(env),
         "ALLOWED_ORIGINS": _origins(env),
+        # The Redis connection pool of each process (webapp/redis_conn.py): at most this many
+        # connections; a caller waits up to REDIS_POOL_TIMEOUT s for a free one, then gets
+        # PoolExhausted (a websocket is then refused with 4429, never admitted unchecked).
+        "REDIS_MAX_CONNECTIONS": _int(env, "REDIS_MAX_CONNECTIONS", 50),
+        "REDIS_POOL_TIMEOUT": _float(env, "REDIS_POOL_TIMEOUT", 5.0),
         # Notifications (webapp/notify/): webhook targets on private networks are refused unless
         # WEBHOOK_ALLOW_PRIVATE=1 (development, tests); failed deliveries are retried after
         # NOTIFY_RETRY_BASE_SECONDS, doubling, for NOTIFY_RETRY_WINDOW_SECONDS.

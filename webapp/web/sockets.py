@@ -7,6 +7,12 @@
 2. Authentication: a bearer token header, else the session cookie; neither → 4401.
 3. Per-user cap: at most WS_MAX_PER_USER open sockets per user, counted across all web
    processes in Redis; one more is closed with 4429 and a reason (the page then polls).
+   The cap fails closed: a Redis that is busy (no free connection in this process's pool
+   within REDIS_POOL_TIMEOUT, or a command timing out) also closes the socket with 4429
+   ("server busy"), so a burst cannot slip past the count at exactly the moment it matters.
+   Only a Redis that is down (connection refused) admits the socket unchecked (the log tail
+   still works from the file): logged, and counted in /metrics as
+   automation_websocket_admissions_total{result="unchecked"}.
 4. Follows auth: while open, the socket re-runs step 2 every RECHECK_SECONDS — the token
    lookup (revoked, expired, user deactivated) or the session user loader (logged out,
    logged out elsewhere, deactivated) — and closes with 4401 when it fails.
@@ -31,7 +37,8 @@ from flask import current_app, request
 
 from ..auth.tokens import user_for_bearer
 from ..extensions import db
-from ..redis_conn import get_redis
+from .. import metrics
+from ..redis_conn import PoolExhausted, get_redis
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +155,22 @@ class Connection:
         self.next_renew = time.monotonic() + CLAIM_TTL / 3
 
     def admit(self):
+        """"admitted", "over_cap", "busy" (refused: Redis could not answer in time) or
+        "unchecked" (admitted: Redis is down)."""
         cap = current_app.config["WS_MAX_PER_USER"]
         now = time.time()
         try:
             ok = get_redis().eval(_ADMIT, 1, claims_key(self.caller.user_id), now, now + CLAIM_TTL, self.claim,
                                   cap, CLAIM_TTL * 2)
+        except (PoolExhausted, redis.TimeoutError) as e:
+            # Busy, not down: fail closed (the cap exists for exactly this moment, a burst).
+            log.warning("websocket refused: cap not checkable (Redis busy: %s)", e.__class__.__name__)
+            return "busy"
         except redis.RedisError as e:
-            # Redis away: the log tail still works from the file; do not lock everyone out.
-            log.warning("websocket cap not checked (Redis: %s)", e.__class__.__name__)
-            return True
-        return bool(ok)
+            # Redis down: the log tail still works from the file; do not lock everyone out.
+            log.warning("websocket cap not checked (Redis down: %s)", e.__class__.__name__)
+            return "unchecked"
+        return "admitted" if ok else "over_cap"
 
     def renew(self):
         try:
@@ -212,9 +225,12 @@ def admitted(ws, kind):
         yield None
         return
     conn = Connection(ws, kind, caller)
-    if not conn.admit():
+    result = conn.admit()
+    metrics.websocket_admission(result)
+    if result in ("over_cap", "busy"):
         cap = current_app.config["WS_MAX_PER_USER"]
-        ws.close(4429, f"Too many live connections (at most {cap} per user)")
+        ws.close(4429, f"Too many live connections (at most {cap} per user)" if result == "over_cap"
+                 else "Server busy: live updates unavailable for now")
         yield None
         return
     _changed("open", kind)
