@@ -51,13 +51,15 @@ def run_worker(app, burst=False):
         get_provider(app.config)
         from webapp.scheduling import CONTROL_QUEUE
         from webapp.notify.jobs import NOTIFY_QUEUE
+        from webapp.imports import IMPORT_QUEUE
         log = logging.getLogger("worker")
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
         while True:
             # Notifications before the pipeline: a busy pipeline must not starve them.
+            # Keyword imports (webapp/imports.py) next: rare, bounded, and a user is waiting.
             queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(NOTIFY_QUEUE, connection=conn),
-                      Queue(app.config["RQ_QUEUE"], connection=conn)]
+                      Queue(IMPORT_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
             w = AutomationWorker(queues, connection=conn)
             try:
                 w.work(burst=burst, with_scheduler=False, logging_level="INFO")

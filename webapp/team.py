@@ -79,6 +79,8 @@ def _member(actor_user, user_id):
 def invite(actor_user, email, role="operator"):
     """Create the user with a one-time set-password link; returns (user, raw link token)."""
     check_role(actor_user, "owner")
+    from .quotas import check_invitations
+    check_invitations(actor_user.account_id)
     user = new_user(actor_user.account_id, email, role=validate_role(role))
     raw = secrets.token_urlsafe(32)
     user.invite_hash = _hash(raw)
@@ -194,6 +196,8 @@ def create_token(user, name, expires_at=None, scope="full"):
         errors["expires_at"] = e.message.split(": ", 1)[-1] if ": " in e.message else e.message
     if errors:
         raise FieldErrors(errors)
+    from .quotas import check_tokens
+    check_tokens(user)
     tok, raw = ApiToken.issue(user, name=name.strip(), expires_at=expires, scope=scope)
     db.session.flush()
     audit.record(user.account_id, actor_of(user), "token.create", token_id=tok.id, name=tok.name, scope=scope,
