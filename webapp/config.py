@@ -193,6 +193,9 @@ def load_config(instance_path, env=None):
         # and the origins besides the app's own whose pages may open them.
         "WS_MAX_PER_USER": _ws_cap(env),
         "ALLOWED_ORIGINS": _origins(env),
+        # A log socket asking for the lines after N replays at most this many (the last ones),
+        # after a marker line pointing at the download.
+        "WS_REPLAY_LINES": _int(env, "WS_REPLAY_LINES", 2000),
         # The Redis connection pool of each process (webapp/redis_conn.py): at most this many
         # connections; a caller waits up to REDIS_POOL_TIMEOUT s for a free one, then gets
         # PoolExhausted (a websocket is then refused with 4429, never admitted unchecked).

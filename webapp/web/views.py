@@ -11,7 +11,8 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.logger import line_count, read_before, run_log_path, tail
+from ..automation.logger import line_count, run_log_path, tail
+from ..automation.logwindow import window_before
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
@@ -226,8 +227,9 @@ def run_detail(run_id):
         # uses the API's `before` parameter for the same window.
         before = request.args.get("before", type=int)
         if before and before > 1:
-            first, lines = read_before(path, before, RUN_PAGE_LINES)
-            window = {"first": first, "total": line_count(path), "paged": True}
+            total = line_count(path)
+            first, lines = window_before(path, before, RUN_PAGE_LINES, total)
+            window = {"first": first, "total": total, "paged": True}
         else:
             lines = tail(path, RUN_PAGE_LINES)
             window = snapshot.log_window(run, lines)
