@@ -2,6 +2,7 @@
 with the limit and the count; big imports as background jobs with progress; log reads
 bounded by what is asked; the websocket cap failing closed when Redis is busy. The
 real-server cases (a gevent gunicorn, a real worker) are at the end."""
+import re
 import threading
 import time
 
@@ -254,8 +255,9 @@ def test_burst_of_200_sockets_never_exceeds_the_cap(gunicorn_web, app, factory, 
         lg.log(f"hello {i}")
     lg.close()
     token = factory.token(user)
+    run_id, user_id = run.id, user.id  # the threads below have no app context
     # A small pool with a short wait: the burst meets an exhausted pool, which must refuse.
-    web = gunicorn_web(WS_MAX_PER_USER=CAP, REDIS_MAX_CONNECTIONS=4, REDIS_POOL_TIMEOUT=0.2)
+    web = gunicorn_web(WS_MAX_PER_USER=CAP, REDIS_MAX_CONNECTIONS=3, REDIS_POOL_TIMEOUT=0.02, METRICS_TOKEN="m")
     results, peak = [None] * 200, [0]
     start = threading.Event()
     r = redis_lib.Redis.from_url(app_env["REDIS_URL"])
@@ -264,7 +266,7 @@ def test_burst_of_200_sockets_never_exceeds_the_cap(gunicorn_web, app, factory, 
     def one(i):
         start.wait()
         try:
-            ws = websocket.create_connection(f"ws://{web}/ws/runs/{run.id}/logs", timeout=30,
+            ws = websocket.create_connection(f"ws://{web}/ws/runs/{run_id}/logs", timeout=30,
                                              header=[f"Authorization: Bearer {token}"])
         except Exception as e:  # refused at the handshake (server overloaded) counts as not open
             results[i] = ("error", repr(e))
@@ -282,7 +284,7 @@ def test_burst_of_200_sockets_never_exceeds_the_cap(gunicorn_web, app, factory, 
 
     def watch():
         while not stop.is_set():
-            peak[0] = max(peak[0], r.zcard(claims_key(user.id)))
+            peak[0] = max(peak[0], r.zcard(claims_key(user_id)))
             time.sleep(0.01)
     threads = [threading.Thread(target=one, args=(i,)) for i in range(200)]
     watcher = threading.Thread(target=watch)
@@ -298,6 +300,11 @@ def test_burst_of_200_sockets_never_exceeds_the_cap(gunicorn_web, app, factory, 
     assert 0 < len(opened) <= CAP, (len(opened), [x for x in results if x and x[0] == "error"][:3])
     assert peak[0] <= CAP
     assert all(code == 4429 for _k, code in closed) and len(opened) + len(closed) >= 190
+    text = requests.get(f"http://{web}/metrics", headers={"Authorization": "Bearer m"}, timeout=10).text
+    counts = {k: float(re.search(rf'automation_websocket_admissions_total{{result="{k}"}} ([0-9.e+]+)', text).group(1))
+              for k in ("admitted", "over_cap", "busy", "unchecked")}
+    print("burst admissions", counts)
+    assert counts["unchecked"] == 0 and counts["over_cap"] + counts["busy"] >= len(closed)
     for _k, ws in opened:
         ws.close()
 

@@ -129,7 +129,9 @@ def _rows_of(raw):
         rows = json.loads(text)
         planner.check_size(rows)
         return rows
-    return planner.parse_csv(text)
+    rows = planner.parse_csv(text)
+    planner.check_size(rows)
+    return rows
 
 
 def run_import_job(import_id):

@@ -30,8 +30,14 @@ def pause():
 
 
 def estimate_rows(text):
-    """Rows of a CSV text, counted without parsing it (C speed): decides sync or background."""
-    return text.count("\n") + (0 if text.endswith("\n") else 1)
+    """Rows of a CSV text, counted without parsing it (C speed): decides sync or background.
+    Blank lines and a `keyword` header line are not rows."""
+    text = text.strip("\r\n")
+    if not text:
+        return 0
+    lines = text.count("\n") + 1 - text.count("\n\n") - text.count("\n\r\n")
+    first = text[:text.find("\n")] if "\n" in text else text
+    return lines - (1 if "keyword" in first.lower() else 0)
 
 
 def parse_csv(text):
