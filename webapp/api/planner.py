@@ -102,7 +102,9 @@ def keyword_import(import_id):
 def _page(query, model, serialize):
     page, per_page = request.context.query.page, request.context.query.per_page
     total = db.session.execute(select(func.count()).select_from(query.with_only_columns(model.id).subquery())).scalar()
-    rows = db.session.execute(query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
+    # A page past the end is answered without asking the database to skip `offset` rows.
+    rows = [] if (page - 1) * per_page >= total else db.session.execute(
+        query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
     return ok({"items": [serialize(r) for r in rows], "page": page, "per_page": per_page, "total": total})
 
 

@@ -10,6 +10,8 @@
    The cap fails closed: a Redis that is busy (no free connection in this process's pool
    within REDIS_POOL_TIMEOUT, or a command timing out) also closes the socket with 4429
    ("server busy"), so a burst cannot slip past the count at exactly the moment it matters.
+   At most HANDSHAKES handshakes run at once per process, PER_CREDENTIAL of one credential
+   (one user's burst waits behind itself, not in front of other accounts' requests).
    Only a Redis that is down (connection refused) admits the socket unchecked (the log tail
    still works from the file): logged, and counted in /metrics as
    automation_websocket_admissions_total{result="unchecked"}.
@@ -212,6 +214,42 @@ class Connection:
         self.ws.close(4401, reason)
 
 
+# Handshakes in progress in this process (each holds a database connection to authenticate,
+# then Redis to count): at most HANDSHAKES at once, and PER_CREDENTIAL of one credential, so
+# that one user opening hundreds of sockets at once waits behind its own handshakes instead of
+# taking the whole database pool from other accounts' requests. A handshake that cannot get
+# its turn within HANDSHAKE_WAIT seconds is refused as busy (4429: the page polls).
+HANDSHAKES = 6
+PER_CREDENTIAL = 2
+HANDSHAKE_WAIT = 10.0
+_handshakes = threading.BoundedSemaphore(HANDSHAKES)
+_per_credential = {}  # credential -> [semaphore, users]
+_per_credential_lock = threading.Lock()
+
+
+@contextmanager
+def handshake_turn():
+    key = _credential()
+    with _per_credential_lock:
+        entry = _per_credential.setdefault(key, [threading.BoundedSemaphore(PER_CREDENTIAL), 0])
+        entry[1] += 1
+    deadline = time.monotonic() + HANDSHAKE_WAIT
+    got_own = got_all = False
+    try:
+        got_own = entry[0].acquire(timeout=HANDSHAKE_WAIT)
+        got_all = got_own and _handshakes.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        yield got_own and got_all
+    finally:
+        if got_all:
+            _handshakes.release()
+        if got_own:
+            entry[0].release()
+        with _per_credential_lock:
+            entry[1] -= 1
+            if entry[1] == 0 and _per_credential.get(key) is entry:
+                del _per_credential[key]  # bounded: only credentials with a handshake in progress
+
+
 @contextmanager
 def admitted(ws, kind):
     """Yield a Connection for an allowed socket, or None after closing it with the reason."""
@@ -219,13 +257,19 @@ def admitted(ws, kind):
         ws.close(4403, "origin not allowed")
         yield None
         return
-    caller = authenticate()
-    if caller is None:
-        ws.close(4401, "not logged in")
-        yield None
-        return
-    conn = Connection(ws, kind, caller)
-    result = conn.admit()
+    with handshake_turn() as turn:
+        if not turn:
+            metrics.websocket_admission("busy")
+            ws.close(4429, "Server busy: live updates unavailable for now")
+            yield None
+            return
+        caller = authenticate()
+        if caller is None:
+            ws.close(4401, "not logged in")
+            yield None
+            return
+        conn = Connection(ws, kind, caller)
+        result = conn.admit()
     metrics.websocket_admission(result)
     if result in ("over_cap", "busy"):
         cap = current_app.config["WS_MAX_PER_USER"]

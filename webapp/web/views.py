@@ -320,7 +320,8 @@ def keywords(site_id):
         page = 1
     base = select(model).where(model.site_id == site.id, model.account_id == current_user.account_id)
     total = db.session.execute(select(func.count()).select_from(base.with_only_columns(model.id).subquery())).scalar()
-    items = db.session.execute(base.order_by(model.id.desc()).offset((page - 1) * PER_PAGE).limit(PER_PAGE)).scalars().all()
+    items = [] if (page - 1) * PER_PAGE >= total else db.session.execute(
+        base.order_by(model.id.desc()).offset((page - 1) * PER_PAGE).limit(PER_PAGE)).scalars().all()
     counts = {name: db.session.execute(select(func.count()).select_from(m).where(m.site_id == site.id)).scalar()
               for name, (m, _) in TABS.items()}
     return render_template("keywords.html", site=site, tab=tab, tabs=TABS, items=items, total=total, page=page,
