@@ -225,6 +225,7 @@ HANDSHAKE_WAIT = 10.0
 _handshakes = threading.BoundedSemaphore(HANDSHAKES)
 _per_credential = {}  # credential -> [semaphore, users]
 _per_credential_lock = threading.Lock()
+_held = {}  # credential -> sockets this process admitted for it and still holds
 
 
 @contextmanager
@@ -257,6 +258,14 @@ def admitted(ws, kind):
         ws.close(4403, "origin not allowed")
         yield None
         return
+    key = _credential()
+    if _held.get(key, 0) >= current_app.config["WS_MAX_PER_USER"]:
+        # This process alone already holds the cap for this credential: refused without a
+        # database or Redis call (a burst's excess is cheap to turn away).
+        metrics.websocket_admission("over_cap")
+        ws.close(4429, f"Too many live connections (at most {current_app.config['WS_MAX_PER_USER']} per user)")
+        yield None
+        return
     with handshake_turn() as turn:
         if not turn:
             metrics.websocket_admission("busy")
@@ -278,8 +287,14 @@ def admitted(ws, kind):
         yield None
         return
     _changed("open", kind)
+    with _per_credential_lock:
+        _held[key] = _held.get(key, 0) + 1
     try:
         yield conn
     finally:
+        with _per_credential_lock:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
         conn.release()
         _changed("close", kind)
