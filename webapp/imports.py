@@ -113,7 +113,7 @@ def start(site, body, kind, rows, actor):
 def enqueue(client, import_id):
     """The one place an import job is queued (the lead's dispatch may route IMPORT_QUEUE)."""
     return Queue(IMPORT_QUEUE, connection=client).enqueue(
-        "webapp.imports.run_import_job", int(import_id), job_id=f"automation-import-{int(import_id)}",
+        "webapp.import_job.run_import_job", int(import_id), job_id=f"automation-import-{int(import_id)}",
         job_timeout=3600, result_ttl=3600, failure_ttl=7 * 24 * 3600, retry=Retry(max=2, interval=5),
         description=f"keyword import {int(import_id)}", meta=job_meta())
 
@@ -132,16 +132,6 @@ def _rows_of(raw):
     rows = planner.parse_csv(text)
     planner.check_size(rows)
     return rows
-
-
-def run_import_job(import_id):
-    """RQ job: run one import (in a worker's app context)."""
-    from .automation.tasks import _app_context
-    with _app_context():
-        try:
-            run_import(import_id)
-        finally:
-            db.session.remove()
 
 
 def _fail(imp, message):
