@@ -345,3 +345,34 @@ def test_50k_import_completes_with_progress_while_another_account_is_served(guni
         assert keywords_of(site.id) == 50_000
     finally:
         stop_process(worker)
+
+
+def test_replay_from_zero_on_a_real_server_is_bounded(gunicorn_web, app, factory):
+    from webapp.automation.logger import run_log_path
+    acc, user = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=5)
+    run = AutomationService(acc.id).start(site.id)
+    run_id = run.id
+    write_log(run_log_path(app.config["LOG_DIR"], acc.id, site.id, run_id), 20_000)
+    token = factory.token(user)
+    web = gunicorn_web(WS_REPLAY_LINES=500)
+    ws = websocket.create_connection(f"ws://{web}/ws/runs/{run_id}/logs?after=0", timeout=30,
+                                     header=[f"Authorization: Bearer {token}"])
+    ws.settimeout(3)
+    got = []
+    try:
+        while True:
+            got.append(ws.recv())
+    except websocket.WebSocketTimeoutException:
+        pass
+    ws.close()
+    assert got[0].startswith("[lines 1-19500 not replayed") and f"/runs/{run_id}/log.txt" in got[0]
+    assert len(got) == 501 and " line 19501 " in got[1] + " " and got[-1].split(" ")[3] == "20000"
+    # The logs API: a window deep in the log is exactly the lines asked for.
+    r = requests.get(f"http://{web}/api/v1/automation/logs/?run_id={run_id}&lines=5000&before=10000",
+                     headers=bearer(token), timeout=30).json()["data"]
+    assert r["first_line"] == 5000 and len(r["lines"]) == 5000 and r["total_lines"] == 20_000
+    assert r["lines"][0].split(" ")[3] == "5000" and r["lines"][-1].split(" ")[3] == "9999"
+    r = requests.get(f"http://{web}/api/v1/automation/logs/?run_id={run_id}&lines=5001",
+                     headers=bearer(token), timeout=30)
+    assert r.status_code == 400 and "lines" in r.json()["errors"]
