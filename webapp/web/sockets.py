@@ -37,9 +37,9 @@ from urllib.parse import urlsplit
 import redis
 from flask import current_app, request
 
+from .. import metrics
 from ..auth.tokens import user_for_bearer
 from ..extensions import db
-from .. import metrics
 from ..redis_conn import PoolExhausted, get_redis
 
 log = logging.getLogger(__name__)
