@@ -340,7 +340,7 @@ def test_50k_import_completes_with_progress_while_another_account_is_served(guni
         assert got["created"] == 50_000
         dones = [d for _s, d in seen]
         assert dones == sorted(dones)  # progress only goes forward
-        assert any(s == "running" and 0 < d < 50_000 for s, d in seen) or any(s == "running" for s, _ in seen), seen
+        assert any(s == "running" and 0 < d < 50_000 for s, d in seen), seen  # progress seen mid-way
         assert other_ok >= 2
         assert keywords_of(site.id) == 50_000
     finally:
