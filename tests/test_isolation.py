@@ -376,3 +376,16 @@ def test_replay_from_zero_on_a_real_server_is_bounded(gunicorn_web, app, factory
     r = requests.get(f"http://{web}/api/v1/automation/logs/?run_id={run_id}&lines=5001",
                      headers=bearer(token), timeout=30)
     assert r.status_code == 400 and "lines" in r.json()["errors"]
+
+
+def test_deep_pages_past_the_end_answer_empty_with_the_total(client, tenant, factory):
+    h = bearer(tenant["token"])
+    client.post(f"/api/v1/planner/keywords/bulk?site_id={tenant['site']}", headers=h, json={"keywords": ["a", "b"]})
+    for url in (f"/api/v1/planner/keywords/?site_id={tenant['site']}&page=1000000&per_page=200",
+                f"/api/v1/writer/content/?site_id={tenant['site']}&page=1000000"):
+        d = client.get(url, headers=h).get_json()["data"]
+        assert d["items"] == [] and d["total"] == (2 if "keywords" in url else 0)
+    d = client.get(f"/api/v1/planner/keywords/?site_id={tenant['site']}&page=1", headers=h).get_json()["data"]
+    assert [k["keyword"] for k in d["items"]] == ["a", "b"]
+    d = client.get(f"/api/v1/automation/history/?site_id={tenant['site']}&page=1000000", headers=h).get_json()["data"]
+    assert d["runs"] == [] and d["total"] == 0

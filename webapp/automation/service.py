@@ -198,8 +198,9 @@ class AutomationService:
         if trigger_type:
             where.append(AutomationRun.trigger_type == trigger_type)
         total = db.session.execute(select(func.count(AutomationRun.id)).where(*where)).scalar()
-        runs = db.session.execute(select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
-                                  .offset((page - 1) * limit).limit(limit)).scalars().all()
+        runs = [] if (page - 1) * limit >= total else db.session.execute(  # past the end: no deep OFFSET
+            select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
+            .offset((page - 1) * limit).limit(limit)).scalars().all()
         return runs, total
 
     def events(self, run):
