@@ -221,7 +221,7 @@ class Connection:
 # its turn within HANDSHAKE_WAIT seconds is refused as busy (4429: the page polls).
 HANDSHAKES = 6
 PER_CREDENTIAL = 2
-HANDSHAKE_WAIT = 10.0
+HANDSHAKE_WAIT = 30.0  # long enough for a whole process's sockets reconnecting after a restart
 _handshakes = threading.BoundedSemaphore(HANDSHAKES)
 _per_credential = {}  # credential -> [semaphore, users]
 _per_credential_lock = threading.Lock()
