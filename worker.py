@@ -55,6 +55,7 @@ def run_worker(app, burst=False, notify=False):
         get_provider(app.config)
         from webapp.scheduling import CONTROL_QUEUE
         from webapp.notify.jobs import NOTIFY_QUEUE
+        from webapp.imports import IMPORT_QUEUE
         log = logging.getLogger("worker")
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
@@ -64,7 +65,10 @@ def run_worker(app, burst=False, notify=False):
                 # holds one of these for at most WEBHOOK_TIMEOUT, never a pipeline worker.
                 queues = [Queue(NOTIFY_QUEUE, connection=conn)]
             else:
-                queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(app.config["RQ_QUEUE"], connection=conn)]
+                # Keyword imports (webapp/imports.py) before the pipeline: rare, bounded, and a
+                # user is waiting for them.
+                queues = [Queue(CONTROL_QUEUE, connection=conn), Queue(IMPORT_QUEUE, connection=conn),
+                          Queue(app.config["RQ_QUEUE"], connection=conn)]
             w = AutomationWorker(queues, connection=conn)
             if not notify:
                 w.pipeline_queue = app.config["RQ_QUEUE"]

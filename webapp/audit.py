@@ -39,7 +39,8 @@ def query(account_id, site_id=None, actor=None, action=None, page=1, limit=50):
     if action:
         q = q.where(AuditEntry.action == action) if "." in action else q.where(AuditEntry.action.startswith(action))
     total = db.session.execute(select(db.func.count()).select_from(q.subquery())).scalar()
-    rows = db.session.execute(q.order_by(AuditEntry.id.desc()).offset((page - 1) * limit).limit(limit)).scalars().all()
+    rows = [] if (page - 1) * limit >= total else db.session.execute(  # past the end: no deep OFFSET
+        q.order_by(AuditEntry.id.desc()).offset((page - 1) * limit).limit(limit)).scalars().all()
     return rows, total
 
 

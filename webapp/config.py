@@ -219,10 +219,25 @@ def load_config(instance_path, env=None):
         # Runs started beyond ACCOUNT_MAX_ACTIVE_RUNS wait as `queued` (None = no limit).
         "ACCOUNT_MAX_ACTIVE_RUNS": _positive_or_none(env, "ACCOUNT_MAX_ACTIVE_RUNS"),
         "MAX_KEYWORDS_PER_SITE": _int(env, "MAX_KEYWORDS_PER_SITE", 100000),
+        # Other quotas (webapp/quotas.py): 400 naming the limit and the count when reached.
+        "MAX_TOKENS_PER_USER": _int(env, "MAX_TOKENS_PER_USER", 50),
+        "MAX_WEBHOOKS_PER_SITE": _int(env, "MAX_WEBHOOKS_PER_SITE", 20),
+        "MAX_PENDING_INVITATIONS": _int(env, "MAX_PENDING_INVITATIONS", 50),
+        # A keyword import of more rows than this runs as a background job (webapp/imports.py);
+        # smaller ones answer at once, parsed and inserted in chunks that yield the event loop.
+        "IMPORT_SYNC_MAX_ROWS": _int(env, "IMPORT_SYNC_MAX_ROWS", 2000),
         # Websockets (webapp/web/sockets.py): open sockets per user across all web processes,
         # and the origins besides the app's own whose pages may open them.
         "WS_MAX_PER_USER": _ws_cap(env),
         "ALLOWED_ORIGINS": _origins(env),
+        # A log socket asking for the lines after N replays at most this many (the last ones),
+        # after a marker line pointing at the download.
+        "WS_REPLAY_LINES": _int(env, "WS_REPLAY_LINES", 2000),
+        # The Redis connection pool of each process (webapp/redis_conn.py): at most this many
+        # connections; a caller waits up to REDIS_POOL_TIMEOUT s for a free one, then gets
+        # PoolExhausted (a websocket is then refused with 4429, never admitted unchecked).
+        "REDIS_MAX_CONNECTIONS": _int(env, "REDIS_MAX_CONNECTIONS", 50),
+        "REDIS_POOL_TIMEOUT": _float(env, "REDIS_POOL_TIMEOUT", 5.0),
         # Notifications (webapp/notify/): webhook targets on private networks are refused unless
         # WEBHOOK_ALLOW_PRIVATE=1 (development, tests); failed deliveries are retried after
         # NOTIFY_RETRY_BASE_SECONDS, doubling, for NOTIFY_RETRY_WINDOW_SECONDS.

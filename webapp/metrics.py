@@ -48,6 +48,9 @@ NOTIFICATION_ATTEMPTS = Counter("automation_notification_attempts", "Webhook and
                                 "outcome (delivered, retrying, failed)", ["channel", "result"])
 # livesum: the open sockets of the processes alive now; a dead process's count is dropped
 # (mark_process_dead from gunicorn's child_exit / at exit / when a process claims the dir).
+WS_ADMISSIONS = Counter("automation_websocket_admissions", "Websocket admission decisions at the per-user cap: "
+                        "admitted, over_cap (4429), busy (4429: Redis pool exhausted or slow), unchecked "
+                        "(admitted without the cap: Redis down)", ["result"])
 WEBSOCKETS_OPEN = Gauge("automation_websockets_open", "Open websockets", multiprocess_mode="livesum")
 HTTP_REQUESTS = Counter("automation_http_requests", "HTTP requests by URL rule and status", ["route", "status"])
 HTTP_SECONDS = Histogram("automation_http_request_duration_seconds", "HTTP request duration by URL rule",
@@ -83,6 +86,10 @@ def notification_attempt(channel, result):
 
 def websocket_opened():
     WEBSOCKETS_OPEN.inc()
+
+
+def websocket_admission(result):
+    WS_ADMISSIONS.labels(result=result).inc()
 
 
 def websocket_closed():
@@ -279,6 +286,8 @@ def init_app(app):
 
     from .automation import hooks
     hooks.subscribe(on_run_event)
+    for result in ("admitted", "over_cap", "busy", "unchecked"):
+        WS_ADMISSIONS.labels(result=result)
     for n in range(1, 8):  # every stage's series exists from the start (at 0), so rate() and alerts see it
         ITEMS_PROCESSED.labels(stage=str(n))
         ITEMS_FAILED.labels(stage=str(n))

@@ -129,6 +129,33 @@ def open_redis_warning(url):
             "(redis://:PASSWORD@host:port/db) and keep the server on a private network.")
 
 
+class PoolExhausted(redis.MaxConnectionsError):
+    """Every connection of this process's pool stayed busy for REDIS_POOL_TIMEOUT seconds:
+    Redis is up but this process asks more of it than the pool allows. Distinct from a Redis
+    that is down (a plain ConnectionError), so callers can fail closed on one and fall back on
+    the other (webapp/web/sockets.py)."""
+
+
+class GeventBlockingPool(redis.BlockingConnectionPool):
+    """redis-py's blocking pool: a caller waits (a greenlet under gevent, which yields) for a
+    free connection instead of failing at once with MaxConnectionsError as the default pool
+    does; after `timeout` seconds it raises PoolExhausted."""
+
+    def get_connection(self, *args, **kwargs):
+        try:
+            return super().get_connection(*args, **kwargs)
+        except redis.ConnectionError as e:
+            if str(e) == "No connection available.":  # the pool's own timeout, not the server
+                raise PoolExhausted(f"no free Redis connection within {self.timeout:g} s") from e
+            raise
+
+
+def client_for(url, max_connections=50, pool_timeout=5.0, **kwargs):
+    """A client on a bounded blocking pool (sized by REDIS_MAX_CONNECTIONS / REDIS_POOL_TIMEOUT)."""
+    pool = GeventBlockingPool.from_url(url, max_connections=max_connections, timeout=pool_timeout, **kwargs)
+    return redis.Redis(connection_pool=pool)
+
+
 def resolve_url(app):
     return app.config.get("REDIS_URL") or embedded_url(app.instance_path)
 
@@ -142,8 +169,12 @@ def get_redis():
         if not url:
             raise RuntimeError("No Redis: set REDIS_URL or start the app with `make run` "
                                "(which starts the embedded Redis)")
-        client = redis.Redis.from_url(url, health_check_interval=30, socket_timeout=10,
-                                      socket_connect_timeout=5)
+        # One pool per process, bounded: under gevent thousands of greenlets may want Redis at
+        # once (a burst of websockets); they queue for a connection rather than opening one
+        # each (Redis's maxclients) or failing (the default pool's MaxConnectionsError).
+        client = client_for(url, max_connections=app.config.get("REDIS_MAX_CONNECTIONS", 50),
+                            pool_timeout=app.config.get("REDIS_POOL_TIMEOUT", 5.0),
+                            health_check_interval=30, socket_timeout=10, socket_connect_timeout=5)
         app.extensions["redis_client"] = client
         app.extensions["redis_url"] = url
     return client

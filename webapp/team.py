@@ -87,6 +87,8 @@ def invite(actor_user, email, role="operator"):
         # An email belongs to one account. Saying so ("a user with email … already exists")
         # told any owner which addresses have accounts elsewhere; this says nothing about where.
         raise BadRequest("'email': this address cannot be invited. Ask the person for another address.")
+    from .quotas import check_invitations
+    check_invitations(actor_user.account_id)
     user = new_user(actor_user.account_id, email, role=role)
     raw = secrets.token_urlsafe(32)
     user.invite_hash = _hash(raw)
@@ -235,6 +237,8 @@ def create_token(user, name, expires_at=None, scope="full"):
         errors["expires_at"] = e.message.split(": ", 1)[-1] if ": " in e.message else e.message
     if errors:
         raise FieldErrors(errors)
+    from .quotas import check_tokens
+    check_tokens(user)
     tok, raw = ApiToken.issue(user, name=name.strip(), expires_at=expires, scope=scope)
     db.session.flush()
     audit.record(user.account_id, actor_of(user), "token.create", token_id=tok.id, name=tok.name, scope=scope,

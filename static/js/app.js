@@ -187,6 +187,10 @@
       ws.onopen = function () { self.delay = 500; self.setStatus("live"); };
       ws.onmessage = function (ev) {
         if (ws !== self.ws) return;
+        // A replay cut short (webapp/web/live.py: replay_marker): shown once, and the numbering
+        // goes on from the last line skipped.
+        var cut = /^\[lines (\d+)-(\d+) not replayed/.exec(ev.data);
+        if (cut) { self.append([ev.data]); self.next = parseInt(cut[2], 10); live.requestSoon(); return; }
         self.append([ev.data]);
         live.requestSoon();
       };

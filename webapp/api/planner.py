@@ -1,5 +1,5 @@
 """Keyword import and the read-only lists of what the pipeline made (paginated)."""
-from flask import g, request
+from flask import current_app, g, request
 from sqlalchemy import func, select
 
 from ..automation.service import AutomationService
@@ -7,7 +7,8 @@ from ..errors import AppError
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
 from ..models.base import iso
-from ..planner import import_rows, parse_csv
+from .. import imports
+from ..planner import estimate_rows, import_rows, parse_csv
 from . import schemas as s
 from .errors import ApiError, ok
 from .spec import endpoint
@@ -28,16 +29,23 @@ def scoped_site():
 
 
 @endpoint("/planner/keywords/bulk", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("ImportResponse", s.ImportReport),
-          extra_ok={200: (s.ok("ImportNothingNewResponse", s.ImportReport), "Nothing new imported")},
-          errors={**SITE_ERRORS, 409: "A concurrent import added some of the same keywords: nothing imported, retry"},
+          extra_ok={200: (s.ok("ImportNothingNewResponse", s.ImportReport), "Nothing new imported"),
+                    202: (s.ok("ImportQueuedResponse", s.ImportQueued),
+                          "More than IMPORT_SYNC_MAX_ROWS rows: queued as a background import; follow "
+                          "GET /api/v1/planner/imports/{id}/")},
+          errors={**SITE_ERRORS, 409: "A concurrent import added some of the same keywords, or a background "
+                                      "import of this site is still running: nothing imported, retry"},
           doc=BULK_BODY, tags=["planner"], links={
               "run_now": ("run_now", {"site_id": "$request.query.site_id"}),
               "keywords": ("list_planner_keywords", {"site_id": "$request.query.site_id"})})
 def keywords_bulk():
     """Import keywords: JSON, a CSV body or a multipart CSV `file`; duplicates are skipped and counted,
-    bad rows reported by row number."""
+    bad rows reported by row number. Over the site's keyword quota nothing is imported (400). More than
+    IMPORT_SYNC_MAX_ROWS rows run in the background: 202 with `data.import` `{id, status, total, done}`."""
     site = scoped_site()
+    sync_max = current_app.config["IMPORT_SYNC_MAX_ROWS"]
     try:
+        imports.refuse_if_busy(site)
         if request.mimetype == "application/json":
             data = request.get_json(silent=True)
             if not isinstance(data, dict) or "keywords" not in data:
@@ -49,29 +57,54 @@ def keywords_bulk():
             if not isinstance(data["keywords"], list):
                 raise ApiError(errors={"keywords": "must be a list"})
             rows = data["keywords"]
-        elif "file" in request.files:
-            raw = request.files["file"].read()
-            try:
-                rows = parse_csv(raw.decode("utf-8-sig"))
-            except UnicodeDecodeError:
-                raise ApiError("'file' must be a UTF-8 CSV file.", 400)
-        elif request.mimetype in ("text/csv", "text/plain"):
-            try:
-                rows = parse_csv(request.get_data().decode("utf-8-sig"))
-            except UnicodeDecodeError:
-                raise ApiError("The CSV body must be UTF-8.", 400)
+            if len(rows) > sync_max:
+                import json
+                return queued(imports.start(site, json.dumps(rows).encode(), "json", len(rows), g.actor))
         else:
-            raise ApiError("Send JSON {'keywords': [...]}, a CSV body (text/csv) or a multipart 'file'.", 415)
+            if "file" in request.files:
+                raw = request.files["file"].read()
+                bad = ApiError("'file' must be a UTF-8 CSV file.", 400, {"file": "must be a UTF-8 CSV file"})
+            elif request.mimetype in ("text/csv", "text/plain"):
+                raw = request.get_data()
+                bad = ApiError("The CSV body must be UTF-8.", 400)
+            else:
+                raise ApiError("Send JSON {'keywords': [...]}, a CSV body (text/csv) or a multipart 'file'.", 415)
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError:
+                raise bad
+            if estimate_rows(text) > sync_max:
+                return queued(imports.start(site, raw, "csv", estimate_rows(text), g.actor))
+            rows = parse_csv(text)
         report = import_rows(site, rows, actor=g.actor)
     except AppError as e:
         raise ApiError.from_app(e)
     return ok(report, 201 if report["created"] else 200)
 
 
+def queued(imp):
+    resp = ok({"import": imports.to_dict(imp, full=False)}, 202)
+    resp[0].headers["Location"] = f"/api/v1/planner/imports/{imp.id}/"
+    return resp
+
+
+@endpoint("/planner/imports/<int(max=2147483647):import_id>", ["GET"], ok=s.ok("ImportStatusResponse", s.ImportStatus),
+          errors={404: "Import not found, or another account's"}, tags=["planner"])
+def keyword_import(import_id):
+    """A background keyword import: its status and progress (`done` of `total` rows), then its report."""
+    try:
+        imp = imports.get(g.account_id, import_id)
+    except AppError as e:
+        raise ApiError.from_app(e)
+    return ok({"import": imports.to_dict(imp)})
+
+
 def _page(query, model, serialize):
     page, per_page = request.context.query.page, request.context.query.per_page
     total = db.session.execute(select(func.count()).select_from(query.with_only_columns(model.id).subquery())).scalar()
-    rows = db.session.execute(query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
+    # A page past the end is answered without asking the database to skip `offset` rows.
+    rows = [] if (page - 1) * per_page >= total else db.session.execute(
+        query.order_by(model.id).offset((page - 1) * per_page).limit(per_page)).scalars()
     return ok({"items": [serialize(r) for r in rows], "page": page, "per_page": per_page, "total": total})
 
 

@@ -363,6 +363,34 @@ class ImportReport(Model):
     rows: int
 
 
+class ImportProgress(Model):
+    id: int
+    status: Literal["queued", "running", "completed", "failed"]
+    total: int = Field(description="rows in the file (an estimate until the job has parsed it)")
+    done: int = Field(description="rows handled so far")
+
+
+class ImportQueued(Model):
+    import_: ImportProgress = Field(alias="import")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class ImportDetail(ImportProgress):
+    site_id: int
+    created: int
+    duplicates: int
+    invalid: int
+    errors: list[RowError] = Field(description="the first 100 invalid rows")
+    error: Optional[str] = Field(description="why a failed import failed")
+    created_at: str
+    finished_at: Optional[str]
+
+
+class ImportStatus(Model):
+    import_: ImportDetail = Field(alias="import")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class KeywordOut(Model):
     id: int
     keyword: str

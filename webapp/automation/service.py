@@ -21,7 +21,8 @@ from . import billing, costs, hooks, insights, jobs, limits, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock, site_lock_ttl
-from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
+from .logger import AutomationLogger, line_count, run_log_path, tail
+from .logwindow import window_after, window_before
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
@@ -193,8 +194,9 @@ class AutomationService:
         if trigger_type:
             where.append(AutomationRun.trigger_type == trigger_type)
         total = db.session.execute(select(func.count(AutomationRun.id)).where(*where)).scalar()
-        runs = db.session.execute(select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
-                                  .offset((page - 1) * limit).limit(limit)).scalars().all()
+        runs = [] if (page - 1) * limit >= total else db.session.execute(  # past the end: no deep OFFSET
+            select(AutomationRun).where(*where).order_by(AutomationRun.id.desc())
+            .offset((page - 1) * limit).limit(limit)).scalars().all()
         return runs, total
 
     def events(self, run):
@@ -462,10 +464,11 @@ class AutomationService:
         run = self.run(run_id)
         path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
         total = line_count(path)
+        # Bounded by `lines`, not by the log's length (logwindow's index; LogsQuery caps lines).
         if before is not None:
-            first, out = read_before(path, before, lines)
+            first, out = window_before(path, before, lines, total)
         elif after is not None:
-            first, out = read_after(path, after, lines)
+            first, out = window_after(path, after, lines)
         else:
             out = tail(path, lines)
             first = max(1, total - len(out) + 1)

@@ -43,3 +43,23 @@ class ContentIdea(TenantMixin, db.Model):
         db.UniqueConstraint("cluster_id", "title", name="uq_idea_cluster_title"),
         db.Index("ix_idea_site_status", "site_id", "status", "id"),
     )
+
+
+class KeywordImport(TenantMixin, db.Model):
+    """A keyword import too big to run inside a web request (webapp/imports.py): queued,
+    running, completed or failed, with its progress (`done` of `total` rows)."""
+    __tablename__ = "keyword_import"
+    id = db.Column(db.Integer, primary_key=True)
+    status = db.Column(db.String(16), nullable=False, default="queued")  # queued | running | completed | failed
+    total = db.Column(db.Integer, nullable=False, default=0)
+    done = db.Column(db.Integer, nullable=False, default=0)
+    created = db.Column(db.Integer, nullable=False, default=0)
+    duplicates = db.Column(db.Integer, nullable=False, default=0)
+    invalid = db.Column(db.Integer, nullable=False, default=0)
+    errors = db.Column(db.Text, nullable=False, default="[]")  # JSON: the first row errors
+    error = db.Column(db.Text)  # why it failed
+    created_by = db.Column(db.String(255), nullable=False, default="system")
+    created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    updated_at = db.Column(db.DateTime, nullable=False, default=utcnow)
+    finished_at = db.Column(db.DateTime)
+    __table_args__ = (db.Index("ix_keyword_import_site_status", "site_id", "status"),)

@@ -20,7 +20,6 @@ from .targets import check_url
 
 WEBHOOK_EVENTS = ("run.completed", "run.failed", "run.cancelled", "run.paused")
 TEST_EVENT = "test"
-MAX_PER_SITE = 20
 # delivery ids are derived from the event and the webhook, so a dispatch job that runs twice
 # (a worker killed mid-job) cannot create a second delivery of the same event.
 DELIVERY_NS = uuid.UUID("6c1f3e1e-7a0b-4c55-9a51-0c6c8e0f3b21")
@@ -97,9 +96,8 @@ class WebhookService:
     def create(self, site_id, data):
         site = self.site(site_id)
         url, events = validate(data, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
-        count = db.session.execute(select(func.count(Webhook.id)).where(Webhook.site_id == site.id)).scalar()
-        if count >= MAX_PER_SITE:
-            raise AppError(f"A site can have at most {MAX_PER_SITE} webhooks.")
+        from ..quotas import check_webhooks
+        check_webhooks(site)  # MAX_WEBHOOKS_PER_SITE
         wh = Webhook(account_id=self.account_id, site_id=site.id, url=url, events=events, secret=new_secret(),
                      created_by=self.actor)
         db.session.add(wh)

@@ -20,7 +20,8 @@ from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
 from .. import metrics
-from ..automation.logger import log_channel, run_log_path
+from ..automation.logger import line_count, log_channel, run_log_path
+from ..automation.logwindow import start_of_last
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
 from ..models import AutomationRun
@@ -37,6 +38,9 @@ POLL = 3.0
 # ("going away") at once instead of being cut at the graceful timeout; clients reconnect.
 SHUTDOWN = threading.Event()
 INITIAL_LINES = 100
+# One read of a socket's log, in bytes: a socket far behind (a replay) catches up in reads of
+# this size, sent as it goes, so its memory stays bounded whatever the log's length.
+READ_MAX = 256 * 1024
 
 
 def _authorised_run(ws, conn, run_id):
@@ -83,6 +87,13 @@ class SharedTails:
             return b""
         if size <= offset:
             return b""  # nothing new: the common case of a poll, without opening the file
+        if size - offset > self.KEEP:  # far behind the shared tail (a replay): a bounded read of its own
+            try:
+                with open(path, "rb") as fh:
+                    fh.seek(offset)
+                    return fh.read(min(size - offset, READ_MAX))
+            except FileNotFoundError:
+                return b""
         with self.lock:
             start, buf = self.tails.get(path, (None, b""))
             end = start + len(buf) if start is not None else None
@@ -113,43 +124,53 @@ TAILS = SharedTails()
 
 
 class LogFollower:
-    """Reads complete new lines from a growing file, numbering them from 1."""
+    """Reads complete new lines from a growing file, numbering them from 1.
 
-    def __init__(self, path, after=None):
+    Starts at the last INITIAL_LINES lines, or after line `after` but never more than `keep`
+    lines before the end (WS_REPLAY_LINES): `skipped` then names the lines left out (the
+    caller sends a marker pointing at the download). Where to start is found reading the
+    file backwards under the writer's lock, at a cost of O(lines replayed), not O(file)."""
+
+    def __init__(self, path, after=None, keep=2000):
         self.path, self.offset, self.number = path, 0, 0
-        if after is None:
-            self._seek_last(INITIAL_LINES)
-        else:
-            self._skip(max(0, after))
+        self.skipped = None  # (first, last) line numbers not replayed
+        self._start(INITIAL_LINES if after is None else None, after, keep)
 
-    def _skip(self, n):
+    def _start(self, last_n, after, keep):
         try:
-            with open(self.path, "rb") as fh:
-                for _ in range(n):
-                    line = fh.readline()
-                    if not line.endswith(b"\n"):
-                        break
-                    self.offset += len(line)
-                    self.number += 1
-        except FileNotFoundError:
-            pass
-
-    def _seek_last(self, n):
-        # Count lines once under the writer's lock, then start n lines before the end.
-        try:
-            with open(self.path, "rb") as fh:
-                _lock_shared(fh)
-                total = sum(1 for _ in fh)
-                fcntl.flock(fh, fcntl.LOCK_UN)
+            fh = open(self.path, "rb")
         except FileNotFoundError:
             return
-        self._skip(max(0, total - n))
+        with fh:
+            _lock_shared(fh)
+            try:
+                size = os.fstat(fh.fileno()).st_size
+                total = _lines_in(fh, self.path, size)
+                if last_n is not None:
+                    n = min(last_n, total)
+                else:
+                    after = max(0, min(after, total))
+                    n = total - after
+                    if n > keep:
+                        self.skipped = (after + 1, total - keep)
+                        n = keep
+                self.offset = start_of_last(fh, n, size)
+                self.number = total - n
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
 
     def read_new(self):
         data = TAILS.read_from(self.path, self.offset)
         end = data.rfind(b"\n")
         if end < 0:
-            return []
+            if len(data) < READ_MAX:
+                return []
+            with open(self.path, "rb") as fh:  # one line longer than READ_MAX (rare): read it whole
+                fh.seek(self.offset)
+                data = fh.readline()
+            end = data.rfind(b"\n")
+            if end < 0:
+                return []
         chunk = data[:end + 1]
         self.offset += len(chunk)
         out = []
@@ -157,6 +178,29 @@ class LogFollower:
             self.number += 1
             out.append((self.number, raw.decode("utf-8", errors="replace")))
         return out
+
+
+def _lines_in(fh, path, size):
+    """Lines in the log (its counter file, kept by the writer under the lock we hold), or, for a
+    log without one, counted (yielding between blocks)."""
+    count = line_count(path)
+    if count or size == 0:
+        return count
+    fh.seek(0)
+    total = 0
+    while True:
+        block = fh.read(1024 * 1024)
+        if not block:
+            return total
+        total += block.count(b"\n")
+        time.sleep(0)
+
+
+def replay_marker(run_id, skipped, keep):
+    """The first message of a socket whose replay was cut (static/js/app.js reads the numbers)."""
+    first, last = skipped
+    return (f"[lines {first}-{last} not replayed: a live log replays at most {keep} lines; "
+            f"the full log is at /runs/{int(run_id)}/log.txt]")
 
 
 class Hub:
@@ -270,8 +314,21 @@ def ws_logs(ws, run_id):
         if run is None:
             return
         path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-        follower = LogFollower(path, request.args.get("after", type=int))
-        _stream(ws, conn, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
+        keep = current_app.config["WS_REPLAY_LINES"]
+        follower = LogFollower(path, request.args.get("after", type=int), keep=keep)
+
+        def produce():
+            # A generator: a socket far behind sends READ_MAX bytes at a time as it reads them.
+            if follower.skipped:
+                yield replay_marker(run.id, follower.skipped, keep)
+                follower.skipped = None
+            while True:
+                lines = follower.read_new()
+                if not lines:
+                    return
+                for _n, line in lines:
+                    yield line
+        _stream(ws, conn, log_channel(run_id), produce)
 
 
 @sock.route("/ws/runs/<anyid:run_id>/processing", bp=bp)

@@ -7,6 +7,14 @@
 2. Authentication: a bearer token header, else the session cookie; neither → 4401.
 3. Per-user cap: at most WS_MAX_PER_USER open sockets per user, counted across all web
    processes in Redis; one more is closed with 4429 and a reason (the page then polls).
+   The cap fails closed: a Redis that is busy (no free connection in this process's pool
+   within REDIS_POOL_TIMEOUT, or a command timing out) also closes the socket with 4429
+   ("server busy"), so a burst cannot slip past the count at exactly the moment it matters.
+   At most HANDSHAKES handshakes run at once per process, PER_CREDENTIAL of one credential
+   (one user's burst waits behind itself, not in front of other accounts' requests).
+   Only a Redis that is down (connection refused) admits the socket unchecked (the log tail
+   still works from the file): logged, and counted in /metrics as
+   automation_websocket_admissions_total{result="unchecked"}.
 4. Follows auth: while open, the socket re-runs step 2 every RECHECK_SECONDS — the token
    lookup (revoked, expired, user deactivated) or the session user loader (logged out,
    logged out elsewhere, deactivated) — and closes with 4401 when it fails.
@@ -29,9 +37,10 @@ from urllib.parse import urlsplit
 import redis
 from flask import current_app, request
 
+from .. import metrics
 from ..auth.tokens import user_for_bearer
 from ..extensions import db
-from ..redis_conn import get_redis
+from ..redis_conn import PoolExhausted, get_redis
 
 log = logging.getLogger(__name__)
 
@@ -148,16 +157,22 @@ class Connection:
         self.next_renew = time.monotonic() + CLAIM_TTL / 3
 
     def admit(self):
+        """"admitted", "over_cap", "busy" (refused: Redis could not answer in time) or
+        "unchecked" (admitted: Redis is down)."""
         cap = current_app.config["WS_MAX_PER_USER"]
         now = time.time()
         try:
             ok = get_redis().eval(_ADMIT, 1, claims_key(self.caller.user_id), now, now + CLAIM_TTL, self.claim,
                                   cap, CLAIM_TTL * 2)
+        except (PoolExhausted, redis.TimeoutError) as e:
+            # Busy, not down: fail closed (the cap exists for exactly this moment, a burst).
+            log.warning("websocket refused: cap not checkable (Redis busy: %s)", e.__class__.__name__)
+            return "busy"
         except redis.RedisError as e:
-            # Redis away: the log tail still works from the file; do not lock everyone out.
-            log.warning("websocket cap not checked (Redis: %s)", e.__class__.__name__)
-            return True
-        return bool(ok)
+            # Redis down: the log tail still works from the file; do not lock everyone out.
+            log.warning("websocket cap not checked (Redis down: %s)", e.__class__.__name__)
+            return "unchecked"
+        return "admitted" if ok else "over_cap"
 
     def renew(self):
         try:
@@ -199,6 +214,43 @@ class Connection:
         self.ws.close(4401, reason)
 
 
+# Handshakes in progress in this process (each holds a database connection to authenticate,
+# then Redis to count): at most HANDSHAKES at once, and PER_CREDENTIAL of one credential, so
+# that one user opening hundreds of sockets at once waits behind its own handshakes instead of
+# taking the whole database pool from other accounts' requests. A handshake that cannot get
+# its turn within HANDSHAKE_WAIT seconds is refused as busy (4429: the page polls).
+HANDSHAKES = 6
+PER_CREDENTIAL = 2
+HANDSHAKE_WAIT = 30.0  # long enough for a whole process's sockets reconnecting after a restart
+_handshakes = threading.BoundedSemaphore(HANDSHAKES)
+_per_credential = {}  # credential -> [semaphore, users]
+_per_credential_lock = threading.Lock()
+_held = {}  # credential -> sockets this process admitted for it and still holds
+
+
+@contextmanager
+def handshake_turn():
+    key = _credential()
+    with _per_credential_lock:
+        entry = _per_credential.setdefault(key, [threading.BoundedSemaphore(PER_CREDENTIAL), 0])
+        entry[1] += 1
+    deadline = time.monotonic() + HANDSHAKE_WAIT
+    got_own = got_all = False
+    try:
+        got_own = entry[0].acquire(timeout=HANDSHAKE_WAIT)
+        got_all = got_own and _handshakes.acquire(timeout=max(0.0, deadline - time.monotonic()))
+        yield got_own and got_all
+    finally:
+        if got_all:
+            _handshakes.release()
+        if got_own:
+            entry[0].release()
+        with _per_credential_lock:
+            entry[1] -= 1
+            if entry[1] == 0 and _per_credential.get(key) is entry:
+                del _per_credential[key]  # bounded: only credentials with a handshake in progress
+
+
 @contextmanager
 def admitted(ws, kind):
     """Yield a Connection for an allowed socket, or None after closing it with the reason."""
@@ -206,20 +258,43 @@ def admitted(ws, kind):
         ws.close(4403, "origin not allowed")
         yield None
         return
-    caller = authenticate()
-    if caller is None:
-        ws.close(4401, "not logged in")
+    key = _credential()
+    if _held.get(key, 0) >= current_app.config["WS_MAX_PER_USER"]:
+        # This process alone already holds the cap for this credential: refused without a
+        # database or Redis call (a burst's excess is cheap to turn away).
+        metrics.websocket_admission("over_cap")
+        ws.close(4429, f"Too many live connections (at most {current_app.config['WS_MAX_PER_USER']} per user)")
         yield None
         return
-    conn = Connection(ws, kind, caller)
-    if not conn.admit():
+    with handshake_turn() as turn:
+        if not turn:
+            metrics.websocket_admission("busy")
+            ws.close(4429, "Server busy: live updates unavailable for now")
+            yield None
+            return
+        caller = authenticate()
+        if caller is None:
+            ws.close(4401, "not logged in")
+            yield None
+            return
+        conn = Connection(ws, kind, caller)
+        result = conn.admit()
+    metrics.websocket_admission(result)
+    if result in ("over_cap", "busy"):
         cap = current_app.config["WS_MAX_PER_USER"]
-        ws.close(4429, f"Too many live connections (at most {cap} per user)")
+        ws.close(4429, f"Too many live connections (at most {cap} per user)" if result == "over_cap"
+                 else "Server busy: live updates unavailable for now")
         yield None
         return
     _changed("open", kind)
+    with _per_credential_lock:
+        _held[key] = _held.get(key, 0) + 1
     try:
         yield conn
     finally:
+        with _per_credential_lock:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
         conn.release()
         _changed("close", kind)

@@ -11,12 +11,14 @@ from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, rend
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.logger import line_count, read_before, run_log_path, tail
+from ..automation.logger import line_count, run_log_path, tail
+from ..automation.logwindow import window_before
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
-from ..planner import import_rows, parse_csv
+from .. import imports
+from ..planner import estimate_rows, import_rows, parse_csv
 from ..validation import REASON_MAX, clean_text
 from . import config_form, snapshot
 from .insight_view import FAILED_PER_PAGE
@@ -225,8 +227,9 @@ def run_detail(run_id):
         # uses the API's `before` parameter for the same window.
         before = request.args.get("before", type=int)
         if before and before > 1:
-            first, lines = read_before(path, before, RUN_PAGE_LINES)
-            window = {"first": first, "total": line_count(path), "paged": True}
+            total = line_count(path)
+            first, lines = window_before(path, before, RUN_PAGE_LINES, total)
+            window = {"first": first, "total": total, "paged": True}
         else:
             lines = tail(path, RUN_PAGE_LINES)
             window = snapshot.log_window(run, lines)
@@ -293,11 +296,20 @@ def keywords(site_id):
                 text = request.form.get("keywords", "")
             if not text.strip():
                 raise AppError("Paste keywords (one per line) or choose a CSV file.")
+            imports.refuse_if_busy(site)
+            rows = estimate_rows(text)
+            if rows > current_app.config["IMPORT_SYNC_MAX_ROWS"]:
+                # Too big for the request (gevent: it would hold every other request of the
+                # process): a background job, followed by the progress bar below.
+                imp = imports.start(site, text.encode(), "csv", rows, f"user:{current_user.email}")
+                flash(f"Import {imp.id} started in the background ({rows:,} rows).", "success")
+                return redirect(url_for("web.keywords", site_id=site.id))
             report = import_rows(site, parse_csv(text), actor=f"user:{current_user.email}")
             flash(f"Imported {report['created']} keywords ({report['duplicates']} duplicates skipped, "
                   f"{len(report['errors'])} invalid rows).", "success" if not report["errors"] else "warning")
         except AppError as e:
-            import_error, status = e.message, 400
+            db.session.rollback()
+            import_error, status = e.message, e.status if e.status in (400, 409) else 400
     tab = request.args.get("tab", "keywords")
     if tab not in TABS:
         tab = "keywords"
@@ -308,12 +320,27 @@ def keywords(site_id):
         page = 1
     base = select(model).where(model.site_id == site.id, model.account_id == current_user.account_id)
     total = db.session.execute(select(func.count()).select_from(base.with_only_columns(model.id).subquery())).scalar()
-    items = db.session.execute(base.order_by(model.id.desc()).offset((page - 1) * PER_PAGE).limit(PER_PAGE)).scalars().all()
+    items = [] if (page - 1) * PER_PAGE >= total else db.session.execute(
+        base.order_by(model.id.desc()).offset((page - 1) * PER_PAGE).limit(PER_PAGE)).scalars().all()
     counts = {name: db.session.execute(select(func.count()).select_from(m).where(m.site_id == site.id)).scalar()
               for name, (m, _) in TABS.items()}
     return render_template("keywords.html", site=site, tab=tab, tabs=TABS, items=items, total=total, page=page,
                            pages=max(1, -(-total // PER_PAGE)), counts=counts, report=report,
-                           import_error=import_error), status
+                           import_error=import_error, imp=imports.latest_for(site.id)), status
+
+
+@bp.get("/sites/<int:site_id>/imports/<int(max=2147483647):import_id>")
+@login_required
+def keyword_import(site_id, import_id):
+    """The progress bar of a background import (htmx polls it while it runs)."""
+    site = owned_site(service(), site_id)
+    try:
+        imp = imports.get(current_user.account_id, import_id)
+    except AppError:
+        abort(404)
+    if imp.site_id != site.id:
+        abort(404)
+    return render_template("partials/import_progress.html", imp=imp)
 
 
 @bp.get("/sites/<int:site_id>/content/<int(max=2147483647):content_id>")

@@ -61,7 +61,9 @@ class ReviewService:
         base = select(Content).where(Content.site_id == site_id, Content.account_id == self.account_id,
                                      Content.status == "review")
         total = db.session.execute(select(func.count()).select_from(base.with_only_columns(Content.id).subquery())).scalar()
-        items = db.session.execute(base.order_by(Content.id).offset((page - 1) * per_page).limit(per_page)).scalars().all()
+        # Past the end: no query asking the database to skip `offset` rows for nothing.
+        items = [] if (page - 1) * per_page >= total else db.session.execute(
+            base.order_by(Content.id).offset((page - 1) * per_page).limit(per_page)).scalars().all()
         return items, total
 
     def decide(self, content_id, action, note=None):
