@@ -77,7 +77,7 @@ def test_schemathesis_all_checks_and_stateful_phase(app, factory, live_server, t
     (tmp_path / "schemathesis.toml").write_text(
         'checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "404", "409", "429"]\n')
     cmd = [str(st), "run", f"{live_server}{V1}/openapi.json", "--url", live_server,
-           "-H", f"Authorization: Bearer {token}", "--max-examples", "6", "--workers", "1",
+           "-H", f"Authorization: Bearer {token}", "--max-examples", os.environ.get("ST_MAX_EXAMPLES", "6"), "--workers", "1",
            "--checks", "all", "--phases", "examples,coverage,fuzzing,stateful", "--no-color", "--seed", "1",
            "--generation-database", "none"]
     env = dict(os.environ, SCHEMATHESIS_HOOKS="")

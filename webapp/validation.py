@@ -234,6 +234,21 @@ def install(app):
         return _bad_request(e.field, e.message)
 
     @app.before_request
+    def _refuse_oversized_request():
+        # The app's own limits, below the server's (gunicorn.conf.py): an over-long URL or header
+        # gets the error envelope every other error has, not the server's HTML page.
+        from werkzeug.exceptions import RequestHeaderFieldsTooLarge, RequestURITooLarge
+        env = request.environ
+        uri = env.get("RAW_URI") or env.get("REQUEST_URI") or (
+            env.get("PATH_INFO", "") + ("?" + env["QUERY_STRING"] if env.get("QUERY_STRING") else ""))
+        if len(uri) > app.config.get("MAX_URL_LENGTH", 4096):
+            raise RequestURITooLarge(f"The URL is longer than {app.config.get('MAX_URL_LENGTH', 4096)} characters.")
+        limit = app.config.get("MAX_HEADER_BYTES", 8190)
+        for name, value in request.headers.items():
+            if len(name) + len(value) + 2 > limit:
+                raise RequestHeaderFieldsTooLarge(f"The header {name[:40]!r} is longer than {limit} bytes.")
+
+    @app.before_request
     def _refuse_hostile_input():
         found = request_problem()
         if found is None:

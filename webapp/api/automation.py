@@ -54,7 +54,7 @@ def update_config():
     return ok(svc.config_dict(cfg))
 
 
-@endpoint("/automation/run_now", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("RunNowResponse", s.RunStatus),
+@endpoint("/automation/run_now", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("RunNowResponse", s.RunStatusOut),
           errors={**SITE_ERRORS, **STATE_ERRORS, 400: "Invalid input, a run is already active, nothing to "
                   "process, or insufficient credits (the message says which)", 503: "Redis unavailable"},
           tags=["runs"], links={**RUN_LINKS, "processing": ("current_processing", {
@@ -127,7 +127,7 @@ def _control(name, verb, doc):
         return ok({"run_id": run.id, "status": run.status})
     view.__name__ = name
     view.__doc__ = doc
-    endpoint(f"/automation/{name}", ["POST"], query=s.RunQuery, ok=s.ok(f"{name.title()}Response", s.RunStatus),
+    endpoint(f"/automation/{name}", ["POST"], query=s.RunQuery, ok=s.ok(f"{name.title()}Response", s.RunStatusOut),
              errors={**RUN_ERRORS, **STATE_ERRORS, **({503: "Redis unavailable"} if name == "resume" else {})},
              tags=["runs"], links={k: v for k, v in RUN_LINKS.items() if k != name}, **REASON)(view)
 

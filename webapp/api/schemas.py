@@ -249,12 +249,16 @@ class FailedItems(Model):
     items: list[FailedItem]
 
 
-class RunStatus(Model):
+class RunStatusOut(Model):
+    # Not "RunStatus": client generators name Run.status's enum RunStatus (and then drop Run).
     run_id: int
     status: Literal[RUN_STATUSES]
 
 
-class RetryStarted(RunStatus):
+RunStatus = RunStatusOut  # the old Python name (the component is RunStatusOut)
+
+
+class RetryStarted(RunStatusOut):
     trigger_type: Literal["retry"]
     retry_of_run_id: int
 
