@@ -196,6 +196,8 @@ def request_problem():
     for source in sources:
         for key, values in source.lists():
             for v in [key, *values]:
+                if not isinstance(v, str):  # a multipart part without a name: nothing to store
+                    continue
                 problem = text_problem(v)
                 if problem:
                     return key, f"'{key[:40]}' {problem}."
