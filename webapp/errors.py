@@ -6,6 +6,25 @@ def describe(errors):
     return "; ".join(f"'{k}' {v}" if k != "body" else v for k, v in errors.items()) + "."
 
 
+def field_message(field, message):
+    """A field's message without the field's name in front ("'email' must be…" → "must be…"):
+    it is shown next to the field (forms) or keyed by it (`errors` in the API)."""
+    for prefix in (f"'{field}' ", f"'{field}': "):
+        if isinstance(message, str) and message.startswith(prefix):
+            return message[len(prefix):].rstrip(".")
+    return message
+
+
+def field_errors_of(e):
+    """{field: message} of an AppError: its `errors`, or the field its message starts with."""
+    errors = getattr(e, "errors", None)
+    if not errors:
+        msg = e.message
+        field = msg.split("'")[1] if msg.startswith("'") and msg.count("'") >= 2 else "form"
+        errors = {field: msg}
+    return {k: field_message(k, v) for k, v in errors.items()}
+
+
 class AppError(Exception):
     status = 400
 

@@ -26,6 +26,24 @@ REASON_MAX = 500
 NOTE_MAX = 2000
 
 
+# What a domain and an email address look like (the same rule for forms, the API and its
+# document): a domain is a host name (labels of letters, digits and inner hyphens, a dot
+# between them, a top-level label of letters); an email is local@domain with such a domain.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_PATTERN = rf"^(?:{_LABEL}\.)+[A-Za-z]{{2,63}}\.?$"
+EMAIL_PATTERN = rf"^[^@\s\x00]{{1,64}}@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$"
+
+
+def is_domain(value):
+    import re
+    return isinstance(value, str) and len(value) <= DOMAIN_MAX and re.match(DOMAIN_PATTERN, value) is not None
+
+
+def is_email(value):
+    import re
+    return isinstance(value, str) and len(value) <= EMAIL_MAX and re.match(EMAIL_PATTERN, value) is not None
+
+
 class InvalidInput(ValueError):
     """Bad input for one field: `field` names it, `message` says what is wrong."""
 
@@ -261,5 +279,6 @@ def install(app):
 def _bad_request(field, message):
     from flask import jsonify, render_template
     if request.path.startswith("/api/"):
-        return jsonify({"success": False, "error": message, "errors": {field: message}}), 400
+        from .errors import field_message
+        return jsonify({"success": False, "error": message, "errors": {field: field_message(field, message)}}), 400
     return render_template("error.html", code=400, message=message), 400

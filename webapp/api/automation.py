@@ -90,10 +90,13 @@ def history():
           tags=["runs"])
 def logs():
     """Log lines of a run with line numbers: the last `lines`; with `before=L` the `lines` lines
-    above line L (page backwards); with `after=L` the lines following line L (poll the tail)."""
+    above line L (page backwards); with `after=L` the lines following line L (poll the tail).
+
+    `before` and `after` cannot be given together (a 400 naming both): OpenAPI cannot forbid a pair
+    of query parameters, so the rule is stated here."""
     q = request.context.query
     if q.before is not None and q.after is not None:
-        raise ApiError(errors={"before": "give 'before' or 'after', not both", "after": "give 'before' or 'after', not both"})
+        raise ApiError(errors={"before": "cannot be used with after", "after": "cannot be used with before"})
     return ok({"run_id": q.run_id, **service().log_page(q.run_id, q.lines, before=q.before, after=q.after)})
 
 

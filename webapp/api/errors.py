@@ -33,7 +33,8 @@ def ok(data, status=200):
 def error(message, status, errors=None):
     body = {"success": False, "error": message}
     if errors:
-        body["errors"] = errors
+        from ..errors import field_message
+        body["errors"] = {k: field_message(k, v) for k, v in errors.items()}
     return jsonify(body), status
 
 

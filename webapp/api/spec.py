@@ -204,6 +204,43 @@ def _drop_null_defaults(node):
             _drop_null_defaults(v)
 
 
+NO_NUL = r"^[^\x00]*$"
+
+
+def _no_nul_in_requests(doc):
+    """Text the server takes never holds a NUL (webapp/validation.py refuses it everywhere): say so
+    on every string a request can carry that has no stricter pattern of its own."""
+    components = doc.get("components", {}).get("schemas", {})
+    seen = set()
+
+    def walk(node):
+        if isinstance(node, list):
+            for v in node:
+                walk(v)
+            return
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            if name not in seen and name in components:
+                seen.add(name)
+                walk(components[name])
+            return
+        if node.get("type") == "string" and "pattern" not in node and "enum" not in node and "format" not in node:
+            node["pattern"] = NO_NUL
+        for key, v in node.items():
+            if key not in ("example", "examples", "default", "const", "enum"):
+                walk(v)
+
+    for path_item in doc["paths"].values():
+        for op in path_item.values():
+            for param in op.get("parameters", []):
+                walk(param.get("schema"))
+            for media in (op.get("requestBody") or {}).get("content", {}).values():
+                walk(media.get("schema"))
+
+
 def document(app):
     """The OpenAPI document (built once per app)."""
     cached = app.extensions.get("openapi_document")
@@ -226,6 +263,7 @@ def document(app):
                 _one_body_type(op)
         _drop_titles(cached)
         _drop_null_defaults(cached)
+        _no_nul_in_requests(cached)
         app.extensions["openapi_document"] = cached
     return cached
 

@@ -8,7 +8,7 @@ from flask_login import current_user, login_required, login_user
 
 from .. import audit, team
 from ..access import has_role, needs
-from ..errors import AppError, NotFound
+from ..errors import AppError, NotFound, field_errors_of
 from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
@@ -28,7 +28,7 @@ def zones():
 
 
 def _errors_of(e):
-    return getattr(e, "errors", None) or {"form": e.message}
+    return field_errors_of(e)  # shown next to each field: no internal names in the message
 
 
 def _require_owner():
@@ -46,7 +46,7 @@ def new_site():
     if request.method == "POST":
         form = request.form
         try:
-            site = create_site(current_user.account_id, form.get("name", ""), form.get("domain") or None,
+            site = create_site(current_user.account_id, form.get("name", ""), form.get("domain", "").strip() or None,
                                form.get("timezone") or "UTC")
             audit.record(current_user.account_id, team.actor_of(current_user), "site.create", site_id=site.id,
                          name=site.name)
@@ -55,8 +55,7 @@ def new_site():
             return redirect(url_for("web.keywords", site_id=site.id))
         except AppError as e:
             db.session.rollback()
-            field = e.message.split("'")[1] if e.message.startswith("'") else "form"
-            errors = {field: e.message}
+            errors = _errors_of(e)
     return render_template("site_form.html", site=None, form=form, errors=errors, zones=zones()), 400 if errors else 200
 
 
@@ -70,7 +69,7 @@ def edit_site(site_id):
     if request.method == "POST":
         form = request.form
         try:
-            team.update_site(current_user, site.id, {"name": form.get("name", ""), "domain": form.get("domain") or None,
+            team.update_site(current_user, site.id, {"name": form.get("name", ""), "domain": form.get("domain", "").strip() or None,
                                                      "timezone": form.get("timezone", "")})
             flash("Site saved.", "success")
             return redirect(url_for("web.site_automation", site_id=site.id))
@@ -107,7 +106,7 @@ def tokens():
     if request.method == "POST":
         form = request.form
         try:
-            tok, raw = team.create_token(current_user, form.get("name", ""), form.get("expires_at") or None,
+            tok, raw = team.create_token(current_user, form.get("name", ""), (form.get("expires_at") or "").strip() or None,
                                          form.get("scope", "full"))
             new_token = {"raw": raw, "name": tok.name}
             form = {}
@@ -149,9 +148,8 @@ def invite_user():
         user, raw = team.invite(current_user, form.get("email", ""), form.get("role", "operator"))
     except AppError as e:
         db.session.rollback()
-        field = e.message.split("'")[1] if e.message.startswith("'") else "email"
         return render_template("users.html", users=team.account_users(current_user.account_id),
-                               errors={field: e.message}, invite=None, form=form), 400
+                               errors=_errors_of(e), invite=None, form=form), 400
     link = url_for("team_web.set_password", token=raw, _external=True)
     return render_template("users.html", users=team.account_users(current_user.account_id), errors={},
                            invite={"email": user.email, "link": link}, form={}), 201
