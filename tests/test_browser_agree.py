@@ -147,3 +147,19 @@ def test_every_page_with_a_table_fits_420_px(app, factory, browser, live_server)
         if not fits:
             wide[path] = widths
     assert wide == {}, wide
+
+
+def test_an_over_size_paste_keeps_the_form(app, factory, browser, live_server):  # noqa: F811
+    """A 3 MB paste: nothing is sent, the text stays in the box, a message says what to do."""
+    d, live = browser, live_server
+    acc, _ = factory.account(credits=1000)
+    site_id = factory.site(acc, name="Garden Journal").id
+    _login(d, live)
+    d.get(f"{live}/sites/{site_id}/keywords")
+    d.execute_script("document.getElementById('kw-paste').value = 'coffee beans number x\\n'.repeat(140000);")
+    d.find_element(By.CSS_SELECTOR, "#import button.primary").click()
+    wait(d, lambda: d.find_elements(By.CSS_SELECTOR, "#import .js-size-error"), message="size message")
+    msg = d.find_element(By.CSS_SELECTOR, "#import .js-size-error").text
+    assert "at most 2.0 MB" in msg and "still here" in msg
+    assert d.current_url.endswith(f"/sites/{site_id}/keywords")
+    assert d.execute_script("return document.getElementById('kw-paste').value.length") == 22 * 140000
