@@ -31,7 +31,8 @@ def generated(client, tmp_path, monkeypatch):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     # Every warning means a piece of the document the generator could not use (a dropped model, a
     # skipped body): none allowed.
-    assert "Warning" not in proc.stdout and "Unable to" not in proc.stdout, proc.stdout[-4000:]
+    said = proc.stdout + proc.stderr
+    assert "Warning" not in said and "WARNING" not in said and "Unable to" not in said, said[-4000:]
     # --meta none writes the package itself at the output path
     package = out if (out / "__init__.py").exists() else next(p for p in out.iterdir() if (p / "__init__.py").exists())
     monkeypatch.syspath_prepend(str(package.parent))

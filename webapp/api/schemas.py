@@ -149,7 +149,8 @@ class KeywordsBulk(BaseModel):
     row number), not refused, so a row may be any JSON value."""
     model_config = ConfigDict(extra="forbid")
     keywords: Annotated[list[Any], Field(max_length=50_000, description=(
-        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings"))]
+        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings; no text at any depth "
+        "may hold a NUL (a 400 naming the row)"))]
 
 
 # -- automation responses ----------------------------------------------------------------------
