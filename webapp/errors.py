@@ -15,6 +15,23 @@ def field_message(field, message):
     return message
 
 
+# The words a person sees on the forms for the fields services name ('expires_at' → "Expires").
+LABELS = {"email": "Email", "password": "Password", "role": "Role", "expires_at": "Expiry date", "domain": "Domain",
+          "name": "Name", "timezone": "Time zone", "url": "URL", "events": "Events", "scope": "Scope",
+          "confirm": "Confirmation", "note": "Note", "scheduled_day": "Day", "scheduled_time": "Time"}
+
+
+def plain_message(e_or_message):
+    """A service's message for a page (flash): "'role': the account needs…" → "Role: the account
+    needs…", "'email' must be…" → "Email must be…"."""
+    msg = getattr(e_or_message, "message", e_or_message)
+    if isinstance(msg, str) and msg.startswith("'") and msg.count("'") >= 2:
+        field, rest = msg[1:].split("'", 1)
+        if field in LABELS:
+            return LABELS[field] + rest
+    return msg
+
+
 def field_errors_of(e):
     """{field: message} of an AppError: its `errors`, or the field its message starts with."""
     errors = getattr(e, "errors", None)

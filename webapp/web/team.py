@@ -8,7 +8,7 @@ from flask_login import current_user, login_required, login_user
 
 from .. import audit, team
 from ..access import has_role, needs
-from ..errors import AppError, NotFound, field_errors_of
+from ..errors import AppError, NotFound, field_errors_of, field_message, plain_message
 from ..extensions import db
 from ..models import Site
 from ..models.base import utcnow
@@ -166,7 +166,7 @@ def change_role(user_id):
         abort(404)
     except AppError as e:
         db.session.rollback()
-        flash(e.message, "error")
+        flash(plain_message(e), "error")
     return redirect(url_for("team_web.users"))
 
 
@@ -181,7 +181,7 @@ def deactivate_user(user_id):
         abort(404)
     except AppError as e:
         db.session.rollback()
-        flash(e.message, "error")
+        flash(plain_message(e), "error")
     return redirect(url_for("team_web.users"))
 
 
@@ -204,7 +204,7 @@ def set_password(token):
                 return redirect(url_for("web.dashboard"))
             except AppError as e:
                 db.session.rollback()
-                errors["password"] = e.message
+                errors["password"] = field_message("password", e.message)
     return render_template("set_password.html", user=user, errors=errors), 400 if errors else 200
 
 
