@@ -169,3 +169,37 @@ def test_viewer_sees_read_only_config_fields(client, factory, auth):
     auth.login()
     html = client.get(f"/sites/{site.id}/automation").get_data(as_text=True)
     assert "<fieldset disabled" not in html and csrf_from(html)
+
+
+def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
+    """The change that makes a cached count stale makes the next read fresh (no TTL to wait out):
+    an import (dashboard, site page, API overview) and a review decision (awaiting review)."""
+    from conftest import drain
+    from webapp.automation.service import AutomationService
+    from webapp.web.snapshot import dashboard_snapshot, site_snapshot
+    acc, user = factory.account(credits=100_000)
+    h = {"Authorization": f"Bearer {factory.token(user)}"}
+    acc_id = acc.id
+    site = factory.site(acc, keywords=3)
+    factory.fast_config(site)
+    site_id = site.id
+    AutomationService(acc_id).start(site_id)
+    drain(app)
+    from webapp.extensions import db
+    from webapp.models import Site
+    site = db.session.get(Site, site_id)
+    svc = AutomationService(acc_id)
+    overview = f"{V1}/automation/pipeline_overview/?site_id={site.id}"
+    waiting = client.get(overview, headers=h).json["data"]["awaiting_review"]
+    assert waiting >= 1
+    before = dashboard_snapshot(svc)["rows"][0]["pending"]
+    assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 0  # cached now, as the dashboard's
+    r = client.post(f"{V1}/planner/keywords/bulk/?site_id={site.id}", json={"keywords": ["fresh one", "fresh two"]},
+                    headers=h)
+    assert r.status_code == 201
+    assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 2
+    assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 2
+    assert client.get(overview, headers=h).json["data"]["stages"][0]["pending"] == 2
+    content = client.get(f"{V1}/writer/content/?site_id={site.id}&status=review", headers=h).json["data"]["items"]
+    assert client.post(f"{V1}/writer/content/{content[0]['id']}/approve/", json={}, headers=h).status_code == 200
+    assert client.get(overview, headers=h).json["data"]["awaiting_review"] == waiting - 1
