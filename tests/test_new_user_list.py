@@ -203,3 +203,26 @@ def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
     content = client.get(f"{V1}/writer/content/?site_id={site.id}&status=review", headers=h).json["data"]["items"]
     assert client.post(f"{V1}/writer/content/{content[0]['id']}/approve/", json={}, headers=h).status_code == 200
     assert client.get(overview, headers=h).json["data"]["awaiting_review"] == waiting - 1
+
+
+@pytest.mark.parametrize("job_log", ["", "1"])
+def test_a_worker_is_quiet_about_each_job_unless_asked(app, app_env, factory, job_log):
+    """A real worker running a whole run: by default no line per job; JOB_LOG=1 brings them back."""
+    from conftest import fresh_run, start_worker, stop_process, wait_for
+    from webapp.automation.service import AutomationService
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=3)
+    factory.fast_config(site)
+    run_id = AutomationService(acc.id).start(site.id).id
+    worker = start_worker(app_env, extra_env={"JOB_LOG": job_log, "ACCESS_LOG": ""})
+    try:
+        wait_for(lambda: fresh_run(run_id).status == "completed", timeout=120, message="the run")
+    finally:
+        stop_process(worker)
+    out = worker.stdout.read().decode(errors="replace")
+    job_lines = [line for line in out.splitlines() if "Successfully completed" in line or "Job OK" in line]
+    if job_log:
+        assert len(job_lines) >= 3, out[-3000:]
+    else:
+        assert job_lines == [], job_lines[:5]
+        assert "started with PID" in out or "Listening on" in out  # the worker still says it is up
