@@ -9,6 +9,7 @@ validator can call them directly and pydantic names the field); `install(app)` a
 request-wide guard and the strict URL converters.
 """
 import json
+import re
 
 from flask import request
 from werkzeug.routing import BaseConverter, IntegerConverter
@@ -35,12 +36,10 @@ EMAIL_PATTERN = rf"^[^@\s\x00]{{1,64}}@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$"
 
 
 def is_domain(value):
-    import re
     return isinstance(value, str) and len(value) <= DOMAIN_MAX and re.match(DOMAIN_PATTERN, value) is not None
 
 
 def is_email(value):
-    import re
     return isinstance(value, str) and len(value) <= EMAIL_MAX and re.match(EMAIL_PATTERN, value) is not None
 
 
