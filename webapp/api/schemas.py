@@ -490,7 +490,7 @@ class BulkReviewed(Model):
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: Annotated[str, Field(min_length=1, max_length=2000, json_schema_extra={
-        "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@:\x00]+(:[1-9][0-9]{0,4})?([/?#][^\s\x00]*)?$",
+        "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@:\x00]+(:[0-9]{1,5})?([/?#][^\s\x00]*)?$",
         "description": "http(s) URL of a public host: no credentials in it; loopback, private, link-local and "
                        "metadata addresses are refused (unless the server allows private targets)"})]
     events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: all of them")] = None
