@@ -26,6 +26,13 @@ control_socket_disable = not os.environ.get("GUNICORN_CONTROL_SOCKET")
 if not control_socket_disable:
     control_socket = os.environ["GUNICORN_CONTROL_SOCKET"]
 
+# Twice the app's own limits (MAX_URL_LENGTH 4096, MAX_HEADER_BYTES 8190): a URL or header over
+# the app's limit reaches the app, which answers 414 / 431 in its JSON envelope (gunicorn's own
+# answer is an HTML page no API client can parse). 8190 is the longest request line gunicorn
+# bounds (0 would mean a 1 MB buffer per connection).
+limit_request_line = 8190
+limit_request_field_size = 16380
+
 
 def on_starting(server):
     """Raise the open-files limit toward worker_connections (soft limit up to the hard one)."""

@@ -57,6 +57,8 @@ def run_worker(app, burst=False, notify=False):
         from webapp.notify.jobs import NOTIFY_QUEUE
         from webapp.imports import IMPORT_QUEUE
         log = logging.getLogger("worker")
+        from webapp.logging_setup import quiet_rq
+        quiet_rq()  # RQ's per-job lines only with JOB_LOG=1
         # RQ quits its loop when Redis vanishes mid-job (e.g. a restart): start a new loop
         # as soon as Redis answers again, until a stop is requested.
         while True:

@@ -195,7 +195,8 @@ def test_metrics_and_json_logs_follow_a_run_from_web_to_worker(app, app_env, fac
         assert value(queued, "automation_runs_total", status="started", trigger_type="api") - \
             value(before, "automation_runs_total", status="started", trigger_type="api") == 1
 
-        worker = start_worker(app_env, "--burst", extra_env={"LOG_FORMAT": "json"})
+        # JOB_LOG=1: RQ's per-job lines (off by default) show each follow-up job's id below.
+        worker = start_worker(app_env, "--burst", extra_env={"LOG_FORMAT": "json", "JOB_LOG": "1"})
         worker_out, _ = worker.communicate(timeout=120)
         assert worker.returncode == 0, worker_out.decode()[-2000:]
         db.session.remove()

@@ -257,6 +257,10 @@ def load_config(instance_path, env=None):
         # whose X-Forwarded-For is believed for the client address (webapp/security.py).
         "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
+        # Longer URLs / header fields are refused by the app (414 / 431, in the JSON envelope on
+        # /api/); gunicorn.conf.py lets through twice these, so the app's answer is the one seen.
+        "MAX_URL_LENGTH": _int(env, "MAX_URL_LENGTH", 4096),
+        "MAX_HEADER_BYTES": _int(env, "MAX_HEADER_BYTES", 8190),
         "WTF_CSRF_TIME_LIMIT": None,
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",

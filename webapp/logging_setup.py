@@ -15,6 +15,7 @@ Where the ids come from:
 import contextvars
 import json
 import logging
+import os
 import re
 import sys
 import uuid
@@ -204,6 +205,47 @@ class job_context:
         return False
 
 
+# -- a quiet console by default -----------------------------------------------------------------
+# An open page polls (/live/…, htmx refreshes, the log tail) every few seconds and a run is many
+# short RQ jobs: one line each drowns everything else. By default those lines are left out;
+# ACCESS_LOG=1 logs every request, JOB_LOG=1 every job (ACCESS_LOG=0: no access lines at all).
+POLL_PATHS = ("/live/", "/static/", "/healthz", "/readyz", "/favicon.ico", "/metrics", "/status")
+_JOB_FORMATS = ("Worker %s: %s: %s (%s)", "Worker %s: %s: %s", "Successfully completed %s job in %ss on worker %s",
+                "Successfully completed job %s in %ss on worker %s", "Worker %s: job %s result is kept for %s seconds",
+                "Worker %s: job %s result discarded immediately")
+
+
+def _flag(name):
+    return (os.environ.get(name) or "").strip().lower()
+
+
+def is_polling(environ):
+    """A request an open page repeats on its own (not something a person did)."""
+    if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+        return False
+    path = environ.get("PATH_INFO") or ""
+    if path.startswith(POLL_PATHS) or environ.get("HTTP_HX_REQUEST") == "true":  # htmx refreshes (/ops)
+        return True
+    # the live refresh (?v=<version>) and the log tail (?after=<line>)
+    return any(part.startswith(("v=", "after=")) for part in (environ.get("QUERY_STRING") or "").split("&"))
+
+
+class JobLineFilter(logging.Filter):
+    """Drops RQ's per-job INFO lines (dequeued, completed, result kept) unless JOB_LOG=1; a
+    failed job, a worker start or stop and every warning still show."""
+
+    def filter(self, record):
+        if _flag("JOB_LOG") in ("1", "true", "yes"):
+            return True
+        return not (record.levelno == logging.INFO and record.msg in _JOB_FORMATS)
+
+
+def quiet_rq():
+    lg = logging.getLogger("rq.worker")
+    if not any(isinstance(f, JobLineFilter) for f in lg.filters):
+        lg.addFilter(JobLineFilter())
+
+
 # -- gunicorn's own loggers --------------------------------------------------------------------
 try:
     from gunicorn.glogging import Logger as _GunicornLogger
@@ -245,6 +287,9 @@ class GunicornLogger(_GunicornLogger):
                 h.addFilter(ContextFilter())
 
     def access(self, resp, req, environ, request_time):
+        wanted = _flag("ACCESS_LOG")
+        if wanted in ("0", "false", "no") or (wanted not in ("1", "true", "yes") and is_polling(environ)):
+            return  # see POLL_PATHS: polling is left out unless ACCESS_LOG=1
         # The access line is written after the app returned: take the id from the response.
         rid = dict((k.lower(), v) for k, v in (resp.headers or [])).get(REQUEST_ID_HEADER.lower())
         token = bind(request_id=rid)

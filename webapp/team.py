@@ -2,6 +2,7 @@
 One place for the API, the web pages and the CLI; every change is audited in its own
 transaction (webapp/audit.py) and every lookup is scoped by the caller's account."""
 import hashlib
+import re
 import secrets
 import shutil
 from datetime import datetime, timedelta, timezone
@@ -16,7 +17,8 @@ from .errors import BadRequest, NotFound
 from .extensions import db
 from .models import ACTIVE_STATUSES, ApiToken, AutomationRun, Site, User
 from .models.base import iso, utcnow
-from .sites import validate_timezone
+from .sites import domain_problem, validate_timezone
+from .validation import is_email
 
 INVITE_TTL = timedelta(days=7)
 TOKEN_SCOPES = ("full", "read")
@@ -38,9 +40,8 @@ def validate_role(role):
 
 
 def validate_email(email):
-    if not isinstance(email, str) or "@" not in email.strip() or len(email.strip()) > 255 \
-            or any(c.isspace() for c in email.strip()):
-        raise BadRequest("'email' must be a valid email address.")
+    if not isinstance(email, str) or not is_email(email.strip()):
+        raise BadRequest("'email' must be an email address such as name@example.com.")
     return email.strip().lower()
 
 
@@ -206,22 +207,27 @@ def set_role_cli(email, role):
 
 
 # -- API tokens --------------------------------------------------------------------------------------
+# The forms parse_expiry takes (the API document states the same pattern).
+EXPIRY_PATTERN = r"^$|^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?)?$"
+
+
 def parse_expiry(value):
     """ISO 8601 date or datetime in the future (naive = UTC), or None for 'never'."""
     if value in (None, ""):
         return None
-    if not isinstance(value, str) or len(value) > 40:
-        raise BadRequest("'expires_at' must be an ISO 8601 date or time, e.g. 2027-01-31.")
+    bad = "must be a date such as 2027-01-31 (or a date and time, ISO 8601)"
+    if not isinstance(value, str) or len(value) > 40 or not re.match(EXPIRY_PATTERN, value):
+        raise BadRequest(errors={"expires_at": bad})
     try:
         dt = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise BadRequest("'expires_at' must be an ISO 8601 date or time, e.g. 2027-01-31.")
+        raise BadRequest(errors={"expires_at": bad})
     if dt.tzinfo is not None:
         dt = dt.astimezone(timezone.utc).replace(tzinfo=None)
     if dt <= utcnow():
-        raise BadRequest("'expires_at' must be in the future.")
+        raise BadRequest(errors={"expires_at": "must be in the future"})
     if dt.year > 9999 - 1:
-        raise BadRequest("'expires_at' is too far in the future.")
+        raise BadRequest(errors={"expires_at": "is too far in the future"})
     return dt
 
 
@@ -234,7 +240,7 @@ def create_token(user, name, expires_at=None, scope="full"):
     try:
         expires = parse_expiry(expires_at)
     except BadRequest as e:
-        errors["expires_at"] = e.message.split(": ", 1)[-1] if ": " in e.message else e.message
+        errors.update(e.errors)
     if errors:
         raise FieldErrors(errors)
     from .quotas import check_tokens
@@ -305,10 +311,11 @@ def update_site(actor_user, site_id, data, actor=None):
                 changes["name"] = name.strip()
     if "domain" in data:
         domain = data["domain"]
-        if domain is not None and (not isinstance(domain, str) or len(domain) > 255):
-            errors["domain"] = "must be a string of at most 255 characters"
-        elif ((domain or "").strip() or None) != site.domain:
-            changes["domain"] = (domain or "").strip() or None
+        problem = domain_problem(domain)
+        if problem:
+            errors["domain"] = problem
+        elif (domain or None) != site.domain:
+            changes["domain"] = domain or None
     if "timezone" in data:
         try:
             tz = validate_timezone(data["timezone"])

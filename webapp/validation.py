@@ -9,6 +9,7 @@ validator can call them directly and pydantic names the field); `install(app)` a
 request-wide guard and the strict URL converters.
 """
 import json
+import re
 
 from flask import request
 from werkzeug.routing import BaseConverter, IntegerConverter
@@ -24,6 +25,22 @@ PASSWORD_MAX = 255
 KEYWORD_MAX = 255
 REASON_MAX = 500
 NOTE_MAX = 2000
+
+
+# What a domain and an email address look like (the same rule for forms, the API and its
+# document): a domain is a host name (labels of letters, digits and inner hyphens, a dot
+# between them, a top-level label of letters); an email is local@domain with such a domain.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+DOMAIN_PATTERN = rf"^(?:{_LABEL}\.)+[A-Za-z]{{2,63}}\.?$"
+EMAIL_PATTERN = rf"^[^@\s\x00]{{1,64}}@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$"
+
+
+def is_domain(value):
+    return isinstance(value, str) and len(value) <= DOMAIN_MAX and re.match(DOMAIN_PATTERN, value) is not None
+
+
+def is_email(value):
+    return isinstance(value, str) and len(value) <= EMAIL_MAX and re.match(EMAIL_PATTERN, value) is not None
 
 
 class InvalidInput(ValueError):
@@ -196,6 +213,8 @@ def request_problem():
     for source in sources:
         for key, values in source.lists():
             for v in [key, *values]:
+                if not isinstance(v, str):  # a multipart part without a name: nothing to store
+                    continue
                 problem = text_problem(v)
                 if problem:
                     return key, f"'{key[:40]}' {problem}."
@@ -234,6 +253,21 @@ def install(app):
         return _bad_request(e.field, e.message)
 
     @app.before_request
+    def _refuse_oversized_request():
+        # The app's own limits, below the server's (gunicorn.conf.py): an over-long URL or header
+        # gets the error envelope every other error has, not the server's HTML page.
+        from werkzeug.exceptions import RequestHeaderFieldsTooLarge, RequestURITooLarge
+        env = request.environ
+        uri = env.get("RAW_URI") or env.get("REQUEST_URI") or (
+            env.get("PATH_INFO", "") + ("?" + env["QUERY_STRING"] if env.get("QUERY_STRING") else ""))
+        if len(uri) > app.config.get("MAX_URL_LENGTH", 4096):
+            raise RequestURITooLarge(f"The URL is longer than {app.config.get('MAX_URL_LENGTH', 4096)} characters.")
+        limit = app.config.get("MAX_HEADER_BYTES", 8190)
+        for name, value in request.headers.items():
+            if len(name) + len(value) + 2 > limit:
+                raise RequestHeaderFieldsTooLarge(f"The header {name[:40]!r} is longer than {limit} bytes.")
+
+    @app.before_request
     def _refuse_hostile_input():
         found = request_problem()
         if found is None:
@@ -244,5 +278,6 @@ def install(app):
 def _bad_request(field, message):
     from flask import jsonify, render_template
     if request.path.startswith("/api/"):
-        return jsonify({"success": False, "error": message, "errors": {field: message}}), 400
+        from .errors import field_message
+        return jsonify({"success": False, "error": message, "errors": {field: field_message(field, message)}}), 400
     return render_template("error.html", code=400, message=message), 400

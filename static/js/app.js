@@ -288,6 +288,38 @@
     var box = document.getElementById("invite-token-box");
     if (box) box.hidden = true;
     if (history.replaceState) history.replaceState(null, "", location.pathname + location.search);
+  // -- forms larger than the server takes (MAX_CONTENT_LENGTH) -----------------------------------
+  // The server refuses such a body before reading it (413), so nothing it sent back could hold
+  // the text: check here instead and keep the form as it is, with a message next to it.
+  function guardFormSizes() {
+    var forms = document.querySelectorAll("form[data-max-bytes]");
+    Array.prototype.forEach.call(forms, function (form) {
+      form.addEventListener("submit", function (ev) {
+        var max = parseInt(form.dataset.maxBytes, 10), size = 0;
+        Array.prototype.forEach.call(form.elements, function (el) {
+          if (el.type === "file" && el.files) {
+            Array.prototype.forEach.call(el.files, function (f) { size += f.size; });
+          } else if (typeof el.value === "string" && el.name) {
+            size += new Blob([el.value]).size;
+          }
+        });
+        var msg = form.querySelector(".js-size-error");
+        if (size > max) {
+          ev.preventDefault();
+          if (!msg) {
+            msg = document.createElement("p");
+            msg.className = "field-error js-size-error";
+            msg.setAttribute("role", "alert");
+            form.insertBefore(msg, form.querySelector("button[type=submit]"));
+          }
+          msg.textContent = "This is " + (size / 1048576).toFixed(1) + " MB; the server takes at most " +
+            (max / 1048576).toFixed(1) + " MB at once. Nothing was sent and your text is still here: " +
+            "split it into smaller parts, or upload several CSV files.";
+        } else if (msg) {
+          msg.remove();
+        }
+      });
+    });
   }
 
   function start() {
@@ -295,6 +327,7 @@
     logViewer.start();
     pruneFlashes();
     inviteToken();
+    guardFormSizes();
   }
   document.addEventListener("DOMContentLoaded", start);
 })();

@@ -54,7 +54,7 @@ def update_config():
     return ok(svc.config_dict(cfg))
 
 
-@endpoint("/automation/run_now", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("RunNowResponse", s.RunStatus),
+@endpoint("/automation/run_now", ["POST"], query=s.SiteQuery, status=201, ok=s.ok("RunNowResponse", s.RunStatusOut),
           errors={**SITE_ERRORS, **STATE_ERRORS, 400: "Invalid input, a run is already active, nothing to "
                   "process, or insufficient credits (the message says which)", 503: "Redis unavailable"},
           tags=["runs"], links={**RUN_LINKS, "processing": ("current_processing", {
@@ -90,10 +90,13 @@ def history():
           tags=["runs"])
 def logs():
     """Log lines of a run with line numbers: the last `lines`; with `before=L` the `lines` lines
-    above line L (page backwards); with `after=L` the lines following line L (poll the tail)."""
+    above line L (page backwards); with `after=L` the lines following line L (poll the tail).
+
+    `before` and `after` cannot be given together (a 400 naming both): OpenAPI cannot forbid a pair
+    of query parameters, so the rule is stated here."""
     q = request.context.query
     if q.before is not None and q.after is not None:
-        raise ApiError(errors={"before": "give 'before' or 'after', not both", "after": "give 'before' or 'after', not both"})
+        raise ApiError(errors={"before": "cannot be used with after", "after": "cannot be used with before"})
     return ok({"run_id": q.run_id, **service().log_page(q.run_id, q.lines, before=q.before, after=q.after)})
 
 
@@ -127,7 +130,7 @@ def _control(name, verb, doc):
         return ok({"run_id": run.id, "status": run.status})
     view.__name__ = name
     view.__doc__ = doc
-    endpoint(f"/automation/{name}", ["POST"], query=s.RunQuery, ok=s.ok(f"{name.title()}Response", s.RunStatus),
+    endpoint(f"/automation/{name}", ["POST"], query=s.RunQuery, ok=s.ok(f"{name.title()}Response", s.RunStatusOut),
              errors={**RUN_ERRORS, **STATE_ERRORS, **({503: "Redis unavailable"} if name == "resume" else {})},
              tags=["runs"], links={k: v for k, v in RUN_LINKS.items() if k != name}, **REASON)(view)
 

@@ -33,7 +33,8 @@ def ok(data, status=200):
 def error(message, status, errors=None):
     body = {"success": False, "error": message}
     if errors:
-        body["errors"] = errors
+        from ..errors import field_message
+        body["errors"] = {k: field_message(k, v) for k, v in errors.items()}
     return jsonify(body), status
 
 
@@ -64,8 +65,14 @@ def register(app):
     @app.errorhandler(HTTPException)
     def _http_error(e):
         if not is_api_request():
-            from flask import render_template
-            return render_template("error.html", code=e.code, message=e.description), e.code
+            from flask import current_app, render_template
+            message = e.description
+            if e.code == 413:  # refused unread: say what to do, not just the status
+                limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+                message = (f"What you sent is larger than the {limit / 1048576:.0f} MB this server takes at once, "
+                           "so it was not read and nothing changed. Go back (your browser keeps what you typed) "
+                           "and split it into smaller parts, or upload several CSV files.")
+            return render_template("error.html", code=e.code, message=message, back=e.code == 413), e.code
         msg = _MESSAGES.get(e.code) or e.description or e.name
         if e.code == 400 and e.description:
             msg = e.description

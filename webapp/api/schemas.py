@@ -13,11 +13,22 @@ from pydantic_core import PydanticCustomError
 
 from ..automation.config_schema import ConfigUpdate  # noqa: F401  (the update_config body)
 from ..notify.webhooks import WEBHOOK_EVENTS
-from ..validation import (DOMAIN_MAX, EMAIL_MAX, MAX_ID, NAME_MAX, NOTE_MAX, PASSWORD_MAX, REASON_MAX,
-                          is_ascii_digits)
+from ..team import EXPIRY_PATTERN
+from ..validation import (DOMAIN_MAX, DOMAIN_PATTERN, EMAIL_MAX, MAX_ID, NAME_MAX, NOTE_MAX, PASSWORD_MAX,
+                          REASON_MAX, is_ascii_digits)
 from ..writer.review import CONTENT_STATUSES, MAX_BULK
 
 RUN_STATUSES = ("queued", "running", "paused", "completed", "failed", "cancelled")
+# Rules the services check with their own messages, stated in the document only (pydantic keeps
+# the type and length checks): the service's words reach the caller, the document says the rule.
+DOMAIN_DOC = {"pattern": f"^$|{DOMAIN_PATTERN}", "description": "a host name such as blog.example.com; "
+              "empty or null: none"}
+# Not an enum of the ~600 zones: several spell one constant name (GMT0, GMT-0, GMT+0; Etc/GMT+1
+# and Etc/GMT-1), which makes client generators refuse the document.
+ZONE_DOC = {"pattern": r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$",
+            "description": "an IANA zone name, e.g. Europe/Berlin (one the server's tz database knows; "
+                           "an unknown one is a 400 naming `timezone`)"}
+NOT_BLANK = r"^[^\x00]*\S[^\x00]*$"  # at least one non-space character (and no NUL, as everywhere)
 TRIGGER_TYPES = ("manual", "scheduled", "api", "retry")
 
 
@@ -79,6 +90,7 @@ class SiteRunQuery(Query):
 
 
 class LogsQuery(Query):
+    """`before` and `after` cannot be given together (a 400 naming both)."""
     run_id: Id
     lines: QueryInt(1, 5000, "how many lines (default 100)") = 100
     before: QueryInt(1, MAX_ID, "the lines just above this line number") = None
@@ -120,9 +132,9 @@ class ReasonBody(BaseModel):
 
 class SiteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"\S")]
-    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
-    timezone: Annotated[str, Field(min_length=1, max_length=64, description="IANA zone, e.g. Europe/Berlin")] = "UTC"
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=r"\S", json_schema_extra={"pattern": NOT_BLANK})]
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX, json_schema_extra=DOMAIN_DOC)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=ZONE_DOC)] = "UTC"
 
 
 class TokenRequest(BaseModel):
@@ -137,7 +149,8 @@ class KeywordsBulk(BaseModel):
     row number), not refused, so a row may be any JSON value."""
     model_config = ConfigDict(extra="forbid")
     keywords: Annotated[list[Any], Field(max_length=50_000, description=(
-        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings"))]
+        "objects {keyword, volume? (0-10^9), difficulty? (0-100)} or plain strings; no text at any depth "
+        "may hold a NUL (a 400 naming the row)"))]
 
 
 # -- automation responses ----------------------------------------------------------------------
@@ -254,12 +267,16 @@ class FailedItems(Model):
     items: list[FailedItem]
 
 
-class RunStatus(Model):
+class RunStatusOut(Model):
+    # Not "RunStatus": client generators name Run.status's enum RunStatus (and then drop Run).
     run_id: int
     status: Literal[RUN_STATUSES]
 
 
-class RetryStarted(RunStatus):
+RunStatus = RunStatusOut  # the old Python name (the component is RunStatusOut)
+
+
+class RetryStarted(RunStatusOut):
     trigger_type: Literal["retry"]
     retry_of_run_id: int
 
@@ -478,11 +495,15 @@ class ApproveBody(BaseModel):
 
 class RejectBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    note: Note = Field(description="required: say what to change (not blank)")
+    note: Note = Field(description="required: say what to change (not blank)", min_length=1,
+                       json_schema_extra={"pattern": NOT_BLANK})
 
 
 class BulkReviewBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # A rejection needs a note that is not blank: said in the schema with if/then.
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "if": {"properties": {"action": {"const": "reject"}}, "required": ["action"]},
+        "then": {"required": ["note"], "properties": {"note": {"type": "string", "pattern": NOT_BLANK}}}})
     ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK)]
     action: Literal["approve", "reject"]
     note: Note = Field(None, description="required to reject")
@@ -501,7 +522,10 @@ class BulkReviewed(Model):
 # -- webhooks -----------------------------------------------------------------------------------
 class WebhookCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    url: Annotated[str, Field(min_length=1, max_length=2000, description="http(s) URL of a public host")]
+    url: Annotated[str, Field(min_length=1, max_length=2000, json_schema_extra={
+        "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@:\x00]+(:[0-9]{1,5})?([/?#][^\s\x00]*)?$",
+        "description": "http(s) URL of a public host: no credentials in it; loopback, private, link-local and "
+                       "metadata addresses are refused (unless the server allows private targets)"})]
     events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: all of them")] = None
 
 
@@ -575,8 +599,10 @@ class DeliveryQueued(Model):
 class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = "api"
-    expires_at: Optional[Annotated[str, Field(max_length=40, description="ISO 8601 date or time in the future; "
-                                                                          "null: never")]] = None
+    expires_at: Optional[Annotated[str, Field(max_length=40, json_schema_extra={
+        "pattern": EXPIRY_PATTERN},
+        description="ISO 8601 date or date and time (naive: UTC), in the future (up to 9998); null or "
+                    "empty: never")]] = None
     scope: Literal["full", "read"] = "full"
 
 
@@ -601,9 +627,9 @@ class Tokens(Model):
 
 class SiteUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX)] = None
-    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX)]] = None
-    timezone: Annotated[str, Field(min_length=1, max_length=64)] = None
+    name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NOT_BLANK})] = None
+    domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX, json_schema_extra=DOMAIN_DOC)]] = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=ZONE_DOC)] = None
 
 
 class DeleteSiteQuery(Query):

@@ -37,7 +37,9 @@ FRIENDLY = {"ConfigUpdate": CONFIG_FRIENDLY}  # model title -> {field: message} 
 _EXTRA = {}  # (path, method) -> changes to the generated operation (see `doc`)
 
 # Answers every route can give, documented once here.
-COMMON = {401: "Not authenticated (missing, unknown or revoked token)", 405: "Method not allowed", 414: "Request line too long",
+COMMON = {401: "Not authenticated (missing, unknown or revoked token)", 405: "Method not allowed",
+          414: "URL too long (more than MAX_URL_LENGTH characters)",
+          431: "Request headers too large (more than MAX_HEADER_BYTES)",
           429: "Too many requests (API_RATE_LIMIT per token; Retry-After says when)",
           500: "Unexpected error (the message carries a request id; no stack trace)"}
 BODY = {413: "Request body too large", 415: "Wrong Content-Type"}
@@ -101,7 +103,7 @@ def endpoint(rule, methods, *, ok=None, status=200, query=None, json=None, form=
             documented[400] = "Invalid input: `errors` names every field at fault"
         documented.update(errors or {})
         for code, desc in documented.items():
-            codes[f"HTTP_{code}"] = (None, desc) if code == 414 else (Error, desc)
+            codes[f"HTTP_{code}"] = (Error, desc)
         validated = spec.validate(query=query, json=json, form=form, headers=headers, resp=Response(**codes),
                                   tags=tags, before=_before, after=_after, operation_id=fn.__name__,
                                   security=None if auth else {})(fn)
@@ -175,6 +177,70 @@ def _drop_titles(node):
             _drop_titles(v)
 
 
+def _one_body_type(op):
+    """Document one media type per request body: JSON. The server also takes the same fields as a
+    form (and the keyword import a CSV), but client generators given two media types for one body
+    emit code that does not import (openapi-python-client: `NameError: Unset`) or that sends JSON
+    as multipart; the alternatives are named in the operation's description instead."""
+    content = (op.get("requestBody") or {}).get("content") or {}
+    if "application/json" not in content or len(content) == 1:
+        return
+    for k in [k for k in content if k != "application/json"]:
+        del content[k]
+    note = "The same fields are also accepted as a form (application/x-www-form-urlencoded or multipart/form-data)."
+    op["description"] = (op.get("description", "") + "\n\n" + note).strip()
+
+
+def _drop_null_defaults(node):
+    # An absent optional value is "no default", not `default: null` (which an `integer` schema
+    # cannot hold: generators and validators trip on it).
+    if isinstance(node, dict):
+        if "default" in node and node["default"] is None:
+            del node["default"]
+        for v in node.values():
+            _drop_null_defaults(v)
+    elif isinstance(node, list):
+        for v in node:
+            _drop_null_defaults(v)
+
+
+NO_NUL = r"^[^\x00]*$"
+
+
+def _no_nul_in_requests(doc):
+    """Text the server takes never holds a NUL (webapp/validation.py refuses it everywhere): say so
+    on every string a request can carry that has no stricter pattern of its own."""
+    components = doc.get("components", {}).get("schemas", {})
+    seen = set()
+
+    def walk(node):
+        if isinstance(node, list):
+            for v in node:
+                walk(v)
+            return
+        if not isinstance(node, dict):
+            return
+        ref = node.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/components/schemas/"):
+            name = ref.rsplit("/", 1)[1]
+            if name not in seen and name in components:
+                seen.add(name)
+                walk(components[name])
+            return
+        if node.get("type") == "string" and "pattern" not in node and "enum" not in node and "format" not in node:
+            node["pattern"] = NO_NUL
+        for key, v in node.items():
+            if key not in ("example", "examples", "default", "const", "enum"):
+                walk(v)
+
+    for path_item in doc["paths"].values():
+        for op in path_item.values():
+            for param in op.get("parameters", []):
+                walk(param.get("schema"))
+            for media in (op.get("requestBody") or {}).get("content", {}).values():
+                walk(media.get("schema"))
+
+
 def document(app):
     """The OpenAPI document (built once per app)."""
     cached = app.extensions.get("openapi_document")
@@ -194,7 +260,10 @@ def document(app):
                 # Bodies and answers are JSON objects or nothing: no other media types.
                 for resp in op.get("responses", {}).values():
                     resp.get("content", {}).pop("text/plain", None)
+                _one_body_type(op)
         _drop_titles(cached)
+        _drop_null_defaults(cached)
+        _no_nul_in_requests(cached)
         app.extensions["openapi_document"] = cached
     return cached
 

@@ -25,7 +25,8 @@ def list_webhooks(site_id):
 
 @endpoint(SITE, ["POST"], status=201, ok=s.ok("WebhookCreatedResponse", s.WebhookCreated), body_doc=s.WebhookCreate,
           errors={**SITE_404, 400: "Invalid input (`errors` names the fields; private or local targets are refused), "
-                  "or the site has its 20 webhooks already"}, tags=["webhooks"],
+                  "or the site has its 20 webhooks already",
+                  409: "The site already has a webhook for this URL and these events"}, tags=["webhooks"],
           links={"deliveries": ("deliveries", {"site_id": "$request.path.site_id",
                                                "webhook_id": "$response.body#/data/webhook/id"}),
                  "test": ("send_test", {"site_id": "$request.path.site_id",

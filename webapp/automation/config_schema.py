@@ -22,6 +22,14 @@ def _document(schema, cls):
     # "not sent" is the default, not a value a caller can send: keep defaults out of the doc.
     for prop in schema.get("properties", {}).values():
         prop.pop("default", None)
+    # The cross-field rule of `day_error`, as JSON Schema can say it for one body (the saved
+    # frequency also counts: see the operation's description).
+    schema["allOf"] = [
+        {"if": {"properties": {"frequency": {"const": "weekly"}}, "required": ["frequency"]},
+         "then": {"properties": {"scheduled_day": {"anyOf": [{"type": "null"}, {"type": "integer", "maximum": 6}]}}}},
+        {"if": {"properties": {"frequency": {"const": "monthly"}}, "required": ["frequency"]},
+         "then": {"properties": {"scheduled_day": {"anyOf": [{"type": "null"}, {"type": "integer", "minimum": 1}]}}}},
+    ]
 
 
 class ConfigUpdate(BaseModel):

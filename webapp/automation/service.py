@@ -122,12 +122,16 @@ class AutomationService:
         """Stage counts plus what the estimate needs (ideas the pending clusters will yield),
         for the items `scope` lets a run take (a retry run: only its source's failed items)."""
         counts = self.stage_counts(site_id) if scope is ALL else scope.counts(site_id)
+        return counts, self.pending_inputs(site_id, counts, scope)
+
+    def pending_inputs(self, site_id, counts, scope=ALL):
+        """What the estimate needs beyond the stage `counts` already read."""
         pending_clusters = scope.pending(STAGES[2], site_id).with_only_columns(Cluster.id).subquery()
         sizes = db.session.execute(
             select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)))
             .group_by(Keyword.cluster_id)
         ).scalars().all()
-        return counts, {
+        return {
             "keywords": counts[1], "clusters": counts[2],
             "ideas_from_clusters": sum(costs.ideas_for_cluster(n) for n in sizes),
             "ideas": counts[3], "tasks": counts[4], "drafts": counts[5], "images": counts[6], "review": counts[7],
@@ -150,7 +154,8 @@ class AutomationService:
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
         open page polls it, and on a 1M-keyword site the counts cost ~45 ms of database time.
         `fresh=True` for decisions (may a run start?) rather than display."""
-        key = f"automation:overview:{self.account_id}:{int(site_id)}"
+        from .countcache import generation  # an import or review makes the cached value a miss
+        key = f"automation:overview:{self.account_id}:{int(site_id)}:{generation(site_id)}"
         try:
             cached = None if fresh else get_redis().get(key)
         except Exception:  # redis down: compute

@@ -4,7 +4,7 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user, login_required
 
 from ..access import needs
-from ..errors import AppError, NotFound
+from ..errors import AppError, NotFound, field_errors_of
 from . import mail
 from .webhooks import WEBHOOK_EVENTS, FieldErrors, WebhookService
 
@@ -51,8 +51,8 @@ def create(site_id):
         wh = svc.create(site.id, data)
     except FieldErrors as e:
         return page(svc, site, 400, errors=e.errors, form=data)
-    except AppError as e:
-        return page(svc, site, e.status, errors={"form": e.message}, form=data)
+    except AppError as e:  # e.g. the same URL and events again: next to the URL field
+        return page(svc, site, e.status, errors=field_errors_of(e), form=data)
     # Rendered, not redirected: the secret is shown this once and never put in a cookie.
     return page(svc, site, 201, created=wh)
 

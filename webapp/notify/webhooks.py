@@ -12,9 +12,9 @@ from sqlalchemy import func, select
 
 from .. import audit
 from ..automation.service import AutomationService
-from ..errors import AppError, NotFound
+from ..errors import AppError, Conflict, NotFound
 from ..extensions import db
-from ..models import AutomationRun, Webhook, WebhookAttempt, WebhookDelivery
+from ..models import AutomationRun, Site, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import iso, utcnow
 from .targets import check_url
 
@@ -96,6 +96,12 @@ class WebhookService:
     def create(self, site_id, data):
         site = self.site(site_id)
         url, events = validate(data, current_app.config["WEBHOOK_ALLOW_PRIVATE"])
+        # The site's row locked (PostgreSQL; SQLite serialises writers): two clicks on "Add" at once
+        # cannot both pass the duplicate check below.
+        db.session.execute(select(Site.id).where(Site.id == site.id).with_for_update())
+        existing = db.session.execute(select(Webhook.url, Webhook.events).where(Webhook.site_id == site.id)).all()
+        if any(u == url and sorted(e or []) == sorted(events) for u, e in existing):
+            raise Conflict(errors={"url": "this site already has a webhook for this URL and these events"})
         from ..quotas import check_webhooks
         check_webhooks(site)  # MAX_WEBHOOKS_PER_SITE
         wh = Webhook(account_id=self.account_id, site_id=site.id, url=url, events=events, secret=new_secret(),

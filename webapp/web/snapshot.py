@@ -16,6 +16,7 @@ from flask import current_app
 from sqlalchemy import func, select
 
 from ..automation import insights
+from ..automation.countcache import generation, marker, run_with_counts
 from ..automation.logger import line_count, run_log_path
 from ..automation.service import overview_rows
 from ..automation.stages import STAGES
@@ -27,9 +28,9 @@ from .insight_view import insight_view, timeline
 from ..writer.review import awaiting_review
 from ..automation import limits
 
-# Pending counts cost up to ~45 ms on a very large site: while a run is active a poll reuses
-# them for this long; a run's state change (stage, status) changes the cache key, so the
-# pipeline, estimate and balance are read afresh the moment a run moves on or ends.
+# Pending counts cost up to ~45 ms on a very large site: a poll reuses them until what they
+# depend on changes (automation.countcache: an import, a review, the run's next item) or, as a
+# backstop for changes nobody announces, for this long.
 COUNTS_TTL_ACTIVE = 3
 COUNTS_TTL_IDLE = 10
 ACTIONS = {"queued": ["cancel"], "running": ["pause", "cancel"], "paused": ["resume", "cancel"]}
@@ -116,32 +117,34 @@ def run_view(run, with_events=False, svc=None):
     return view
 
 
-def _counts(svc, site_id, marker, fresh):
-    """(stage counts, estimate inputs) for a site; cached per run state while polled."""
-    key = f"automation:snapshot:counts:{svc.account_id}:{int(site_id)}:{marker}"
+def _counts(svc, site_id, run, fresh):
+    """(stage counts, estimate inputs, run) for a site. Cached per (count generation, the latest
+    run's progress marker): an import, a review or an item of the run makes the next read a
+    miss (automation.countcache). An active run is re-read in the same statement as the counts,
+    and that run row is returned: the caller draws the run's panels from it, so the pipeline and
+    the run agree on one screen."""
+    gen = generation(site_id)
+    key = f"automation:snapshot:counts:{svc.account_id}:{int(site_id)}:{gen}:{marker(run)}"
     if not fresh:
         try:
             raw = get_redis().get(key)
             if raw:
                 counts, inputs = json.loads(raw)
-                return {int(k): v for k, v in counts.items()}, inputs
+                return {int(k): v for k, v in counts.items()}, inputs, run
         except Exception:
             pass
-    counts, inputs = svc.pending_counts(site_id)
+    if run is not None and run.status in ACTIVE_STATUSES:
+        run, counts = run_with_counts(run.id, site_id)
+        key = f"automation:snapshot:counts:{svc.account_id}:{int(site_id)}:{gen}:{marker(run)}"
+    else:
+        counts = svc.stage_counts(site_id)
+    inputs = svc.pending_inputs(site_id, counts)
     try:
-        active = not marker.startswith("idle")
+        active = run is not None and run.status in ACTIVE_STATUSES
         get_redis().set(key, json.dumps([counts, inputs]), ex=COUNTS_TTL_ACTIVE if active else COUNTS_TTL_IDLE)
     except Exception:
         pass
-    return counts, inputs
-
-
-def _marker(run):
-    if run is None:
-        return "idle:none"
-    if run.status in ACTIVE_STATUSES:
-        return f"run:{run.id}:{run.status}:{run.current_stage}"
-    return f"idle:{run.id}:{run.status}"
+    return counts, inputs, run
 
 
 def latest_run(site_id):
@@ -192,8 +195,8 @@ def site_snapshot(svc, site, fresh=False, history=None):
     """The site automation page: current run, estimate and balance, pipeline, history, the
     live log's run. `fresh=True` (a full page load) reads the pending counts now."""
     last = latest_run(site.id)
+    counts, inputs, last = _counts(svc, site.id, last, fresh)
     run = last if last is not None and last.status in ACTIVE_STATUSES else None
-    counts, inputs = _counts(svc, site.id, _marker(last), fresh)
     estimate = svc.estimate_from(inputs)
     pipeline = overview_rows(counts)
     start_block = None
@@ -281,9 +284,9 @@ def dashboard_snapshot(svc):
     rows = []
     for s in sites:
         runs = recent.get(s.id, [])
-        run = runs[0] if runs and runs[0].status in ACTIVE_STATUSES else None
-        marker = _marker(run) if run else f"idle:{runs[0].id if runs else None}"
-        counts, _ = _counts(svc, s.id, marker, fresh=False)
+        latest = runs[0] if runs else None
+        counts, _, latest = _counts(svc, s.id, latest, fresh=False)
+        run = latest if latest is not None and latest.status in ACTIVE_STATUSES else None
         cfg = configs.get(s.id)
         row = {"site": {"id": s.id, "name": s.name, "domain": s.domain or "", "timezone": s.timezone},
                "pending": sum(counts.values()),

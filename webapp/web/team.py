@@ -8,7 +8,7 @@ from flask_login import current_user, login_required, login_user
 
 from .. import audit, team
 from ..access import has_role, needs
-from ..errors import AppError, NotFound
+from ..errors import AppError, NotFound, field_errors_of, field_message, plain_message
 from ..links import public_url
 from ..extensions import db
 from ..models import Site
@@ -30,7 +30,7 @@ def zones():
 
 
 def _errors_of(e):
-    return getattr(e, "errors", None) or {"form": e.message}
+    return field_errors_of(e)  # shown next to each field: no internal names in the message
 
 
 def _require_owner():
@@ -48,7 +48,7 @@ def new_site():
     if request.method == "POST":
         form = request.form
         try:
-            site = create_site(current_user.account_id, form.get("name", ""), form.get("domain") or None,
+            site = create_site(current_user.account_id, form.get("name", ""), form.get("domain", "").strip() or None,
                                form.get("timezone") or "UTC")
             audit.record(current_user.account_id, team.actor_of(current_user), "site.create", site_id=site.id,
                          name=site.name)
@@ -57,8 +57,7 @@ def new_site():
             return redirect(url_for("web.keywords", site_id=site.id))
         except AppError as e:
             db.session.rollback()
-            field = e.message.split("'")[1] if e.message.startswith("'") else "form"
-            errors = {field: e.message}
+            errors = _errors_of(e)
     return render_template("site_form.html", site=None, form=form, errors=errors, zones=zones()), 400 if errors else 200
 
 
@@ -72,7 +71,7 @@ def edit_site(site_id):
     if request.method == "POST":
         form = request.form
         try:
-            team.update_site(current_user, site.id, {"name": form.get("name", ""), "domain": form.get("domain") or None,
+            team.update_site(current_user, site.id, {"name": form.get("name", ""), "domain": form.get("domain", "").strip() or None,
                                                      "timezone": form.get("timezone", "")})
             flash("Site saved.", "success")
             return redirect(url_for("web.site_automation", site_id=site.id))
@@ -109,7 +108,7 @@ def tokens():
     if request.method == "POST":
         form = request.form
         try:
-            tok, raw = team.create_token(current_user, form.get("name", ""), form.get("expires_at") or None,
+            tok, raw = team.create_token(current_user, form.get("name", ""), (form.get("expires_at") or "").strip() or None,
                                          form.get("scope", "full"))
             new_token = {"raw": raw, "name": tok.name}
             form = {}
@@ -151,9 +150,8 @@ def invite_user():
         user, raw = team.invite(current_user, form.get("email", ""), form.get("role", "operator"))
     except AppError as e:
         db.session.rollback()
-        field = e.message.split("'")[1] if e.message.startswith("'") else "email"
         return render_template("users.html", users=team.account_users(current_user.account_id),
-                               errors={field: e.message}, invite=None, form=form), 400
+                               errors=_errors_of(e), invite=None, form=form), 400
     # PUBLIC_URL, not the request's Host; the token in the fragment, which no browser sends
     # (so no access log or proxy ever records it).
     link = public_url("team_web.accept_invite", _fragment=raw)
@@ -172,7 +170,7 @@ def change_role(user_id):
         abort(404)
     except AppError as e:
         db.session.rollback()
-        flash(e.message, "error")
+        flash(plain_message(e), "error")
     return redirect(url_for("team_web.users"))
 
 
@@ -187,7 +185,7 @@ def deactivate_user(user_id):
         abort(404)
     except AppError as e:
         db.session.rollback()
-        flash(e.message, "error")
+        flash(plain_message(e), "error")
     return redirect(url_for("team_web.users"))
 
 
@@ -230,7 +228,7 @@ def _invite_form(token, token_in_form):
                 return redirect(url_for("web.dashboard"))
             except AppError as e:
                 db.session.rollback()
-                errors["password"] = e.message
+                errors["password"] = field_message("password", e.message)
     return render_template("set_password.html", user=user, errors=errors, token=token if token_in_form else None,
                            token_in_form=token_in_form), 400 if errors else 200
 

@@ -366,3 +366,10 @@ def image(site_id, image_id):
     if img is None:
         abort(404)
     return render_template("image.html", site=site, image=img, content=img.content)
+
+
+@bp.get("/favicon.ico")
+def favicon():
+    """Browsers ask for /favicon.ico on every page that names none (JSON, the API docs): answer it
+    from static/, not with a 404 per page view."""
+    return current_app.send_static_file("favicon.ico"), 200, {"Cache-Control": "public, max-age=86400"}
