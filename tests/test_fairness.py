@@ -381,3 +381,17 @@ def test_a_queued_run_started_later_survives_a_sigkill_with_exact_credits(app, a
         CreditTransaction.run_id == r2)).scalar()
     calls = db.session.execute(select(func.sum(AITaskLog.credits)).where(AITaskLog.run_id == r2)).scalar()
     assert -ledger == calls == run.total_credits_used > 0
+
+
+def test_a_slice_ends_early_only_for_an_account_whose_turn_comes_first(app):
+    r = get_redis()
+    q = app.config["RQ_QUEUE"]
+    for run in range(1, 4):  # account 1 has used the workers; account 2 not yet
+        _push(app, 1, run)
+        dispatch.charge(r, 1, 5.0)
+    assert not dispatch.contended(r, q, 1) and not dispatch.contended(r, q, 2)  # alone: nobody to yield to
+    _push(app, 2, 100)
+    _push(app, 2, 101)
+    # Account 2 (less worker time) waits: account 1's slice ends; account 2's does not for 1.
+    assert dispatch.contended(r, q, 1)
+    assert not dispatch.contended(r, q, 2)

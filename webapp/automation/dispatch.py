@@ -105,12 +105,20 @@ if redis.call('ZSCORE', KEYS[2], ARGV[1]) then redis.call('ZADD', KEYS[2], v, AR
 return v
 """
 
-# KEYS: waiting, rq list. ARGV: account. 1 when another account's job waits for a worker.
+# KEYS: waiting, rq list, vtime. ARGV: account. 1 when another account whose turn comes
+# before this one's (virtual time not above it) waits for a worker.
 _CONTENDED = """
-local top = redis.call('ZRANGE', KEYS[1], 0, 1)
-for _, a in ipairs(top) do if a ~= ARGV[1] then return 1 end end
+local mine = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0')
+local top = redis.call('ZRANGE', KEYS[1], 0, 1, 'WITHSCORES')
+for i = 1, #top, 2 do
+  if top[i] ~= ARGV[1] and tonumber(top[i + 1]) <= mine then return 1 end
+end
 for _, id in ipairs(redis.call('LRANGE', KEYS[2], 0, 4)) do
-  if not string.find(id, '-a' .. ARGV[1] .. '-', 1, true) then return 1 end
+  local a = string.match(id, '%-a(%d+)%-')
+  if a ~= ARGV[1] then
+    if not a then return 1 end
+    if tonumber(redis.call('HGET', KEYS[3], a) or '0') <= mine then return 1 end
+  end
 end
 return 0
 """
@@ -179,10 +187,11 @@ def charge(client, account_id, seconds):
 
 
 def contended(client, queue_name, account_id):
-    """True when another account's job waits for a worker: a job slice ends at its next batch
-    boundary then, instead of running on for JOB_SLICE_SECONDS."""
+    """True when another account whose turn comes first (least virtual time) waits for a worker:
+    a job slice ends at its next batch boundary then, instead of running on for
+    JOB_SLICE_SECONDS. An account behind this one waiting does not end its slice."""
     return bool(_script(client, "contended", _CONTENDED)(
-        keys=[WAITING, Queue(queue_name, connection=client).key], args=[int(account_id)]))
+        keys=[WAITING, Queue(queue_name, connection=client).key, VTIME], args=[int(account_id)]))
 
 
 def position(client, queue_name, account_id, job_id_):
