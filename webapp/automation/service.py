@@ -127,7 +127,9 @@ class AutomationService:
         counts = self.stage_counts(site_id) if scope is ALL else scope.counts(site_id)
         pending_clusters = scope.pending(STAGES[2], site_id).with_only_columns(Cluster.id).subquery()
         sizes = db.session.execute(
-            select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)))
+            # Only the keywords without ideas: a cluster pending for its new keywords yields ideas for those.
+            select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)),
+                                                 Keyword.ideas_generated.is_(False))
             .group_by(Keyword.cluster_id)
         ).scalars().all()
         return counts, {
