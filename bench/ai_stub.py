@@ -35,6 +35,8 @@ class StubState:
         self.latency, self.max_in_flight, self.rpm = latency, max_in_flight, rpm
         self.refuse_first, self.retry_after, self.always_429 = refuse_first, retry_after, always_429
         self.send_retry_after = send_retry_after
+        self.fail_5xx = None      # callable(path, body) -> True: answer 500 (a provider outage for that call)
+        self.failed_5xx = 0
         self.lock = threading.Lock()
         self.in_flight = self.peak_in_flight = 0
         self.requests = self.limited = 0
@@ -84,6 +86,10 @@ def make_handler(state):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if state.fail_5xx is not None and state.fail_5xx(self.path, body):
+                with state.lock:
+                    state.failed_5xx += 1
+                return self._json({"error": {"message": "upstream failure", "type": "server_error"}}, 500)
             wait = state.admit(self.path)
             if wait is not None:
                 headers = {}

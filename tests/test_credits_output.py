@@ -1,5 +1,8 @@
 """Every credit buys output (#25): keywords that join a topic whose ideas exist are written
 about; a run that charges credits without creating articles says why."""
+import json
+import time
+
 from sqlalchemy import func, select
 
 from webapp.automation.service import AutomationService
@@ -97,3 +100,159 @@ def test_overview_and_estimate_count_a_cluster_pending_for_new_keywords(app, fac
     assert p["ideas_from_clusters"] == 1  # ideas for the 2 uncovered keywords, not for all 6
     est = svc.estimate(site_id)["estimated_credits"]
     assert est == 2 + 5 + 1 + 3 * 2  # one cluster's ideas, one article, its prompts, 3 images
+
+
+# -- answers the provider billed are kept: pause, cancel, automatic pause with calls in flight ------
+
+import pytest  # noqa: E402
+
+from bench.ai_stub import StubState, serve  # noqa: E402
+from webapp.automation.locks import exec_lock_key  # noqa: E402
+from webapp.models import AutomationConfig, CreditTransaction  # noqa: E402
+from webapp.redis_conn import get_redis  # noqa: E402
+
+
+@pytest.fixture
+def stub(app):
+    state = StubState()
+    server, url = serve(state)
+    app.config.update(AI_PROVIDER="openai", OPENAI_BASE_URL=url, OPENAI_API_KEY="sk-test")
+    yield state
+    server.shutdown()
+
+
+def _env(app):
+    return {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": app.config["OPENAI_BASE_URL"], "OPENAI_API_KEY": "sk-test"}
+
+
+def _site_with_topics(factory, topics=16, per_topic=2, concurrency=8):
+    acc, _ = factory.account(credits=1_000_000)
+    site = factory.site(acc)
+    import_rows(site, [{"keyword": f"note {i} {t}"} for t in [f"w{j}" for j in range(topics)] for i in range(per_topic)])
+    factory.fast_config(site, ai_concurrency=concurrency, stage_2_batch_size=50, stage_4_batch_size=50)
+    return acc.id, site.id
+
+
+def _idle(app, run_id):
+    from rq import Queue
+    from rq.registry import StartedJobRegistry
+    q = Queue(app.config["RQ_QUEUE"], connection=get_redis())
+    wait_for(lambda: not get_redis().exists(exec_lock_key(run_id)) and q.count == 0
+             and StartedJobRegistry(queue=q).count == 0, timeout=60, message="the run's job ended")
+
+
+def _books(site_id, run_ids):
+    logs = db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.site_id == site_id)).scalar()
+    debits = db.session.execute(select(func.count()).select_from(CreditTransaction).where(
+        CreditTransaction.run_id.in_(run_ids), CreditTransaction.amount < 0)).scalar()
+    db.session.remove()
+    return logs, debits
+
+
+def _answers(stub):
+    with stub.lock:
+        return len(stub.ok_times)
+
+
+def _logs(site_id, function):
+    n = db.session.execute(select(func.count()).select_from(AITaskLog).where(
+        AITaskLog.site_id == site_id, AITaskLog.function == function)).scalar()
+    db.session.remove()
+    return n
+
+
+@pytest.mark.parametrize("action", ["pause", "cancel"])
+def test_pause_or_cancel_with_calls_in_flight_keeps_every_billed_answer(app, app_env, factory, stub, action):
+    acc_id, site_id = _site_with_topics(factory)
+    svc = AutomationService(acc_id, actor="user:t")
+    run_id = svc.start(site_id).id
+    w = start_worker(app_env, extra_env=_env(app))
+    try:
+        wait_for(lambda: _logs(site_id, "generate_content") >= 2, timeout=120, interval=0.05, message="stage 4")
+        stub.latency = 1.0  # the calls now in flight answer after the pause / cancel
+        wait_for(lambda: stub.in_flight >= 4, timeout=30, interval=0.02, message="calls in flight")
+        getattr(svc, action)(run_id, reason="test")
+        at = time.monotonic()
+        in_flight = stub.in_flight
+        _idle(app, run_id)
+    finally:
+        stop_process(w)
+    assert in_flight >= 4
+    assert max(t for t, _ in stub.starts) < at + 1.0, "a call was sent after the " + action
+    logs, debits = _books(site_id, [run_id])
+    assert _answers(stub) == logs == debits  # every answer the provider gave is charged once
+    # and its output exists: one article per generate_content charge
+    assert _count(Content, site_id) == _logs(site_id, "generate_content")
+    run = fresh_run(run_id)
+    assert run.status == ("paused" if action == "pause" else "cancelled")
+    assert run.stage_4_result["items_processed"] == _count(Content, site_id)
+    if action == "cancel":
+        assert run.stage_result(run.current_stage)["status"] == "cancelled", [run.current_stage, run.stage_5_result, run.stage_6_result, run.ended_at]
+    assert run.total_credits_used == db.session.execute(select(func.sum(AITaskLog.credits)).where(
+        AITaskLog.run_id == run_id)).scalar()
+
+
+def test_automatic_pause_keeps_the_answers_behind_the_failing_call(app, app_env, factory, stub):
+    """A burst of 5xx for one cluster's call pauses the run; the answers of the calls in flight
+    with it are committed and charged, not thrown away and asked again after the resume."""
+    acc_id, site_id = _site_with_topics(factory, topics=12, per_topic=2)
+    failing = []
+
+    def fail(path, body):
+        if not path.endswith("/chat/completions") or "ideas" not in body["messages"][0]["content"]:
+            return False
+        cluster = json.loads(body["messages"][1]["content"])["cluster"]
+        if not failing:
+            failing.append(cluster)
+        return cluster == failing[0]
+    stub.latency = 0.3
+    stub.fail_5xx = fail
+    svc = AutomationService(acc_id, actor="user:t")
+    run_id = svc.start(site_id).id
+    w = start_worker(app_env, extra_env=_env(app))
+    try:
+        wait_for(lambda: fresh_run(run_id).status == "paused", timeout=120, message="automatic pause")
+        _idle(app, run_id)
+        run = fresh_run(run_id)
+        assert run.pause_reason == "AI provider unavailable"
+        assert stub.failed_5xx >= 3
+        kept = _logs(site_id, "generate_ideas")
+        assert kept >= 1, "answers that arrived with the failing call were kept"
+        logs, debits = _books(site_id, [run_id])
+        assert _answers(stub) == logs == debits
+        # Resume with the provider healthy: nothing already answered is asked again.
+        stub.fail_5xx = None
+        answered = _answers(stub)
+        ideas_calls_before = sum(1 for _, p in stub.starts)
+        svc.resume(run_id)
+        wait_for(lambda: fresh_run(run_id).status == "completed", timeout=180, message="completed")
+    finally:
+        stop_process(w)
+    assert _logs(site_id, "generate_ideas") == 12  # one per cluster, each asked once successfully
+    logs, debits = _books(site_id, [run_id])
+    assert _answers(stub) == logs == debits > answered
+    assert ideas_calls_before
+
+
+def test_a_run_that_charges_but_makes_no_article_says_why(app, factory, monkeypatch):
+    from conftest import drain
+    from webapp.ai.base import ItemError
+    from webapp.ai.local import LocalProvider
+
+    def broken(*a, **k):
+        raise ItemError("the model refused")
+    monkeypatch.setattr(LocalProvider, "generate_content", broken)
+    app.config["ITEM_MAX_ATTEMPTS"] = 1
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc)
+    site_id = site.id
+    factory.fast_config(site)
+    import_rows(site, [{"keyword": k} for k in FIRST])
+    run_id = AutomationService(acc.id).start(site_id).id
+    drain(app)
+    run = fresh_run(run_id)
+    assert run.status == "completed" and run.total_credits_used > 0
+    assert "sent no article to review" in run.error_message and "failed" in run.error_message
+    from webapp.automation.logger import run_log_path
+    log = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, run.id).read_text()
+    assert "sent no article to review" in log

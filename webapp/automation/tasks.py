@@ -15,7 +15,7 @@ from contextlib import nullcontext
 import redis
 from flask import current_app, has_app_context
 from rq import get_current_job
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import logging_setup, metrics
@@ -27,7 +27,7 @@ from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, hooks, jobs
 from .billing import InsufficientCredits, charge
-from .closing import close_stage_if_ended, end_values, system_event
+from .closing import close_stage_if_ended, end_values, outcome_note, system_event
 from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
@@ -90,6 +90,7 @@ class StageContext:
         self.media_dir = app.config["MEDIA_DIR"]
         self.article_words = app.config["AI_ARTICLE_WORDS"]
         self.unit_credits = 0
+        self.accept_stale = False
 
     def charge(self, stage, item_id, credits, result):
         charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model)
@@ -356,24 +357,33 @@ class RunExecutor:
     def _finish(self, n, stage, slot):
         unit, attempt = slot.unit, slot.attempt + 1
         ids = [i.id for i in unit]
-        try:
-            result = slot.future.result()
-        except Interrupted:
-            return concurrency.DROP
-        except RateLimitExhausted as e:
-            self._pause("AI provider rate limit", f"Paused: AI provider rate limit ({e}). "
-                        f"Resume later, or lower AI_MAX_RPM / ai_concurrency.")
-            return concurrency.STOP
-        except ProviderUnavailable as e:
-            self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
-            return concurrency.STOP
-        except Exception as e:  # ItemError or a bad output for this item only
-            return self._attempt_failed(n, stage, slot, attempt, e)
+        error = slot.future.exception()  # the future is done
+        if error is not None:
+            return self._call_failed(n, stage, slot, attempt, error)
         ctx = StageContext(self.run, self.provider, self.app)
+        # Stopping: an answer that arrived is applied as it is (it was billed), never asked again.
+        ctx.accept_stale = self.stop.is_set()
+        return self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+
+    def _call_failed(self, n, stage, slot, attempt, e):
+        if isinstance(e, Interrupted):
+            return concurrency.DROP
+        if isinstance(e, ProviderUnavailable):
+            if self.stop.is_set():  # stopping already (paused by an earlier call, ...): no answer, no trace
+                return concurrency.DROP
+            if isinstance(e, RateLimitExhausted):
+                self._pause("AI provider rate limit", f"Paused: AI provider rate limit ({e}). "
+                            f"Resume later, or lower AI_MAX_RPM / ai_concurrency.")
+            else:
+                self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
+            return concurrency.STOP
+        return self._attempt_failed(n, stage, slot, attempt, e)  # ItemError or a bad output for this item only
+
+    def _apply(self, n, stage, slot, attempt, ids, unit, ctx, result):
         try:
             created = stage.apply(ctx, unit, slot.request, result)
             new = self._count(self.res, len(unit), created, ctx.unit_credits)
-            if not self._save(n, new, credits=ctx.unit_credits):
+            if not self._save(n, new, credits=ctx.unit_credits, answer=True):
                 db.session.rollback()  # the run was cancelled or taken over: no trace
                 self.stop.set()
                 return concurrency.DROP
@@ -441,16 +451,22 @@ class RunExecutor:
         res["credits_used"] += credits
         return res
 
-    def _save(self, n, res, credits=0, **extra):
+    def _save(self, n, res, credits=0, answer=False, **extra):
         """Write stage n's result (and the heartbeat) inside the current transaction.
         Guarded by the job's token: False (nothing written) once the run was cancelled or
-        taken over by another job, so that job's work is never overwritten."""
+        taken over by another job, so that job's work is never overwritten; `answer` (an AI
+        answer's output and charge) is still written to a cancelled run: it was billed."""
         values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
         if credits:
             values["total_credits_used"] = AutomationRun.total_credits_used + credits
         q = update(AutomationRun).where(AutomationRun.id == self.run_id)
-        if self.token is not None:
+        if self.token is not None and not answer:
             q = q.where(AutomationRun.job_token == self.token)
+        elif self.token is not None:
+            # A cancel ends the run (token cleared) while answers may still arrive: those the
+            # provider billed are kept and charged. Nothing else works on a cancelled run.
+            q = q.where(or_(AutomationRun.job_token == self.token,
+                            and_(AutomationRun.status == "cancelled", AutomationRun.job_token.is_(None))))
         return db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
 
     def _pause(self, reason, message):
@@ -479,15 +495,20 @@ class RunExecutor:
                 db.session.rollback()
                 raise Stop()
             ended = utcnow()
+            db.session.refresh(self.run)
+            note = outcome_note(self.run, res)  # charged but no article: the run says why
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
-                **end_values(self.run, "completed", ended, completed_at=ended)))
+                **end_values(self.run, "completed", ended, completed_at=ended),
+                **({"error_message": note} if note else {})))
             db.session.commit()
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:
                 from .service import finish_side_effects
                 db.session.refresh(self.run)
                 self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
+                if note:
+                    self.logger.log(note)
                 finish_side_effects(self.run)
                 hooks.emit("run.completed", self.run, "system")
             return "completed"
