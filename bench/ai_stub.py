@@ -43,6 +43,8 @@ class StubState:
         self.accepted = deque()   # monotonic times of accepted requests (rpm window)
         self.ok_times = []        # monotonic times of answered (200) requests
         self.starts = []          # (monotonic time, path) of every request admitted
+        self.busy = 0.0           # integral of requests in flight over time (average = busy / span)
+        self._changed = None
         self.png = _png()
 
     def admit(self, path=""):
@@ -63,15 +65,23 @@ class StubState:
                     self.limited += 1
                     return max(0.01, self.accepted[0] + 60 - now)
                 self.accepted.append(now)
+            self._tick(now)
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.starts.append((now, path))
             return None
 
+    def _tick(self, now):
+        if self._changed is not None:
+            self.busy += self.in_flight * (now - self._changed)
+        self._changed = now
+
     def done(self):
         with self.lock:
+            now = time.monotonic()
+            self._tick(now)
             self.in_flight -= 1
-            self.ok_times.append(time.monotonic())
+            self.ok_times.append(now)
 
 
 def make_handler(state):

@@ -256,3 +256,54 @@ def test_a_run_that_charges_but_makes_no_article_says_why(app, factory, monkeypa
     from webapp.automation.logger import run_log_path
     log = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, run.id).read_text()
     assert "sent no article to review" in log
+
+
+# -- a provider that limits requests in flight is used near its limit, not flooded ----------------
+
+def test_in_flight_limited_provider_is_not_flooded(app, app_env, factory, stub):
+    """4 requests in flight allowed, 429 + Retry-After beyond, the run at ai_concurrency 16:
+    the worker's window learns the limit (few refusals), and each wait is a line in the log."""
+    stub.latency, stub.max_in_flight, stub.retry_after = 0.2, 4, 0.5
+    acc_id, site_id = _site_with_topics(factory, topics=20, per_topic=2, concurrency=16)
+    run_id = AutomationService(acc_id).start(site_id).id
+    w = start_worker(app_env, extra_env=_env(app))
+    try:
+        run = wait_for(lambda: _ended(run_id), timeout=240, message="run ended")
+    finally:
+        stop_process(w)
+    assert run.status == "completed", run.error_message
+    assert stub.peak_in_flight <= 4 and stub.limited >= 1
+    assert stub.limited / stub.requests <= 0.25, (stub.limited, stub.requests)
+    from webapp.automation.logger import run_log_path
+    log = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, run.id).read_text()
+    waits = [ln for ln in log.splitlines() if "provider rate limit: waiting 0.5 s (429)" in ln]
+    assert len(waits) == stub.limited  # one line per wait
+    logs, debits = _books(site_id, [run_id])
+    assert _answers(stub) == logs == debits
+
+
+def test_adaptive_window_shrinks_on_refusal_and_grows_on_answers():
+    import threading
+    from webapp.ai.ratelimit import AdaptiveWindow
+    w, stop = AdaptiveWindow(16), threading.Event()
+    sent = [w.acquire(stop) for _ in range(16)]
+    assert w.in_flight == 16
+    for n in sent[4:]:   # the provider took 4, refused the rest
+        w.release("refused", n)
+    assert w.limit == 4
+    for n in sent[:4]:
+        w.release("ok", n)
+    # Just below the refused level it grows slowly: 4 x 4 answers before trying 5.
+    for _ in range(11):
+        w.release("ok", w.acquire(stop))
+    assert w.limit == 4
+    w.release("ok", w.acquire(stop))
+    assert w.limit == 5
+    w.release("refused", 5)
+    assert w.limit == 4
+    stop.set()
+    w.limit = 0
+    import pytest as _p
+    from webapp.ai.ratelimit import Interrupted
+    with _p.raises(Interrupted):
+        w.acquire(stop)

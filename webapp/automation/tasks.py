@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import logging_setup, metrics
 from ..ai import ItemError, ProviderUnavailable, get_provider
-from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope
+from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope, window_for
 from ..extensions import db
 from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
@@ -172,10 +172,13 @@ class RunExecutor:
             self.provider = get_provider(self.app.config)
             self.pool = concurrency.CallPool(self.concurrency(), name=f"run{self.run_id}-ai")
             self.stop = self.pool.stop
+            scope = limiter_scope(self.app.config)
             self.gate = ProviderGate(
-                SharedLimiter(self.r, self.app.config.get("AI_MAX_RPM"), limiter_scope(self.app.config)),
+                SharedLimiter(self.r, self.app.config.get("AI_MAX_RPM"), scope),
                 self.stop, max_attempts=self.max_attempts,
-                pause_after=self.app.config.get("AI_RATE_LIMIT_PAUSE_AFTER", 600))
+                pause_after=self.app.config.get("AI_RATE_LIMIT_PAUSE_AFTER", 600),
+                window=window_for(scope, MAX_CONCURRENCY) if self.app.config.get("AI_ADAPTIVE_CONCURRENCY", 1) else None,
+                note=self._note)
             beat = Heartbeat(self.app, self.run_id, self.token, self.exec_lock,
                              site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id),
                              interval_for(self.stale_seconds), self._lost)
@@ -207,6 +210,10 @@ class RunExecutor:
                 pass
             if getattr(self, "logger", None) is not None:
                 self.logger.close()
+
+    def _note(self, message):
+        """A wait or retry of an AI call (pool threads): one line in the run's log."""
+        self.logger.log(message, stage=self.run.current_stage)
 
     def concurrency(self):
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
