@@ -44,6 +44,7 @@ class StubState:
         self.ok_times = []        # monotonic times of answered (200) requests
         self.starts = []          # (monotonic time, path) of every request admitted
         self.busy = 0.0           # integral of requests in flight over time (average = busy / span)
+        self.timeline = []        # (wall time, requests in flight) at every change
         self._changed = None
         self.png = _png()
 
@@ -67,6 +68,7 @@ class StubState:
                 self.accepted.append(now)
             self._tick(now)
             self.in_flight += 1
+            self.timeline.append((time.time(), self.in_flight))
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.starts.append((now, path))
             return None
@@ -76,11 +78,27 @@ class StubState:
             self.busy += self.in_flight * (now - self._changed)
         self._changed = now
 
+    def average_in_flight(self, start, end):
+        """Requests in flight on average between two wall times (time.time())."""
+        with self.lock:
+            points = list(self.timeline)
+        total, level, last = 0.0, 0, start
+        for t, n in points:  # n: in flight from t on
+            if t > start:
+                total += level * (min(t, end) - last)
+                last = min(t, end)
+            if t >= end:
+                break
+            level = n
+        total += level * max(0.0, end - last)
+        return total / max(1e-9, end - start)
+
     def done(self):
         with self.lock:
             now = time.monotonic()
             self._tick(now)
             self.in_flight -= 1
+            self.timeline.append((time.time(), self.in_flight))
             self.ok_times.append(now)
 
 

@@ -307,3 +307,84 @@ def test_adaptive_window_shrinks_on_refusal_and_grows_on_answers():
     from webapp.ai.ratelimit import Interrupted
     with _p.raises(Interrupted):
         w.acquire(stop)
+
+
+# -- reject and regenerate ---------------------------------------------------------------------
+
+def test_reject_and_rewrite_comes_back_as_version_2(app, client, factory, auth):
+    from conftest import drain
+    from webapp.models import Task
+    acc, user = factory.account(credits=100_000)
+    token = factory.token(user)
+    site = factory.site(acc)
+    site_id = site.id
+    factory.fast_config(site)
+    import_rows(site, [{"keyword": k} for k in FIRST[:2]])
+    svc = AutomationService(acc.id)
+    svc.start(site_id)
+    drain(app)
+    content = db.session.execute(select(Content).where(Content.site_id == site_id, Content.status == "review")
+                                 .order_by(Content.id)).scalars().first()
+    cid, body1, task_id = content.id, content.body, content.task_id
+    articles = _count(Content, site_id)
+    h = {"Authorization": f"Bearer {token}"}
+    # bad input: named field, nothing changed
+    r = client.post(f"/api/v1/writer/content/{cid}/reject/", json={"note": "x", "regenerate": "yes"}, headers=h)
+    assert r.status_code == 400 and "regenerate" in r.get_json()["errors"]
+    r = client.post(f"/api/v1/writer/content/{cid}/approve/", json={"regenerate": True}, headers=h)
+    assert r.status_code == 400 and "regenerate" in r.get_json()["errors"]
+    assert db.session.get(Task, task_id).status == "completed"
+    before = svc.estimate(site_id)["estimated_credits"]
+    r = client.post(f"/api/v1/writer/content/{cid}/reject/",
+                    json={"note": "Add a section on safety", "regenerate": True}, headers=h)
+    assert r.status_code == 200, r.get_json()
+    out = r.get_json()["data"]["content"]
+    assert out["status"] == "rejected" and out["version"] == 1 and out["previous_versions"] == []
+    db.session.remove()
+    assert db.session.get(Task, task_id).status == "queued"
+    overview = {row["number"]: row["pending"] for row in svc.pipeline_overview(site_id, fresh=True)}
+    assert overview[4] == 1
+    assert svc.estimate(site_id)["estimated_credits"] >= before + 5  # counted as an article
+    run_id = svc.start(site_id).id
+    drain(app)
+    run = fresh_run(run_id)
+    assert run.status == "completed"
+    assert run.stage_4_result["items_processed"] == 1
+    assert db.session.execute(select(func.count()).select_from(AITaskLog).where(
+        AITaskLog.run_id == run_id, AITaskLog.function == "generate_content")).scalar() == 1
+    c = db.session.get(Content, cid)
+    assert c.status == "review" and c.version == 2 and c.body != body1 and "Add a section on safety" in c.body
+    assert c.previous_versions[0]["version"] == 1 and c.previous_versions[0]["body"] == body1
+    assert c.previous_versions[0]["review_note"] == "Add a section on safety"
+    assert _count(Content, site_id) == articles  # rewritten in place, no second article
+    r = client.get(f"/api/v1/writer/content/{cid}/", headers=h)
+    if r.status_code == 200:
+        d = r.get_json()
+        d = d["data"].get("content", d["data"])
+        assert d["version"] == 2 and d["previous_versions"][0]["review_note"] == "Add a section on safety"
+
+
+def test_review_page_reject_and_rewrite_button(app, client, factory, auth):
+    from conftest import csrf_from, drain
+    from webapp.models import Task
+    acc, user = factory.account(credits=100_000)
+    site = factory.site(acc)
+    site_id = site.id
+    factory.fast_config(site)
+    import_rows(site, [{"keyword": k} for k in FIRST[:2]])
+    AutomationService(acc.id).start(site_id)
+    drain(app)
+    auth.login()
+    page = client.get(f"/sites/{site_id}/review").get_data(as_text=True)
+    assert "Reject and rewrite" in page and ">Reject<" in page
+    cid = db.session.execute(select(Content.id).where(Content.site_id == site_id)).scalars().first()
+    r = client.post(f"/sites/{site_id}/review", data={"csrf_token": csrf_from(page), "act": f"rewrite:{cid}",
+                                                      f"note_{cid}": ""})
+    assert r.status_code == 400 and "required to reject" in r.get_data(as_text=True)
+    r = client.post(f"/sites/{site_id}/review", data={"csrf_token": csrf_from(page), "act": f"rewrite:{cid}",
+                                                      f"note_{cid}": "Shorter intro"})
+    assert r.status_code == 302
+    db.session.remove()
+    c = db.session.get(Content, cid)
+    assert c.status == "rejected" and c.review_note == "Shorter intro"
+    assert db.session.get(Task, c.task_id).status == "queued"

@@ -145,7 +145,9 @@ class AdaptiveWindow:
 
     A call refused while n calls were in flight (itself included) says the provider takes
     fewer than n: the window drops to n - 1 at once (every call refused in the same burst
-    says the same, so a burst never collapses it further). Answers make it grow again by one
+    says the same, so a burst never collapses it further; a refusal at a level the provider
+    has been answering is forgiven once per window of answers, as its count lagging a call
+    that just ended). Answers make it grow again by one
     per `window` answers (about one per round trip), four times slower just below the level
     that was last refused: a provider with an unknown limit is used up to that limit with few
     refusals, and a limit that went up is found again."""
@@ -157,6 +159,8 @@ class AdaptiveWindow:
         self.limit = self.ceiling
         self.in_flight = 0
         self.refused_at = None  # the window the provider last refused
+        self.confirmed = 0  # the most calls in flight the provider answered since the last decrease
+        self._since_forgiven = 0
         self._answers = 0
         self._cond = threading.Condition()
         self.answered = self.refused = 0
@@ -179,12 +183,21 @@ class AdaptiveWindow:
             self.in_flight -= 1
             if outcome == "refused":
                 self.refused += 1
-                new = max(1, min(self.limit, sent_with - 1))
-                if new < self.limit:
-                    self.limit, self._answers = new, 0
-                self.refused_at = self.limit + 1  # the level the provider refused
+                if sent_with <= self.confirmed and self._since_forgiven >= self.limit:
+                    # The provider has been answering this many in flight: most likely it had
+                    # not yet counted off a call that just ended. Forgiven, once per window of
+                    # answers; refusals more often than that count.
+                    self._since_forgiven = 0
+                else:
+                    new = max(1, min(self.limit, sent_with - 1))
+                    if new < self.limit:
+                        self.limit, self._answers = new, 0
+                    self.confirmed = min(self.confirmed, self.limit)
+                    self.refused_at = self.limit + 1  # the level the provider refused
             elif outcome == "ok":
                 self.answered += 1
+                self.confirmed = max(self.confirmed, sent_with)
+                self._since_forgiven += 1
                 self._answers += 1
                 near = self.refused_at is not None and self.limit + 1 >= self.refused_at
                 if self.limit < self.ceiling and self._answers >= self.limit * (self.SLOW_NEAR_REFUSAL if near else 1):

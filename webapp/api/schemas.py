@@ -399,6 +399,17 @@ class ImageOut(Model):
     url: Optional[str]
 
 
+class PreviousVersion(Model):
+    """An earlier version of a rewritten article, with the review that sent it back."""
+    version: int
+    title: str
+    body: str
+    word_count: int
+    review_note: Optional[str]
+    reviewed_by: Optional[str]
+    reviewed_at: Timestamp
+
+
 class ContentOut(Model):
     id: int
     task_id: int
@@ -409,6 +420,8 @@ class ContentOut(Model):
     review_note: Optional[str]
     reviewed_by: Optional[str]
     reviewed_at: Timestamp
+    version: int = Field(description="1, then 2, 3, … after each reject and rewrite")
+    previous_versions: list[PreviousVersion] = Field(description="the earlier versions with their review, oldest first")
 
 
 class ContentFull(ContentOut):
@@ -446,6 +459,8 @@ class ApproveBody(BaseModel):
 class RejectBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: Note = Field(description="required: say what to change (not blank)")
+    regenerate: bool = Field(False, description="true: the next run rewrites the article with the note "
+                                                "(charged as an article); it returns to review as its next version")
 
 
 class BulkReviewBody(BaseModel):
@@ -453,6 +468,7 @@ class BulkReviewBody(BaseModel):
     ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK)]
     action: Literal["approve", "reject"]
     note: Note = Field(None, description="required to reject")
+    regenerate: bool = Field(False, description="with reject: the next run rewrites the articles with the note")
 
 
 class ContentReviewed(Model):
