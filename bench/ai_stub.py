@@ -78,6 +78,21 @@ class StubState:
             self.busy += self.in_flight * (now - self._changed)
         self._changed = now
 
+    def time_at_levels(self, start, end):
+        """{requests in flight: seconds at that level} between two wall times."""
+        with self.lock:
+            points = list(self.timeline)
+        out, level, last = {}, 0, start
+        for t, n in points:
+            if t > start:
+                out[level] = out.get(level, 0.0) + (min(t, end) - last)
+                last = min(t, end)
+            if t >= end:
+                break
+            level = n
+        out[level] = out.get(level, 0.0) + max(0.0, end - last)
+        return {k: round(v, 2) for k, v in sorted(out.items())}
+
     def average_in_flight(self, start, end):
         """Requests in flight on average between two wall times (time.time())."""
         with self.lock:

@@ -221,6 +221,7 @@ def in_flight_limited(env, app, n_keywords, limit, latency, retry_after, concurr
             "refused_share": round(state.limited / max(1, state.requests), 3),
             "avg_in_flight": round(state.busy / span, 2), "share_of_limit_used": round(state.busy / span / limit, 3),
             "stage_6_avg_in_flight": round(stage6, 2), "stage_6_share_of_limit": round(stage6 / limit, 3),
+            "stage_6_seconds_at_in_flight": state.time_at_levels(t0, t1),
             "log_wait_lines": waits}
 
 

@@ -388,3 +388,76 @@ def test_review_page_reject_and_rewrite_button(app, client, factory, auth):
     c = db.session.get(Content, cid)
     assert c.status == "rejected" and c.review_note == "Shorter intro"
     assert db.session.get(Task, c.task_id).status == "queued"
+
+
+# -- runs that do only what is needed ----------------------------------------------------------
+
+def test_empty_stages_take_no_between_stage_delay(app, client, factory):
+    """A rewrite run has work at stages 4 and 7 only: no delay at any of the empty stages
+    (the log says each delay taken; there is none), nor after the last stage with work."""
+    from conftest import drain
+    from webapp.automation.logger import run_log_path
+    from webapp.writer.review import ReviewService
+    acc, user = factory.account(credits=100_000)
+    acc_id, email = acc.id, user.email
+    site = factory.site(acc)
+    site_id = site.id
+    factory.fast_config(site, between_stage_delay=1)
+    import_rows(site, [{"keyword": k} for k in FIRST[:2]])
+    svc = AutomationService(acc_id)
+    first = svc.start(site_id).id
+    drain(app)
+    cid = db.session.execute(select(Content.id).where(Content.site_id == site_id)).scalars().first()
+    ReviewService(acc_id, email).decide(cid, "reject", "more depth", regenerate=True)
+    factory.fast_config(db.session.get(type(site), site_id), between_stage_delay=30)
+    run_id = svc.start(site_id).id
+    drain(app)
+    run = fresh_run(run_id)
+    assert run.status == "completed"
+    assert [run.stage_result(n)["status"] for n in range(1, 8)] == \
+        ["skipped", "skipped", "skipped", "completed", "skipped", "skipped", "completed"]
+    log = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, run.id).read_text()
+    assert "Between-stage delay" not in log
+    # The first run had work at every stage: it waited between each two (and logged it).
+    log1 = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, first).read_text()
+    assert log1.count("Between-stage delay: 1 s") == 6
+
+
+def test_retry_count_shows_what_is_still_failed(app, client, factory, auth, monkeypatch):
+    from conftest import drain
+    from webapp.ai.base import ItemError
+    from webapp.ai.local import LocalProvider
+    from webapp.models import RunItemFailure
+    original = LocalProvider.generate_content
+    monkeypatch.setattr(LocalProvider, "generate_content", lambda *a, **k: (_ for _ in ()).throw(ItemError("no")))
+    app.config["ITEM_MAX_ATTEMPTS"] = 1
+    acc, user = factory.account(credits=100_000)
+    site = factory.site(acc)
+    site_id = site.id
+    factory.fast_config(site)
+    import_rows(site, [{"keyword": k} for k in FIRST])
+    svc = AutomationService(acc.id)
+    run_id = svc.start(site_id).id
+    drain(app)
+    failed = db.session.execute(select(func.count()).select_from(RunItemFailure).where(
+        RunItemFailure.run_id == run_id)).scalar()
+    assert failed >= 2
+    source = fresh_run(run_id)
+    assert svc.still_failed_count(source) == failed
+    # Fix one task by hand-off: a retry in which only the first item succeeds.
+    calls = []
+
+    def once(self, *a, **k):
+        calls.append(1)
+        if len(calls) == 1:
+            return original(self, *a, **k)
+        raise ItemError("still no")
+    monkeypatch.setattr(LocalProvider, "generate_content", once)
+    retry = svc.retry_failed(run_id).id
+    drain(app)
+    assert fresh_run(retry).status == "completed"
+    source = fresh_run(run_id)
+    assert svc.still_failed_count(source) == failed - 1
+    auth.login()
+    page = client.get(f"/runs/{run_id}").get_data(as_text=True)
+    assert f"Retry {failed - 1} failed item" in page and "1 of them processed since" in page

@@ -306,6 +306,8 @@ class AutomationService:
                              "retry once it has finished.")
         if not self.failure_count(source):
             raise BadRequest(f"Run {source.id} has no failed items to retry.")
+        if not self.still_failed_count(source):
+            raise BadRequest(f"Nothing to retry: the failed items of run {source.id} have been processed since.")
         return self.start(source.site_id, trigger_type="retry", scope=RetryScope(source.id),
                           reason=reason or f"retry the failed items of run {source.id}")
 
@@ -313,6 +315,20 @@ class AutomationService:
     def failure_count(self, run):
         return db.session.execute(select(func.count(RunItemFailure.id)).where(
             RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id)).scalar()
+
+    def still_failed_count(self, run):
+        """The run's failed items that are still pending at the stage where they failed: what a
+        retry would take (a retry run that fixed some leaves only the others)."""
+        total = 0
+        stages = db.session.execute(select(RunItemFailure.stage).where(
+            RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id).distinct()).scalars().all()
+        for n in stages:
+            stage = STAGES[n]
+            pending = stage.pending(run.site_id).with_only_columns(stage.model.id)
+            total += db.session.execute(select(func.count(RunItemFailure.id)).where(
+                RunItemFailure.run_id == run.id, RunItemFailure.stage == n,
+                RunItemFailure.item_id.in_(pending))).scalar()
+        return total
 
     def failed_items(self, run, page=1, per_page=FAILED_PER_PAGE):
         """One page of the run's failed items: stage, item id, label, reason, attempts, time."""

@@ -527,7 +527,12 @@ class RunExecutor:
                         f"{res['items_created']} created, {res['items_failed']} failed, "
                         f"{res['credits_used']} credits", stage=n)
         publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
-        if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
-            return "stopped"
+        # The delay spaces out work: none after a stage that had nothing to do, nor before one
+        # that has nothing (a retry run steps through several empty stages).
+        delay = self.cfg.between_stage_delay
+        if delay and res["status"] != "skipped" and scope_for(self.run).count(STAGES[n + 1], self.run.site_id):
+            self.logger.log(f"Between-stage delay: {delay} s before stage {n + 1}", stage=n)
+            if not self.sleep(delay):
+                return "stopped"
         self.queue_next_on_exit()
         return "stage done"

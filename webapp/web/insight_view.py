@@ -38,6 +38,8 @@ def insight_view(svc, run, events=None, now=None):
         "eta_at": None, "durations": {}, "stage_since": {},
         "failed_count": svc.failure_count(run),
     }
+    # What a retry would take now: a retry run that fixed some leaves only the others.
+    view["retry_count"] = svc.still_failed_count(run) if view["failed_count"] and not run.is_active else 0
     if running and ins["eta_seconds"] is not None:
         # The expected end, on a ETA_GRAIN-second grid: the same until the estimate moves.
         end = (now + timedelta(seconds=ins["eta_seconds"]) - EPOCH).total_seconds()
@@ -48,7 +50,7 @@ def insight_view(svc, run, events=None, now=None):
             view["stage_since"][n] = iso(start + timedelta(seconds=insights.paused_within(closed_pauses, start, now)))
         else:
             view["durations"][n] = r.get("duration_seconds")
-    view["can_retry"] = bool(view["failed_count"]) and not run.is_active and svc.active_run(run.site_id) is None
+    view["can_retry"] = bool(view["retry_count"]) and not run.is_active and svc.active_run(run.site_id) is None
     return view, ins
 
 
