@@ -461,3 +461,69 @@ def test_retry_count_shows_what_is_still_failed(app, client, factory, auth, monk
     auth.login()
     page = client.get(f"/runs/{run_id}").get_data(as_text=True)
     assert f"Retry {failed - 1} failed item" in page and "1 of them processed since" in page
+
+
+def test_eta_known_from_the_first_second_and_across_stage_boundaries():
+    from types import SimpleNamespace
+    from webapp.automation import insights
+    run = SimpleNamespace(status="running", current_stage=1)
+    projected = {1: 10, 2: 2, 3: 5, 4: 5, 5: 5, 6: 15, 7: 5}
+    # First second: nothing done yet, the site's earlier runs know the stages' pace.
+    first = {1: {"items_total": 10, "items_processed": 0, "items_failed": 0, "duration_seconds": 0.5}}
+    history = {1: 1.0, 2: 2.0, 4: 3.0}
+    eta = insights.eta_seconds(run, first, projected, history, None)
+    assert eta is not None and eta >= 10 * 1.0 + 2 * 2.0 + 5 * 3.0
+    # A stage never seen before (stage 3 here, no history for it): still an ETA, from the pace so far.
+    run.current_stage = 3
+    results = {1: {"items_total": 10, "items_processed": 10, "items_failed": 0, "duration_seconds": 10.0},
+               2: {"items_total": 2, "items_processed": 2, "items_failed": 0, "duration_seconds": 4.0},
+               3: {"items_total": 5, "items_processed": 0, "items_failed": 0, "duration_seconds": 0.1}}
+    assert insights.eta_seconds(run, results, projected, {}, None) is not None
+    # Nothing known at all: unknown.
+    assert insights.eta_seconds(SimpleNamespace(status="running", current_stage=1), first, projected, {}, None) is None
+
+
+def test_a_clean_stop_is_an_interruption_not_working_time(app, app_env, factory):
+    """SIGTERM the worker mid-run, keep the app stopped a while, start a worker again: the run
+    records a clean stop (not "worker lost"), and its working time leaves out the gap."""
+    import os
+    import signal
+    from webapp.automation.logger import run_log_path
+    from webapp.models import RunEvent
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=30)
+    site_id = site.id
+    factory.fast_config(site, stage_4_batch_size=2, ai_concurrency=2)
+    svc = AutomationService(acc.id)
+    run_id = svc.start(site_id).id
+    env = {"AI_LOCAL_LATENCY_MS": "150"}
+    w = start_worker(app_env, extra_env=env)
+    try:
+        wait_for(lambda: _logs(site_id, "generate_content") >= 2, timeout=120, interval=0.05, message="stage 4")
+        os.killpg(w.pid, signal.SIGTERM)
+        w.wait(30)
+    finally:
+        stop_process(w)
+    run = fresh_run(run_id)
+    assert run.status == "running"
+    actions = db.session.execute(select(RunEvent.action).where(RunEvent.run_id == run_id)
+                                 .order_by(RunEvent.id)).scalars().all()
+    assert actions[-1] == "interrupt"
+    time.sleep(3)  # the app stays stopped
+    gap = svc.run_dict(fresh_run(run_id))
+    assert gap["interrupted_seconds"] >= 2.5
+    w = start_worker(app_env, extra_env=env)
+    try:
+        run = wait_for(lambda: _ended(run_id), timeout=180, message="run ended")
+    finally:
+        stop_process(w)
+    assert run.status == "completed"
+    d = svc.run_dict(run)
+    wall = (run.ended_at - run.started_at).total_seconds()
+    assert d["interrupted_seconds"] >= 2.5
+    assert abs(d["active_seconds"] + d["paused_seconds"] + d["interrupted_seconds"] - wall) < 0.5
+    log = run_log_path(app.config["LOG_DIR"], run.account_id, run.site_id, run.id).read_text()
+    assert "Worker stopped (SIGTERM)" in log and "Worker lost" not in log
+    actions = db.session.execute(select(RunEvent.action).where(RunEvent.run_id == run_id)
+                                 .order_by(RunEvent.id)).scalars().all()
+    assert "interrupt" in actions and ("continue" in actions or "recover" in actions)

@@ -189,8 +189,9 @@ class RunSummary(Model):
     completed_at: Timestamp
     ended_at: Timestamp = Field(description="when the run completed, failed or was cancelled; null while active")
     total_credits_used: int
-    active_seconds: float = Field(description="running time, pauses excluded")
+    active_seconds: float = Field(description="running time, pauses and interruptions excluded")
     paused_seconds: float
+    interrupted_seconds: float = Field(0, description="time no worker held the running run (a stopped app, a lost worker)")
 
 
 class Run(RunSummary):

@@ -353,7 +353,8 @@ class AutomationService:
         events = self.events(run) if events is None else events
         intervals = insights.pause_intervals(run, events, now)
         results = insights.stage_results(run, intervals, now)
-        out = insights.run_times(run, intervals, now)
+        out = insights.run_times(run, intervals, now, events)
+        out["interrupts"] = insights.interrupt_intervals(run, events, now)
         out["eta_seconds"] = None
         if run.status == "running":
             projected, rates, cfg = self._eta_inputs(run)
@@ -393,6 +394,7 @@ class AutomationService:
         for n, r in ins["results"].items():
             d[f"stage_{n}_result"] = r
         d.update(active_seconds=ins["active_seconds"], paused_seconds=ins["paused_seconds"],
+                 interrupted_seconds=ins["interrupted_seconds"],
                  eta_seconds=ins["eta_seconds"], retry_of_run_id=run.retry_of_run_id)
         return d
 
@@ -407,7 +409,8 @@ class AutomationService:
         out = []
         for run in runs:
             d = run.summary()
-            d.update(insights.run_times(run, insights.pause_intervals(run, by_run.get(run.id, []), now), now))
+            events = by_run.get(run.id, [])
+            d.update(insights.run_times(run, insights.pause_intervals(run, events, now), now, events))
             out.append(d)
         return out
 

@@ -22,7 +22,7 @@ from .. import logging_setup, metrics
 from ..ai import ItemError, ProviderUnavailable, get_provider
 from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope, window_for
 from ..extensions import db
-from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
+from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, hooks, jobs
@@ -167,6 +167,7 @@ class RunExecutor:
             self.run = db.session.get(AutomationRun, self.run_id)
             logging_setup.bind(run_id=self.run_id, site_id=self.run.site_id)
             self.logger = run_logger(self.run)
+            self._continue_after_interrupt()
             self.cfg = db.session.execute(select(AutomationConfig).where(
                 AutomationConfig.site_id == self.run.site_id)).scalar_one()
             self.provider = get_provider(self.app.config)
@@ -336,6 +337,7 @@ class RunExecutor:
         publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
                                                   self.res["items_processed"], [], up_next, self._remaining))
         if _shutdown_requested and self._status_running():
+            self._interrupted()
             self.queue_next_on_exit()  # hand the rest back to another worker
             return "handed back"
         if outcome == "stopped" or not self.ok_to_continue():
@@ -347,6 +349,24 @@ class RunExecutor:
         return "batch done"
 
     _paused_here = False
+
+    def _interrupted(self):
+        """A clean stop (SIGTERM): recorded as such, and until a worker takes the run again it
+        is not working time (insights.interrupt_intervals)."""
+        system_event(self.run, "interrupt", "worker stopped (SIGTERM); the run continues on the next worker")
+        db.session.commit()
+        self.logger.log("Worker stopped (SIGTERM): the items in flight were finished, the rest waits for the next worker")
+
+    def _continue_after_interrupt(self):
+        """The first job after a clean stop closes the interruption (one indexed read per job)."""
+        last = db.session.execute(select(RunEvent.action).where(RunEvent.run_id == self.run_id)
+                                  .order_by(RunEvent.id.desc()).limit(1)).scalar()
+        if last == "interrupt":
+            system_event(self.run, "continue", "a worker took the run again")
+            db.session.commit()
+            self.logger.log("Run continued by a worker after a clean stop")
+        else:
+            db.session.commit()
 
     def _status_running(self):
         row = self._status()

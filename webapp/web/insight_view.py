@@ -28,11 +28,15 @@ def insight_view(svc, run, events=None, now=None):
     ins = svc.run_insights(run, events, now)
     running, paused = run.status == "running", run.status == "paused"
     closed_pauses = [(a, b) for a, b in ins["intervals"] if not (paused and b == now)]
+    # Interruptions that ended are not working time either (one going on now: the counter runs on).
+    gone = insights.interrupted_within([(a, b) for a, b in ins["interrupts"] if b != now], closed_pauses,
+                                       run.started_at, now)
     view = {
         "running": running,
         "active_seconds": None if running else ins["active_seconds"],
         "active_since": iso(run.started_at + timedelta(seconds=insights.paused_within(
-            closed_pauses, run.started_at, now))) if running else None,
+            closed_pauses, run.started_at, now) + gone)) if running else None,
+        "interrupted_seconds": ins["interrupted_seconds"],
         "paused_seconds": None if paused else ins["paused_seconds"],
         "paused_since": iso(run.paused_at) if paused else None,
         "eta_at": None, "durations": {}, "stage_since": {},
