@@ -214,7 +214,7 @@ class RunExecutor:
 
     def _note(self, message):
         """A wait or retry of an AI call (pool threads): one line in the run's log."""
-        self.logger.log(message, stage=self.run.current_stage)
+        self.logger.log(message, stage=self._stage_n)
 
     def concurrency(self):
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
@@ -268,6 +268,7 @@ class RunExecutor:
 
     def _step(self):
         run, n = self.run, self.run.current_stage
+        self._stage_n = n  # a plain int for the call threads' log lines (no ORM access there)
         stage = STAGES[n]
         res = self.res = dict(run.stage_result(n) or {})
         scope = scope_for(run)
@@ -349,6 +350,7 @@ class RunExecutor:
         return "batch done"
 
     _paused_here = False
+    _stage_n = None
 
     def _interrupted(self):
         """A clean stop (SIGTERM): recorded as such, and until a worker takes the run again it
