@@ -35,12 +35,17 @@ class StubState:
         self.latency, self.max_in_flight, self.rpm = latency, max_in_flight, rpm
         self.refuse_first, self.retry_after, self.always_429 = refuse_first, retry_after, always_429
         self.send_retry_after = send_retry_after
+        self.fail_5xx = None      # callable(path, body) -> True: answer 500 (a provider outage for that call)
+        self.failed_5xx = 0
         self.lock = threading.Lock()
         self.in_flight = self.peak_in_flight = 0
         self.requests = self.limited = 0
         self.accepted = deque()   # monotonic times of accepted requests (rpm window)
         self.ok_times = []        # monotonic times of answered (200) requests
         self.starts = []          # (monotonic time, path) of every request admitted
+        self.busy = 0.0           # integral of requests in flight over time (average = busy / span)
+        self.timeline = []        # (wall time, requests in flight) at every change
+        self._changed = None
         self.png = _png()
 
     def admit(self, path=""):
@@ -61,15 +66,55 @@ class StubState:
                     self.limited += 1
                     return max(0.01, self.accepted[0] + 60 - now)
                 self.accepted.append(now)
+            self._tick(now)
             self.in_flight += 1
+            self.timeline.append((time.time(), self.in_flight))
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             self.starts.append((now, path))
             return None
 
+    def _tick(self, now):
+        if self._changed is not None:
+            self.busy += self.in_flight * (now - self._changed)
+        self._changed = now
+
+    def time_at_levels(self, start, end):
+        """{requests in flight: seconds at that level} between two wall times."""
+        with self.lock:
+            points = list(self.timeline)
+        out, level, last = {}, 0, start
+        for t, n in points:
+            if t > start:
+                out[level] = out.get(level, 0.0) + (min(t, end) - last)
+                last = min(t, end)
+            if t >= end:
+                break
+            level = n
+        out[level] = out.get(level, 0.0) + max(0.0, end - last)
+        return {k: round(v, 2) for k, v in sorted(out.items())}
+
+    def average_in_flight(self, start, end):
+        """Requests in flight on average between two wall times (time.time())."""
+        with self.lock:
+            points = list(self.timeline)
+        total, level, last = 0.0, 0, start
+        for t, n in points:  # n: in flight from t on
+            if t > start:
+                total += level * (min(t, end) - last)
+                last = min(t, end)
+            if t >= end:
+                break
+            level = n
+        total += level * max(0.0, end - last)
+        return total / max(1e-9, end - start)
+
     def done(self):
         with self.lock:
+            now = time.monotonic()
+            self._tick(now)
             self.in_flight -= 1
-            self.ok_times.append(time.monotonic())
+            self.timeline.append((time.time(), self.in_flight))
+            self.ok_times.append(now)
 
 
 def make_handler(state):
@@ -84,6 +129,10 @@ def make_handler(state):
 
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+            if state.fail_5xx is not None and state.fail_5xx(self.path, body):
+                with state.lock:
+                    state.failed_5xx += 1
+                return self._json({"error": {"message": "upstream failure", "type": "server_error"}}, 500)
             wait = state.admit(self.path)
             if wait is not None:
                 headers = {}

@@ -12,6 +12,10 @@ peak RSS, CPU ms per item, and (at concurrency 1) the orchestration overhead per
 beyond; two workers run two sites at concurrency 16, (a) with AI_MAX_RPM = rpm (paced in
 Redis, shared by both workers), (b) without it (429 + Retry-After only). Reported: achieved
 requests/min as a share of the limit, 429s, paused runs, failed items.
+(3) In-flight limit (first; `--inflight-only` runs just this): the stub takes 4 requests in
+flight and answers 429 + Retry-After: 1 beyond; one worker at concurrency 16, without and
+with the adaptive window (AI_ADAPTIVE_CONCURRENCY=0/1). Reported: share of requests refused,
+requests in flight on average vs the limit, "provider rate limit: waiting" lines in the log.
 """
 import argparse
 import json
@@ -170,6 +174,57 @@ def rate_limited(env, app, n_keywords, rpm, latency, with_max_rpm):
             "achieved_rpm_overall": round(overall, 1), "share_of_limit_overall": round(overall / rpm, 3)}
 
 
+def in_flight_limited(env, app, n_keywords, limit, latency, retry_after, concurrency, adaptive):
+    """One worker, one site at `concurrency` against a stub that takes `limit` requests in
+    flight and answers 429 + Retry-After beyond: the share of requests refused, and the
+    requests in flight on average (while the run's AI calls went on) against the limit."""
+    from webapp.automation.service import AutomationService
+    from webapp.extensions import db
+    state = StubState(latency=latency, max_in_flight=limit, retry_after=retry_after)
+    server, url = serve(state)
+    saved = dict(env.vars)
+    env.vars.update({"AI_PROVIDER": "openai", "OPENAI_BASE_URL": url, "OPENAI_API_KEY": "bench",
+                     "AI_ADAPTIVE_CONCURRENCY": "1" if adaptive else "0"})
+    acc, site = make_site(app, f"inflight-{int(adaptive)}-{int(time.time())}", n_keywords, ai_concurrency=concurrency)
+    worker = env.spawn(sys.executable, "worker.py", log_name=f"worker-inflight-{int(adaptive)}.log")
+    try:
+        env.wait_workers(1)
+        with app.app_context():
+            run_id = AutomationService(acc).start(site).id
+            db.session.remove()
+        wall, _ = _run_until_done(app, [run_id], [worker], timeout=3600)
+    finally:
+        _stop([worker])
+        server.shutdown()
+        env.vars.clear()
+        env.vars.update(saved)
+    facts = _run_facts(app, [run_id])
+    # Stage 6 (192 images for 120 keywords) always has more calls to make than the limit:
+    # the share of the limit used there is the window's, not the pipeline's gaps.
+    from datetime import datetime
+    from webapp.models import AutomationRun
+    with app.app_context():
+        r6 = db.session.get(AutomationRun, run_id).stage_6_result
+        db.session.remove()
+    t0, t1 = (datetime.fromisoformat(r6[k].replace("Z", "+00:00")).timestamp() for k in ("started_at", "finished_at"))
+    stage6 = state.average_in_flight(t0, t1)
+    answered = len(state.ok_times)
+    span = max(state.ok_times) - min(t for t, _ in state.starts)
+    waits = 0
+    log = env.work / "logs"
+    for f in log.rglob("automation_run.log"):
+        if f"/{run_id}/" in str(f):
+            waits = sum(1 for ln in f.read_text().splitlines() if "provider rate limit: waiting" in ln)
+    return {"mode": "adaptive window (AIMD)" if adaptive else "no window (429 + Retry-After only)",
+            "limit_in_flight": limit, "retry_after_s": retry_after, "concurrency": concurrency,
+            "wall_s": round(wall, 1), **facts, "answered": answered, "refused_429": state.limited,
+            "refused_share": round(state.limited / max(1, state.requests), 3),
+            "avg_in_flight": round(state.busy / span, 2), "share_of_limit_used": round(state.busy / span / limit, 3),
+            "stage_6_avg_in_flight": round(stage6, 2), "stage_6_share_of_limit": round(stage6 / limit, 3),
+            "stage_6_seconds_at_in_flight": state.time_at_levels(t0, t1),
+            "log_wait_lines": waits}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--keywords", type=int, default=300)
@@ -180,6 +235,12 @@ def main():
     p.add_argument("--skip-rate", action="store_true")
     p.add_argument("--rate-modes", nargs="*", default=["paced", "retry"], choices=["paced", "retry"])
     p.add_argument("--database-url", default=DEFAULT_DB)
+    p.add_argument("--inflight-limit", type=int, default=4, help="the in-flight-limited stub's limit")
+    p.add_argument("--inflight-keywords", type=int, default=120)
+    p.add_argument("--inflight-latency-ms", type=int, default=300)
+    p.add_argument("--skip-inflight", action="store_true")
+    p.add_argument("--inflight-modes", nargs="*", default=["fixed", "adaptive"], choices=["fixed", "adaptive"])
+    p.add_argument("--inflight-only", action="store_true")
     args = p.parse_args()
     latency = args.latency_ms / 1000
     fresh_database(args.database_url)
@@ -188,8 +249,16 @@ def main():
     env = Env(args.database_url, AI_PROVIDER="openai", OPENAI_BASE_URL=url, OPENAI_API_KEY="bench",
               AI_ARTICLE_WORDS=600)
     app = env.app()
-    out = {"keywords": args.keywords, "latency_ms": args.latency_ms, "runs": [], "rate": []}
+    out = {"keywords": args.keywords, "latency_ms": args.latency_ms, "runs": [], "rate": [], "inflight": []}
     try:
+        if not args.skip_inflight:
+            for adaptive in [m == "adaptive" for m in args.inflight_modes]:
+                res = in_flight_limited(env, app, args.inflight_keywords, args.inflight_limit,
+                                        args.inflight_latency_ms / 1000, 1.0, 16, adaptive)
+                out["inflight"].append(res)
+                print(json.dumps(res), flush=True)
+        if args.inflight_only:
+            return out
         for c in args.concurrency:
             res = one_concurrency(env, app, url, state, args.keywords, latency, c)
             out["runs"].append(res)

@@ -203,6 +203,7 @@ def load_config(instance_path, env=None):
         # long a provider may keep answering 429 before the run pauses.
         "AI_MAX_RPM": _int(env, "AI_MAX_RPM", None),
         "AI_RATE_LIMIT_PAUSE_AFTER": _int(env, "AI_RATE_LIMIT_PAUSE_AFTER", 600),
+        "AI_ADAPTIVE_CONCURRENCY": _int(env, "AI_ADAPTIVE_CONCURRENCY", 1),
         # A running job heartbeats every min(5, STALE_RUN_SECONDS / 4) s on its own thread;
         # a run without one for STALE_RUN_SECONDS is continued by the stale check, which runs
         # every STALE_CHECK_INTERVAL s: a killed worker's run goes on within ~35 s by default.

@@ -35,12 +35,14 @@ class Provider:
         -> data: list of {"name", "terms", "keywords": [str]} covering every keyword once."""
         raise NotImplementedError
 
-    def generate_ideas(self, cluster_name, keywords):
-        """-> data: list of {"title", "outline", "keywords": [str]}"""
+    def generate_ideas(self, cluster_name, keywords, existing=()):
+        """existing: titles of the cluster's ideas so far (not to be repeated)
+        -> data: list of {"title", "outline", "keywords": [str]}"""
         raise NotImplementedError
 
-    def generate_content(self, title, outline, keywords, words):
-        """-> data: {"body": str (markdown), "word_count": int}"""
+    def generate_content(self, title, outline, keywords, words, note=None):
+        """note: a reviewer's note on the earlier version when rewriting it
+        -> data: {"body": str (markdown), "word_count": int}"""
         raise NotImplementedError
 
     def generate_image_prompts(self, title, body):

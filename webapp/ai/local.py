@@ -123,15 +123,23 @@ class LocalProvider(Provider):
         return AIResult(clusters, tokens=count_tokens(*keywords) * 2, model=MODEL)
 
     # -- stage 2 ---------------------------------------------------------------
-    def generate_ideas(self, cluster_name, keywords):
+    def generate_ideas(self, cluster_name, keywords, existing=()):
         self._wait()
         n = max(1, min(IDEAS_MAX, math.ceil(len(keywords) / 2)))
+        taken, base = set(existing), len(existing)
         ideas = []
         for i in range(n):
             targets = keywords[i * 2:i * 2 + 2] or keywords[:1]
             k = _topic(targets[0])
             r = _rng(cluster_name, targets[0], i)
-            title = _TITLES[i % len(_TITLES)].format(k=k, K=_cap(k), n=r.randint(5, 9))
+            # After the cluster's existing ideas: another title template, never an existing title.
+            for j in range(len(_TITLES) + 1):
+                title = _TITLES[(i + base + j) % len(_TITLES)].format(k=k, K=_cap(k), n=r.randint(5, 9))
+                if j == len(_TITLES):
+                    title = f"{title} ({len(taken) + 1})"
+                if title[:255] not in taken:
+                    break
+            taken.add(title[:255])
             sections = r.sample(_SECTIONS, 4)
             outline = "\n".join(f"## {_cap(s.format(k=targets[j % len(targets)]))}" for j, s in enumerate(sections))
             ideas.append({"title": title[:255], "outline": outline, "keywords": targets})
@@ -139,9 +147,9 @@ class LocalProvider(Provider):
         return AIResult(ideas, tokens=count_tokens(cluster_name, *keywords, out_text), model=MODEL)
 
     # -- stage 4 ---------------------------------------------------------------
-    def generate_content(self, title, outline, keywords, words):
+    def generate_content(self, title, outline, keywords, words, note=None):
         self._wait()
-        r = _rng(title, outline)
+        r = _rng(title, outline, note or "")
         headings = [ln[3:] for ln in outline.splitlines() if ln.startswith("## ")] or ["Overview"]
         kws = keywords or [title]
         per_section = max(1, words // len(headings))
@@ -155,6 +163,8 @@ class LocalProvider(Provider):
                 parts += [para, ""]
                 written += len(para.split())
             total += written
+        if note:  # a rewrite says what it changed after the reviewer's note
+            parts += ["## Revised after review", "", f"This version addresses the review: {note.strip()}", ""]
         body = "\n".join(parts).strip() + "\n"
         return AIResult({"body": body, "word_count": len(body.split())},
                         tokens=count_tokens(title, outline, body), model=MODEL)

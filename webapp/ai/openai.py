@@ -77,11 +77,15 @@ class OpenAIProvider(Provider):
             out.append({"name": "Other: " + missing[0][:200], "terms": "", "keywords": missing})
         return AIResult(out, tokens=tokens, model=model)
 
-    def generate_ideas(self, cluster_name, keywords):
+    def generate_ideas(self, cluster_name, keywords, existing=()):
+        payload = {"cluster": cluster_name, "keywords": keywords}
+        if existing:
+            payload["existing_ideas"] = list(existing)[:100]
         data, tokens, model = self._chat_json(
             'Write content ideas for the cluster. Return {"ideas": [{"title": str, "outline": str, '
-            '"keywords": [str]}]} with one to five ideas; the outline uses "## " headings.',
-            json.dumps({"cluster": cluster_name, "keywords": keywords}))
+            '"keywords": [str]}]} with one to five ideas; the outline uses "## " headings.'
+            + (' Do not repeat any of the existing_ideas.' if existing else ''),
+            json.dumps(payload))
         ideas = data.get("ideas") if isinstance(data, dict) else None
         if not isinstance(ideas, list) or not ideas:
             raise ItemError("ideas response has no 'ideas' list")
@@ -92,10 +96,14 @@ class OpenAIProvider(Provider):
             raise ItemError("ideas response has no usable titles")
         return AIResult(out, tokens=tokens, model=model)
 
-    def generate_content(self, title, outline, keywords, words):
+    def generate_content(self, title, outline, keywords, words, note=None):
+        payload = {"title": title, "outline": outline, "keywords": keywords}
+        if note:
+            payload["reviewer_note"] = note
         data, tokens, model = self._chat_json(
-            f'Write a markdown article of about {words} words using the keywords. Return {{"body": str}}.',
-            json.dumps({"title": title, "outline": outline, "keywords": keywords}))
+            f'Write a markdown article of about {words} words using the keywords. Return {{"body": str}}.'
+            + (' This rewrites a rejected version: follow the reviewer_note.' if note else ''),
+            json.dumps(payload))
         body = data.get("body") if isinstance(data, dict) else None
         if not isinstance(body, str) or not body.strip():
             raise ItemError("content response has no 'body'")

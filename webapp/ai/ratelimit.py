@@ -10,6 +10,10 @@
   RateLimitExhausted, which pauses the run ("AI provider rate limit"). 5xx and connection
   errors get a bounded number of jittered retries, then ProviderUnavailable pauses the run
   ("AI provider unavailable"). Every wait ends at once when the run's stop event is set.
+- `AdaptiveWindow`: the calls in flight to one provider from one worker process, lowered on
+  429 and raised again while answers come (AIMD), so a provider that limits requests in
+  flight is used near its limit instead of flooded (a 429 with other calls in flight shrinks
+  the window and waits alone; one refused alone blocks every call, as a rate limit).
 """
 import email.utils
 import hashlib
@@ -134,14 +138,100 @@ class SharedLimiter:
             pass
 
 
-class ProviderGate:
-    """Runs AI calls under the shared limits; one per job, used by all its call threads."""
+class AdaptiveWindow:
+    """How many calls this process keeps in flight to one provider, learned from its 429s
+    (AIMD: shared by every job of the worker process, so the runs it serves one after the
+    other, and the job after a slice boundary, start from what was learned).
 
-    def __init__(self, limiter, stop, max_attempts=3, pause_after=600.0, backoff_base=0.5):
+    A call refused while n calls were in flight (itself included) says the provider takes
+    fewer than n: the window drops to n - 1 at once (every call refused in the same burst
+    says the same, so a burst never collapses it further; a refusal at a level the provider
+    has been answering is forgiven once per window of answers, as its count lagging a call
+    that just ended). Answers make it grow again by one
+    per `window` answers (about one per round trip), four times slower just below the level
+    that was last refused: a provider with an unknown limit is used up to that limit with few
+    refusals, and a limit that went up is found again."""
+
+    SLOW_NEAR_REFUSAL = 4
+
+    def __init__(self, ceiling=32):
+        self.ceiling = int(ceiling)
+        self.limit = self.ceiling
+        self.in_flight = 0
+        self.refused_at = None  # the window the provider last refused
+        self.confirmed = 0  # the most calls in flight the provider answered since the last decrease
+        self._since_forgiven = 0
+        self._answers = 0
+        self._cond = threading.Condition()
+        self.answered = self.refused = 0
+
+    def acquire(self, stop):
+        """Wait for a place in the window; returns the calls in flight with this one."""
+        with self._cond:
+            while self.in_flight >= self.limit:
+                if stop.is_set():
+                    raise Interrupted()
+                self._cond.wait(0.05)
+            if stop.is_set():
+                raise Interrupted()
+            self.in_flight += 1
+            return self.in_flight
+
+    def release(self, outcome, sent_with):
+        """outcome: "ok" (an answer), "refused" (429), or anything else (no signal)."""
+        with self._cond:
+            self.in_flight -= 1
+            if outcome == "refused":
+                self.refused += 1
+                if sent_with <= self.confirmed and self._since_forgiven >= self.limit:
+                    # The provider has been answering this many in flight: most likely it had
+                    # not yet counted off a call that just ended. Forgiven, once per window of
+                    # answers; refusals more often than that count.
+                    self._since_forgiven = 0
+                else:
+                    new = max(1, min(self.limit, sent_with - 1))
+                    if new < self.limit:
+                        self.limit, self._answers = new, 0
+                    self.confirmed = min(self.confirmed, self.limit)
+                    self.refused_at = self.limit + 1  # the level the provider refused
+            elif outcome == "ok":
+                self.answered += 1
+                self.confirmed = max(self.confirmed, sent_with)
+                self._since_forgiven += 1
+                self._answers += 1
+                near = self.refused_at is not None and self.limit + 1 >= self.refused_at
+                if self.limit < self.ceiling and self._answers >= self.limit * (self.SLOW_NEAR_REFUSAL if near else 1):
+                    self.limit, self._answers = self.limit + 1, 0
+                    if self.refused_at is not None and self.limit > self.refused_at:
+                        self.refused_at = None  # passed it without a refusal: the limit went up
+            self._cond.notify_all()
+
+
+_WINDOWS = {}
+_WINDOWS_LOCK = threading.Lock()
+
+
+def window_for(scope, ceiling=32):
+    """The process's window for one provider endpoint (see limiter_scope)."""
+    with _WINDOWS_LOCK:
+        w = _WINDOWS.get(scope)
+        if w is None:
+            w = _WINDOWS[scope] = AdaptiveWindow(ceiling)
+        return w
+
+
+class ProviderGate:
+    """Runs AI calls under the shared limits; one per job, used by all its call threads.
+    `window` (AdaptiveWindow) bounds the calls in flight to the provider; `note(message)`
+    receives one line per wait or retry, for the run's log."""
+
+    def __init__(self, limiter, stop, max_attempts=3, pause_after=600.0, backoff_base=0.5, window=None, note=None):
         self.limiter, self.stop = limiter, stop or threading.Event()
         self.max_attempts = max(1, int(max_attempts))
         self.pause_after = float(pause_after)
         self.backoff_base = backoff_base
+        self.window = window
+        self.note = note or (lambda message: None)
         self.last_ok = time.monotonic()
         self.rate_limited = 0  # 429s seen (for logs and the benchmark)
 
@@ -157,12 +247,29 @@ class ProviderGate:
             if self.stop.wait(wait + random.uniform(0, min(0.01, wait / 20))):
                 raise Interrupted()
 
+    def _send(self, fn):
+        """(result, calls in flight with it): fn() inside the window, if there is one."""
+        if self.window is None:
+            return fn(), 0
+        sent_with = self.window.acquire(self.stop)
+        outcome = None
+        try:
+            result = fn()
+            outcome = "ok"
+            return result, sent_with
+        except RateLimited as e:
+            outcome = "refused"
+            e.sent_with = sent_with
+            raise
+        finally:
+            self.window.release(outcome, sent_with)
+
     def call(self, fn):
         refused_since, refusals, failures = None, 0, 0
         while True:
             self._wait_turn()
             try:
-                result = fn()
+                result, _ = self._send(fn)
             except RateLimited as e:
                 self.rate_limited += 1
                 now = time.monotonic()
@@ -174,13 +281,23 @@ class ProviderGate:
                                              f"{int(self.pause_after)} s") from e
                 refusals += 1
                 wait = e.retry_after if e.retry_after is not None else backoff(refusals, self.backoff_base)
-                self.limiter.block(min(wait, self.pause_after))
+                wait = min(wait, self.pause_after)
+                self.note(f"provider rate limit: waiting {wait:.1f} s (429)")
+                if getattr(e, "sent_with", 0) > 1:
+                    # Refused with other calls in flight: the window answers it (fewer in
+                    # flight); this call waits its turn alone, the others go on.
+                    if self.stop.wait(wait):
+                        raise Interrupted()
+                else:  # refused alone (a rate, not a concurrency limit): every call waits it out
+                    self.limiter.block(wait)
                 continue
-            except ProviderUnavailable:
+            except ProviderUnavailable as e:
                 failures += 1
                 if failures >= self.max_attempts:
                     raise
-                if self.stop.wait(backoff(failures, self.backoff_base)):
+                delay = backoff(failures, self.backoff_base)
+                self.note(f"provider error: retrying in {delay:.1f} s ({e})")
+                if self.stop.wait(delay):
                     raise Interrupted()
                 continue
             self.last_ok = time.monotonic()

@@ -130,7 +130,7 @@ def image_dict(i):
 def content_dict(c, body=False):
     d = {"id": c.id, "task_id": c.task_id, "title": c.title, "status": c.status, "word_count": c.word_count,
          "created_at": iso(c.created_at), "review_note": c.review_note, "reviewed_by": c.reviewed_by,
-         "reviewed_at": iso(c.reviewed_at)}
+         "reviewed_at": iso(c.reviewed_at), "version": c.version, "previous_versions": c.previous_versions or []}
     if body:
         d["body"] = c.body
         d["images"] = [image_dict(i) for i in c.images]

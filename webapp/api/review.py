@@ -27,10 +27,10 @@ def _body():
 
 def _decide(content_id, action):
     data = _body()
-    unknown = sorted(set(data) - {"note"})
+    unknown = sorted(set(data) - ({"note", "regenerate"} if action == "reject" else {"note"}))
     if unknown:
         raise ReviewError({unknown[0]: "is not a known field"})
-    content = service().decide(content_id, action, data.get("note"))
+    content = service().decide(content_id, action, data.get("note"), data.get("regenerate", False))
     return ok({"content": content_dict(content)})
 
 
@@ -44,7 +44,9 @@ def approve(content_id):
 @endpoint(CONTENT + "/reject", ["POST"], ok=s.ok("RejectResponse", s.ContentReviewed), body_doc=s.RejectBody,
           errors=ERRORS, tags=["writer"])
 def reject(content_id):
-    """Reject an article in review, with a note saying what to change."""
+    """Reject an article in review, with a note saying what to change; `"regenerate": true`
+    sends it back to Tasks → Content: the next run rewrites it with the note (charged as an
+    article) and it returns to review as its next `version`."""
     return _decide(content_id, "reject")
 
 
@@ -54,13 +56,13 @@ def reject(content_id):
 def bulk_review():
     """Approve or reject many articles in review at once (all or nothing)."""
     data = json_body()
-    unknown = sorted(set(data) - {"ids", "action", "note"})
+    unknown = sorted(set(data) - {"ids", "action", "note", "regenerate"})
     if unknown:
         raise ReviewError({unknown[0]: "is not a known field"})
     if "action" not in data:
         raise ReviewError({"action": "is required: 'approve' or 'reject'"})
     if "ids" not in data:
         raise ReviewError({"ids": "is required"})
-    items = service().bulk(data["ids"], data["action"], data.get("note"))
+    items = service().bulk(data["ids"], data["action"], data.get("note"), regenerate=data.get("regenerate", False))
     return ok({"updated": len(items), "status": items[0].status if items else None,
                "items": [content_dict(c) for c in items]})

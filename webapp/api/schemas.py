@@ -202,8 +202,9 @@ class RunSummary(Model):
     completed_at: Timestamp
     ended_at: Timestamp = Field(description="when the run completed, failed or was cancelled; null while active")
     total_credits_used: int
-    active_seconds: float = Field(description="running time, pauses excluded")
+    active_seconds: float = Field(description="running time, pauses and interruptions excluded")
     paused_seconds: float
+    interrupted_seconds: float = Field(0, description="time no worker held the running run (a stopped app, a lost worker)")
 
 
 class Run(RunSummary):
@@ -449,6 +450,17 @@ class ImageOut(Model):
     url: Optional[str]
 
 
+class PreviousVersion(Model):
+    """An earlier version of a rewritten article, with the review that sent it back."""
+    version: int
+    title: str
+    body: str
+    word_count: int
+    review_note: Optional[str]
+    reviewed_by: Optional[str]
+    reviewed_at: Timestamp
+
+
 class ContentOut(Model):
     id: int
     task_id: int
@@ -459,6 +471,8 @@ class ContentOut(Model):
     review_note: Optional[str]
     reviewed_by: Optional[str]
     reviewed_at: Timestamp
+    version: int = Field(description="1, then 2, 3, … after each reject and rewrite")
+    previous_versions: list[PreviousVersion] = Field(description="the earlier versions with their review, oldest first")
 
 
 class ContentFull(ContentOut):
@@ -497,6 +511,8 @@ class RejectBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     note: Note = Field(description="required: say what to change (not blank)", min_length=1,
                        json_schema_extra={"pattern": NOT_BLANK})
+    regenerate: bool = Field(False, description="true: the next run rewrites the article with the note "
+                                                "(charged as an article); it returns to review as its next version")
 
 
 class BulkReviewBody(BaseModel):
@@ -507,6 +523,7 @@ class BulkReviewBody(BaseModel):
     ids: Annotated[list[Annotated[int, Field(ge=1, le=MAX_ID)]], Field(min_length=1, max_length=MAX_BULK)]
     action: Literal["approve", "reject"]
     note: Note = Field(None, description="required to reject")
+    regenerate: bool = Field(False, description="with reject: the next run rewrites the articles with the note")
 
 
 class ContentReviewed(Model):

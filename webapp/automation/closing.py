@@ -41,6 +41,27 @@ def end_values(run, status, now=None, **extra):
     return values
 
 
+def outcome_note(run, last_result=None):
+    """Why a run that charged credits sent no article to review (None when it did, or charged
+    nothing): each stage that charged or failed, with what it created. Stored as the completed
+    run's message, so its page and its log say it."""
+    results = {n: (run.stage_result(n) or {}) for n in range(1, 8)}
+    if last_result is not None:
+        results[7] = last_result
+    credits = sum(int(r.get("credits_used") or 0) for r in results.values())
+    if credits <= 0 or int(results[7].get("items_processed") or 0) > 0:
+        return None
+    parts = []
+    for n, r in results.items():
+        if r.get("credits_used") or r.get("items_failed"):
+            part = f"stage {n}: {r.get('items_processed', 0)} processed, {r.get('items_created', 0)} created"
+            parts.append(part + (f", {r['items_failed']} failed" if r.get("items_failed") else ""))
+    failed = any(r.get("items_failed") for r in results.values())
+    why = ("items failed: see the failed items and retry them" if failed
+           else "what it created is not an article yet (the next run takes it on)")
+    return f"This run used {credits} credits and sent no article to review ({'; '.join(parts)}): {why}."
+
+
 def system_event(run, action, reason):
     """The audit row of something the system did by itself (pause, resume, fail): add it in the
     transaction that makes the change."""
@@ -50,10 +71,12 @@ def system_event(run, action, reason):
 
 def close_stage_if_ended(run_id):
     """If the run has ended but its current stage still says running, close it (committed)."""
-    run = db.session.execute(select(AutomationRun).where(AutomationRun.id == run_id)).scalar_one_or_none()
+    # populate_existing: the worker's session keeps its objects across commits (not expired).
+    run = db.session.execute(select(AutomationRun).where(AutomationRun.id == run_id)
+                             .execution_options(populate_existing=True)).scalar_one_or_none()
     if run is None or run.status not in FINISHED_STATUSES:
+        db.session.commit()
         return False
-    db.session.refresh(run)
     values = closed_stage(run, run.status, run.ended_at or utcnow())
     if not values:
         db.session.commit()

@@ -8,9 +8,11 @@ writes in the same order as at concurrency 1 (stage 1's batches see the clusters
 batch before them: a batch whose inputs changed while its call was in flight is called
 again before it is applied; see stages.Stale).
 
-Stopping (pause, cancel, SIGTERM, lost heartbeat): no new unit is started; the stop event
-ends every wait of the calls (rate limit, backoff) at once; calls already on the wire are
-awaited and their units finished in order (committed whole, or dropped with no trace).
+Stopping (pause, cancel, SIGTERM, lost heartbeat, or a unit's verdict STOP: the run paused
+itself): no new unit is started and no unit is retried; the stop event ends every wait of
+the calls (rate limit, backoff) at once, so a call not yet sent is never sent; calls already
+on the wire are awaited and their units finished in order: an answer the provider gave (and
+billed) is committed and charged, a call that did not get one leaves no trace.
 """
 import threading
 import time
@@ -120,9 +122,7 @@ def run_in_order(units, limit, start, finish, may_start, still_running=None, on_
             start(head)
             started.appendleft(head)
         elif verdict == STOP:
+            # The rest are still finished (their waits end at once): answers that arrived
+            # are kept and charged, the others dropped by `finish` while stopping.
             halt()
-            # The rest leave no trace: wait for their calls (their waits end at once).
-            wait([s.future for s in started])
-            started.clear()
-            return "stopped"
     return "stopped" if stopping else "done"

@@ -8,8 +8,9 @@ Time rules:
 - `active_seconds` + `paused_seconds` = the run's wall time (start to end, or to now);
 - a stage's `duration_seconds` is its wall time (started_at to finished_at, or to the run's
   end / now while it runs) minus the pauses inside it;
-- `eta_seconds` (running runs only) is null until the current stage's pace is known (it has
-  finished an item, or the site's recent runs ran this stage): the current stage's remaining
+- `eta_seconds` (running runs only) is null until some pace is known (the current stage
+  finished an item, or the site's recent runs ran this stage, or any stage so far: their
+  average, so the ETA does not go back to "estimating…" at a stage boundary): the current stage's remaining
   items at that rate, plus the later stages' items
   (pending now, and what the earlier stages will produce, by the estimate's planning figures)
   at the rate this run observed for them, else the site's recent runs, else the current rate;
@@ -67,6 +68,26 @@ def pause_intervals(run, events, now=None):
     return out
 
 
+INTERRUPT_CLOSERS = ("recover", "continue", "cancel", "fail", "complete")
+
+
+def interrupt_intervals(run, events, now=None):
+    """[(start, end)] when no worker held the running run: from an `interrupt` event (a clean
+    stop, or a lost worker's last heartbeat, recorded by the recovery) to the `recover` or
+    `continue` that ended it (or the run's end, or now)."""
+    now = now or utcnow()
+    out, opened = [], None
+    for e in sorted(events, key=lambda e: (e.created_at, e.id or 0)):
+        if e.action == "interrupt" and opened is None:
+            opened = e.created_at
+        elif e.action in INTERRUPT_CLOSERS and opened is not None:
+            out.append((opened, e.created_at))
+            opened = None
+    if opened is not None:
+        out.append((opened, run_end(run) or now))
+    return out
+
+
 def _seconds(a, b):
     return max(0.0, (b - a).total_seconds())
 
@@ -75,14 +96,26 @@ def paused_within(intervals, start, end):
     return sum(_seconds(max(a, start), min(b, end)) for a, b in intervals if min(b, end) > max(a, start))
 
 
-def run_times(run, intervals, now=None):
-    """{"active_seconds", "paused_seconds"} of a run (to now while it is active)."""
+def interrupted_within(interrupts, pauses, start, end):
+    """Seconds of `interrupts` within [start, end] that are not also paused."""
+    total = 0.0
+    for a, b in interrupts:
+        a, b = max(a, start), min(b, end)
+        if b > a:
+            total += _seconds(a, b) - paused_within(pauses, a, b)
+    return max(0.0, total)
+
+
+def run_times(run, intervals, now=None, events=None):
+    """{"active_seconds", "paused_seconds", "interrupted_seconds"} of a run (to now while it
+    is active): working time excludes the pauses and the time no worker held it (`events`)."""
     now = now or utcnow()
     end = run_end(run) or now
     start = run.started_at or end
     paused = paused_within(intervals, start, end)
-    return {"active_seconds": round(max(0.0, _seconds(start, end) - paused), 1),
-            "paused_seconds": round(paused, 1)}
+    interrupted = interrupted_within(interrupt_intervals(run, events or [], now), intervals, start, end)
+    return {"active_seconds": round(max(0.0, _seconds(start, end) - paused - interrupted), 1),
+            "paused_seconds": round(paused, 1), "interrupted_seconds": round(interrupted, 1)}
 
 
 def stage_duration(run, result, intervals, now=None):
@@ -142,10 +175,17 @@ def eta_seconds(run, results, projected, history_rates, cfg):
         return None
     n = run.current_stage
     cur = results.get(n)
+    own = {k: r["duration_seconds"] / done_items(r) for k, r in results.items()
+           if k != n and done_items(r) and r.get("duration_seconds")}
     if cur and done_items(cur) and cur.get("duration_seconds") is not None:
         rate = cur["duration_seconds"] / done_items(cur)
     elif n in history_rates:  # a stage just started: the site's recent runs know its pace
         rate = history_rates[n]
+    elif own or history_rates:
+        # Never seen this stage: the pace of the stages seen so far (this run's, else the
+        # site's), rather than "estimating…" again at every stage boundary.
+        known = list(own.values()) or list(history_rates.values())
+        rate = sum(known) / len(known)
     else:
         return None
     remaining = {n: max(0, (cur.get("items_total") or 0) - done_items(cur)) if cur else projected.get(n, 0)}
@@ -169,7 +209,8 @@ def eta_seconds(run, results, projected, history_rates, cfg):
 
 # -- the timeline -----------------------------------------------------------------------------
 EVENT_LABELS = {"start": "started", "pause": "paused", "resume": "resumed", "cancel": "cancelled",
-                "recover": "recovered", "fail": "failed", "complete": "completed"}
+                "recover": "recovered", "fail": "failed", "complete": "completed",
+                "interrupt": "interrupted", "continue": "continued"}
 
 
 def timeline_svg(run, results, intervals, events, stage_names, now=None):

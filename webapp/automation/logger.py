@@ -8,6 +8,7 @@ import fcntl
 import json
 import logging
 import os
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +41,7 @@ class AutomationLogger:
         self.count_path = self.path.with_suffix(".count")
         self.redis = redis_client
         self._fh = self._count_fd = None
+        self._lock = threading.Lock()
 
     def _open(self):
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +64,12 @@ class AutomationLogger:
         ts = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
         tag = f"[stage {stage}]" if stage else "[run]"
         line = f"{ts} {tag} {' '.join(str(message).split())}"
+        # flock serialises processes, not the threads of one (a job's AI call threads log
+        # their waits and retries next to its own thread): the thread lock does that.
+        with self._lock:
+            return self._append(line)
+
+    def _append(self, line):
         if self._fh is None:
             self._open()
         fh = self._fh

@@ -11,7 +11,7 @@ from rq.job import Job
 from sqlalchemy import or_, select, update
 
 from ..extensions import db
-from ..models import AutomationRun
+from ..models import AutomationRun, RunEvent
 from ..models.base import utcnow
 from ..redis_conn import get_redis
 from . import hooks, jobs
@@ -74,9 +74,20 @@ def check_stale_runs(now=None):
         if not res.rowcount:
             db.session.rollback()
             continue
-        system_event(run, "recover", "worker lost (no heartbeat); continued on another worker")
+        last = db.session.execute(select(RunEvent.action).where(RunEvent.run_id == run.id)
+                                  .order_by(RunEvent.id.desc()).limit(1)).scalar()
+        if last == "interrupt":  # a clean stop (SIGTERM) whose queued job was lost with Redis
+            system_event(run, "recover", "continued after a clean stop (SIGTERM)")
+            message = "Run continued after a clean stop (its worker was stopped with SIGTERM)"
+        else:
+            # From the last heartbeat no worker held the run: not working time (insights).
+            db.session.add(RunEvent(account_id=run.account_id, site_id=run.site_id, run_id=run.id,
+                                    action="interrupt", actor="system", reason="worker lost (no heartbeat)",
+                                    created_at=run.heartbeat_at or now))
+            system_event(run, "recover", "worker lost (no heartbeat); continued on another worker")
+            message = f"Worker lost (no heartbeat since {run.heartbeat_at}); run continued on another worker"
         db.session.commit()
-        run_logger(run).log(f"Worker lost (no heartbeat since {run.heartbeat_at}); run continued on another worker")
+        run_logger(run).log(message)
         jobs.enqueue_step(r, run.id, token, account_id=run.account_id)
         hooks.emit("run.recovered", run, "system")
         done.append((run.id, "recovered"))

@@ -128,7 +128,9 @@ class AutomationService:
         """What the estimate needs beyond the stage `counts` already read."""
         pending_clusters = scope.pending(STAGES[2], site_id).with_only_columns(Cluster.id).subquery()
         sizes = db.session.execute(
-            select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)))
+            # Only the keywords without ideas: a cluster pending for its new keywords yields ideas for those.
+            select(func.count(Keyword.id)).where(Keyword.cluster_id.in_(select(pending_clusters.c.id)),
+                                                 Keyword.ideas_generated.is_(False))
             .group_by(Keyword.cluster_id)
         ).scalars().all()
         return {
@@ -319,6 +321,8 @@ class AutomationService:
                              "retry once it has finished.")
         if not self.failure_count(source):
             raise BadRequest(f"Run {source.id} has no failed items to retry.")
+        if not self.still_failed_count(source):
+            raise BadRequest(f"Nothing to retry: the failed items of run {source.id} have been processed since.")
         return self.start(source.site_id, trigger_type="retry", scope=RetryScope(source.id),
                           reason=reason or f"retry the failed items of run {source.id}")
 
@@ -326,6 +330,20 @@ class AutomationService:
     def failure_count(self, run):
         return db.session.execute(select(func.count(RunItemFailure.id)).where(
             RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id)).scalar()
+
+    def still_failed_count(self, run):
+        """The run's failed items that are still pending at the stage where they failed: what a
+        retry would take (a retry run that fixed some leaves only the others)."""
+        total = 0
+        stages = db.session.execute(select(RunItemFailure.stage).where(
+            RunItemFailure.run_id == run.id, RunItemFailure.account_id == self.account_id).distinct()).scalars().all()
+        for n in stages:
+            stage = STAGES[n]
+            pending = stage.pending(run.site_id).with_only_columns(stage.model.id)
+            total += db.session.execute(select(func.count(RunItemFailure.id)).where(
+                RunItemFailure.run_id == run.id, RunItemFailure.stage == n,
+                RunItemFailure.item_id.in_(pending))).scalar()
+        return total
 
     def failed_items(self, run, page=1, per_page=FAILED_PER_PAGE):
         """One page of the run's failed items: stage, item id, label, reason, attempts, time."""
@@ -350,7 +368,8 @@ class AutomationService:
         events = self.events(run) if events is None else events
         intervals = insights.pause_intervals(run, events, now)
         results = insights.stage_results(run, intervals, now)
-        out = insights.run_times(run, intervals, now)
+        out = insights.run_times(run, intervals, now, events)
+        out["interrupts"] = insights.interrupt_intervals(run, events, now)
         out["eta_seconds"] = None
         if run.status == "running":
             projected, rates, cfg = self._eta_inputs(run)
@@ -390,6 +409,7 @@ class AutomationService:
         for n, r in ins["results"].items():
             d[f"stage_{n}_result"] = r
         d.update(active_seconds=ins["active_seconds"], paused_seconds=ins["paused_seconds"],
+                 interrupted_seconds=ins["interrupted_seconds"],
                  eta_seconds=ins["eta_seconds"], retry_of_run_id=run.retry_of_run_id)
         d["queue_position"], d["queued_reason"] = limits.queue_info(run)
         return d
@@ -405,7 +425,8 @@ class AutomationService:
         out = []
         for run in runs:
             d = run.summary()
-            d.update(insights.run_times(run, insights.pause_intervals(run, by_run.get(run.id, []), now), now))
+            events = by_run.get(run.id, [])
+            d.update(insights.run_times(run, insights.pause_intervals(run, events, now), now, events))
             out.append(d)
         return out
 

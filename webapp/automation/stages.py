@@ -108,7 +108,10 @@ class KeywordsToClusters(Stage):
 
     def apply(self, ctx, unit, request, result):
         run = ctx.run
-        if self._existing(run.site_id, request["keywords"]) != request["existing"]:
+        # While the run stops, an answer that arrived is applied as it is: asking again would
+        # bill the provider twice (its clusters are joined by name, so nothing is duplicated).
+        if not getattr(ctx, "accept_stale", False) and \
+                self._existing(run.site_id, request["keywords"]) != request["existing"]:
             raise Stale()
         by_text = {k.keyword: k for k in unit}
         created = 0
@@ -124,11 +127,17 @@ class KeywordsToClusters(Stage):
             ids = [by_text[k].id for k in c["keywords"] if k in by_text]
             _guarded(update(Keyword).where(Keyword.id.in_(ids), Keyword.cluster_id.is_(None))
                      .values(cluster_id=cluster.id), expected=len(ids))
+            if ids:  # new keywords in a cluster whose ideas exist: stage 2 writes ideas for them
+                db.session.execute(update(Cluster).where(Cluster.id == cluster.id, Cluster.ideas_generated.is_(True))
+                                   .values(ideas_generated=False), execution_options={"synchronize_session": False})
         ctx.charge(self, unit[0].id, credits_for(self.function, len(unit), result.tokens), result)
         return created
 
 
 class ClustersToIdeas(Stage):
+    """A cluster is pending while any of its keywords has no idea (`Keyword.ideas_generated`):
+    a new cluster gets ideas for all its keywords; a keyword that joined a cluster whose ideas
+    exist gets ideas of its own, the AI seeing the existing titles so as not to repeat them."""
     number, name, model, function, item_type = 2, "Clusters → Ideas", Cluster, "generate_ideas", "cluster"
 
     def pending(self, site_id):
@@ -139,27 +148,43 @@ class ClustersToIdeas(Stage):
 
     def prepare(self, ctx, unit):
         cluster = unit[0]
-        kws = db.session.execute(select(Keyword.keyword).where(Keyword.cluster_id == cluster.id)
-                                 .order_by(Keyword.id)).scalars().all()
-        return {"name": cluster.name, "keywords": list(kws)}
+        kws = db.session.execute(select(Keyword.id, Keyword.keyword).where(
+            Keyword.cluster_id == cluster.id, Keyword.ideas_generated.is_(False)).order_by(Keyword.id)).all()
+        existing = db.session.execute(select(ContentIdea.title).where(ContentIdea.cluster_id == cluster.id)
+                                      .order_by(ContentIdea.id)).scalars().all()
+        return {"name": cluster.name, "keywords": [k for _, k in kws], "keyword_ids": [i for i, _ in kws],
+                "existing": list(existing)}
 
     def call(self, provider, request):
-        return provider.generate_ideas(request["name"], request["keywords"])
+        if not request["keywords"]:
+            return None  # every keyword is covered already (a cluster left pending): no call, no charge
+        return provider.generate_ideas(request["name"], request["keywords"], request["existing"])
 
     def apply(self, ctx, unit, request, result):
         cluster = unit[0]
-        _guarded(update(Cluster).where(Cluster.id == cluster.id, Cluster.ideas_generated.is_(False))
+        ids = request["keyword_ids"]
+        if ids:
+            _guarded(update(Keyword).where(Keyword.id.in_(ids), Keyword.cluster_id == cluster.id,
+                                           Keyword.ideas_generated.is_(False))
+                     .values(ideas_generated=True), expected=len(ids))
+        # Covered now, unless a keyword joined while the call was in flight (then it stays pending).
+        uncovered = exists().where(Keyword.cluster_id == cluster.id, Keyword.ideas_generated.is_(False))
+        _guarded(update(Cluster).where(Cluster.id == cluster.id, Cluster.ideas_generated.is_(False), ~uncovered)
                  .values(ideas_generated=True))
-        seen = set()
+        if result is None:
+            return 0
+        seen = set(request["existing"])
+        created = 0
         for idea in result.data:
-            if idea["title"] in seen:
+            if idea["title"] in seen:  # the unique (cluster, title): never repeat an existing idea
                 continue
             seen.add(idea["title"])
+            created += 1
             db.session.add(ContentIdea(account_id=cluster.account_id, site_id=cluster.site_id, cluster_id=cluster.id,
                                        title=idea["title"], outline=idea["outline"],
                                        keywords=", ".join(idea["keywords"])))
         ctx.charge(self, cluster.id, credits_for(self.function, 1, result.tokens), result)
-        return len(seen)
+        return created
 
 
 class IdeasToTasks(Stage):
@@ -192,19 +217,47 @@ class TasksToContent(Stage):
     def prepare(self, ctx, unit):
         task = unit[0]
         idea = task.idea
+        # A task queued again by "reject and rewrite" has its article: the reviewer's note goes to the AI.
+        prior = db.session.execute(select(Content.id, Content.version, Content.review_note).where(
+            Content.task_id == task.id, Content.status == "rejected")).first()
         return {"title": task.title, "outline": idea.outline, "words": ctx.article_words,
-                "keywords": [k.strip() for k in idea.keywords.split(",") if k.strip()]}
+                "keywords": [k.strip() for k in idea.keywords.split(",") if k.strip()],
+                "rewrite_of": prior.id if prior else None, "version": prior.version if prior else 0,
+                "note": prior.review_note if prior else None}
 
     def call(self, provider, request):
+        if request.get("note"):
+            return provider.generate_content(request["title"], request["outline"], request["keywords"],
+                                             request["words"], note=request["note"])
         return provider.generate_content(request["title"], request["outline"], request["keywords"], request["words"])
 
     def apply(self, ctx, unit, request, result):
         task = unit[0]
         _guarded(update(Task).where(Task.id == task.id, Task.status == "queued").values(status="completed"))
-        db.session.add(Content(account_id=task.account_id, site_id=task.site_id, task_id=task.id, title=task.title,
-                               body=result.data["body"], word_count=result.data["word_count"]))
+        if request.get("rewrite_of"):
+            _rewrite(request, result)
+        else:
+            db.session.add(Content(account_id=task.account_id, site_id=task.site_id, task_id=task.id,
+                                   title=task.title, body=result.data["body"], word_count=result.data["word_count"]))
         ctx.charge(self, task.id, credits_for(self.function, 1, result.tokens), result)
         return 1
+
+
+def _rewrite(request, result):
+    """The rejected article becomes its next version; the earlier text and its review are kept.
+    Its images stay (the title is the same), so the draft goes on to the review gate."""
+    content = db.session.execute(select(Content).where(Content.id == request["rewrite_of"])).scalar_one()
+    if content.status != "rejected" or content.version != request["version"]:
+        raise AlreadyDone()
+    kept = list(content.previous_versions or []) + [{
+        "version": content.version, "title": content.title, "body": content.body, "word_count": content.word_count,
+        "review_note": content.review_note, "reviewed_by": content.reviewed_by,
+        "reviewed_at": content.reviewed_at.isoformat() + "Z" if content.reviewed_at else None}]
+    _guarded(update(Content).where(Content.id == content.id, Content.status == "rejected",
+                                   Content.version == request["version"])
+             .values(body=result.data["body"], word_count=result.data["word_count"], version=content.version + 1,
+                     previous_versions=kept, status="draft", review_note=None, reviewed_by=None,
+                     reviewed_at=None))
 
 
 class ContentToPrompts(Stage):

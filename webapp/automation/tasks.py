@@ -15,19 +15,19 @@ from contextlib import nullcontext
 import redis
 from flask import current_app, has_app_context
 from rq import get_current_job
-from sqlalchemy import func, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from .. import logging_setup, metrics
 from ..ai import ItemError, ProviderUnavailable, get_provider
-from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope
+from ..ai.ratelimit import Interrupted, ProviderGate, RateLimitExhausted, SharedLimiter, limiter_scope, window_for
 from ..extensions import db
-from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
+from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, dispatch, hooks, jobs
 from .billing import InsufficientCredits, charge
-from .closing import close_stage_if_ended, end_values, system_event
+from .closing import close_stage_if_ended, end_values, outcome_note, system_event
 from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock, site_lock_ttl
 from .scope import scope_for
@@ -105,6 +105,7 @@ class StageContext:
         self.media_dir = app.config["MEDIA_DIR"]
         self.article_words = app.config["AI_ARTICLE_WORDS"]
         self.unit_credits = 0
+        self.accept_stale = False
 
     def charge(self, stage, item_id, credits, result):
         charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model)
@@ -182,15 +183,19 @@ class RunExecutor:
             self.run = db.session.get(AutomationRun, self.run_id)
             logging_setup.bind(run_id=self.run_id, site_id=self.run.site_id)
             self.logger = run_logger(self.run)
+            self._continue_after_interrupt()
             self.cfg = db.session.execute(select(AutomationConfig).where(
                 AutomationConfig.site_id == self.run.site_id)).scalar_one()
             self.provider = get_provider(self.app.config)
             self.pool = concurrency.CallPool(self.concurrency(), name=f"run{self.run_id}-ai")
             self.stop = self.pool.stop
+            scope = limiter_scope(self.app.config)
             self.gate = ProviderGate(
-                SharedLimiter(self.r, self.app.config.get("AI_MAX_RPM"), limiter_scope(self.app.config)),
+                SharedLimiter(self.r, self.app.config.get("AI_MAX_RPM"), scope),
                 self.stop, max_attempts=self.max_attempts,
-                pause_after=self.app.config.get("AI_RATE_LIMIT_PAUSE_AFTER", 600))
+                pause_after=self.app.config.get("AI_RATE_LIMIT_PAUSE_AFTER", 600),
+                window=window_for(scope, MAX_CONCURRENCY) if self.app.config.get("AI_ADAPTIVE_CONCURRENCY", 1) else None,
+                note=self._note)
             beat = Heartbeat(self.app, self.run_id, self.token, self.exec_lock,
                              site_lock(self.r, self.run.site_id, site_lock_ttl(self.app), run_id=self.run_id),
                              interval_for(self.stale_seconds), self._lost)
@@ -228,6 +233,10 @@ class RunExecutor:
             return dispatch.contended(self.r, self.app.config["RQ_QUEUE"], self.run.account_id)
         except redis.RedisError:
             return False
+
+    def _note(self, message):
+        """A wait or retry of an AI call (pool threads): one line in the run's log."""
+        self.logger.log(message, stage=self._stage_n)
 
     def concurrency(self):
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
@@ -282,6 +291,7 @@ class RunExecutor:
 
     def _step(self):
         run, n = self.run, self.run.current_stage
+        self._stage_n = n  # a plain int for the call threads' log lines (no ORM access there)
         stage = STAGES[n]
         res = self.res = dict(run.stage_result(n) or {})
         scope = scope_for(run)
@@ -353,6 +363,7 @@ class RunExecutor:
         publish_state(self.r, run.id, build_state(n, stage.name, self.res["items_total"],
                                                   self.res["items_processed"], [], up_next, self._remaining))
         if _shutdown_requested and self._status_running():
+            self._interrupted()
             self.queue_next_on_exit()  # hand the rest back to another worker
             return "handed back"
         if outcome == "stopped" or not self.ok_to_continue():
@@ -364,6 +375,25 @@ class RunExecutor:
         return "batch done"
 
     _paused_here = False
+    _stage_n = None
+
+    def _interrupted(self):
+        """A clean stop (SIGTERM): recorded as such, and until a worker takes the run again it
+        is not working time (insights.interrupt_intervals)."""
+        system_event(self.run, "interrupt", "worker stopped (SIGTERM); the run continues on the next worker")
+        db.session.commit()
+        self.logger.log("Worker stopped (SIGTERM): the items in flight were finished, the rest waits for the next worker")
+
+    def _continue_after_interrupt(self):
+        """The first job after a clean stop closes the interruption (one indexed read per job)."""
+        last = db.session.execute(select(RunEvent.action).where(RunEvent.run_id == self.run_id)
+                                  .order_by(RunEvent.id.desc()).limit(1)).scalar()
+        if last == "interrupt":
+            system_event(self.run, "continue", "a worker took the run again")
+            db.session.commit()
+            self.logger.log("Run continued by a worker after a clean stop")
+        else:
+            db.session.commit()
 
     def _status_running(self):
         row = self._status()
@@ -381,24 +411,33 @@ class RunExecutor:
     def _finish(self, n, stage, slot):
         unit, attempt = slot.unit, slot.attempt + 1
         ids = [i.id for i in unit]
-        try:
-            result = slot.future.result()
-        except Interrupted:
-            return concurrency.DROP
-        except RateLimitExhausted as e:
-            self._pause("AI provider rate limit", f"Paused: AI provider rate limit ({e}). "
-                        f"Resume later, or lower AI_MAX_RPM / ai_concurrency.")
-            return concurrency.STOP
-        except ProviderUnavailable as e:
-            self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
-            return concurrency.STOP
-        except Exception as e:  # ItemError or a bad output for this item only
-            return self._attempt_failed(n, stage, slot, attempt, e)
+        error = slot.future.exception()  # the future is done
+        if error is not None:
+            return self._call_failed(n, stage, slot, attempt, error)
         ctx = StageContext(self.run, self.provider, self.app)
+        # Stopping: an answer that arrived is applied as it is (it was billed), never asked again.
+        ctx.accept_stale = self.stop.is_set()
+        return self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+
+    def _call_failed(self, n, stage, slot, attempt, e):
+        if isinstance(e, Interrupted):
+            return concurrency.DROP
+        if isinstance(e, ProviderUnavailable):
+            if self.stop.is_set():  # stopping already (paused by an earlier call, ...): no answer, no trace
+                return concurrency.DROP
+            if isinstance(e, RateLimitExhausted):
+                self._pause("AI provider rate limit", f"Paused: AI provider rate limit ({e}). "
+                            f"Resume later, or lower AI_MAX_RPM / ai_concurrency.")
+            else:
+                self._pause("AI provider unavailable", f"Paused: AI provider unavailable ({e}). Resume when it is back.")
+            return concurrency.STOP
+        return self._attempt_failed(n, stage, slot, attempt, e)  # ItemError or a bad output for this item only
+
+    def _apply(self, n, stage, slot, attempt, ids, unit, ctx, result):
         try:
             created = stage.apply(ctx, unit, slot.request, result)
             new = self._count(self.res, len(unit), created, ctx.unit_credits)
-            if not self._save(n, new, credits=ctx.unit_credits):
+            if not self._save(n, new, credits=ctx.unit_credits, answer=True):
                 db.session.rollback()  # the run was cancelled or taken over: no trace
                 self.stop.set()
                 return concurrency.DROP
@@ -466,16 +505,22 @@ class RunExecutor:
         res["credits_used"] += credits
         return res
 
-    def _save(self, n, res, credits=0, **extra):
+    def _save(self, n, res, credits=0, answer=False, **extra):
         """Write stage n's result (and the heartbeat) inside the current transaction.
         Guarded by the job's token: False (nothing written) once the run was cancelled or
-        taken over by another job, so that job's work is never overwritten."""
+        taken over by another job, so that job's work is never overwritten; `answer` (an AI
+        answer's output and charge) is still written to a cancelled run: it was billed."""
         values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
         if credits:
             values["total_credits_used"] = AutomationRun.total_credits_used + credits
         q = update(AutomationRun).where(AutomationRun.id == self.run_id)
-        if self.token is not None:
+        if self.token is not None and not answer:
             q = q.where(AutomationRun.job_token == self.token)
+        elif self.token is not None:
+            # A cancel ends the run (token cleared) while answers may still arrive: those the
+            # provider billed are kept and charged. Nothing else works on a cancelled run.
+            q = q.where(or_(AutomationRun.job_token == self.token,
+                            and_(AutomationRun.status == "cancelled", AutomationRun.job_token.is_(None))))
         return db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
 
     def _pause(self, reason, message):
@@ -504,15 +549,20 @@ class RunExecutor:
                 db.session.rollback()
                 raise Stop()
             ended = utcnow()
+            db.session.refresh(self.run)
+            note = outcome_note(self.run, res)  # charged but no article: the run says why
             done = db.session.execute(update(AutomationRun).where(
                 AutomationRun.id == self.run_id, AutomationRun.status == "running").values(
-                **end_values(self.run, "completed", ended, completed_at=ended)))
+                **end_values(self.run, "completed", ended, completed_at=ended),
+                **({"error_message": note} if note else {})))
             db.session.commit()
             self.logger.log(f"Stage 7 ({stage.name}) {res['status']}: {res['items_processed']} processed", stage=n)
             if done.rowcount:
                 from .service import finish_side_effects
                 db.session.refresh(self.run)
                 self.logger.log(f"Run completed: {self.run.total_credits_used} credits used")
+                if note:
+                    self.logger.log(note)
                 finish_side_effects(self.run)
                 hooks.emit("run.completed", self.run, "system")
             return "completed"
@@ -524,7 +574,12 @@ class RunExecutor:
                         f"{res['items_created']} created, {res['items_failed']} failed, "
                         f"{res['credits_used']} credits", stage=n)
         publish_state(self.r, self.run_id, build_state(n + 1, STAGES[n + 1].name, 0, 0, [], [], 0))
-        if self.cfg.between_stage_delay and not self.sleep(self.cfg.between_stage_delay):
-            return "stopped"
+        # The delay spaces out work: none after a stage that had nothing to do, nor before one
+        # that has nothing (a retry run steps through several empty stages).
+        delay = self.cfg.between_stage_delay
+        if delay and res["status"] != "skipped" and scope_for(self.run).count(STAGES[n + 1], self.run.site_id):
+            self.logger.log(f"Between-stage delay: {delay} s before stage {n + 1}", stage=n)
+            if not self.sleep(delay):
+                return "stopped"
         self.queue_next_on_exit()
         return "stage done"

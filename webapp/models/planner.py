@@ -8,11 +8,15 @@ class Keyword(TenantMixin, db.Model):
     volume = db.Column(db.Integer)
     difficulty = db.Column(db.Integer)
     cluster_id = db.Column(db.Integer, db.ForeignKey("cluster.id", ondelete="SET NULL"))
+    # True once an idea was generated for this keyword (stage 2): a keyword that joins a
+    # cluster whose ideas exist makes that cluster pending again, for this keyword only.
+    ideas_generated = db.Column(db.Boolean, nullable=False, default=False, server_default=db.false())
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     __table_args__ = (
         db.UniqueConstraint("site_id", "keyword", name="uq_keyword_site_keyword"),
         # Stage 1 pending = (site, cluster_id IS NULL): one index answers it at 1M rows.
         db.Index("ix_keyword_site_cluster", "site_id", "cluster_id", "id"),
+        db.Index("ix_keyword_cluster_ideas", "cluster_id", "ideas_generated"),
     )
 
 
@@ -20,6 +24,7 @@ class Cluster(TenantMixin, db.Model):
     id = db.Column(db.Integer, primary_key=True)
     name = db.Column(db.String(255), nullable=False)
     terms = db.Column(db.String(255), nullable=False, default="")  # space-separated key terms
+    # False while any of its keywords has no idea yet (stage 2 pending).
     ideas_generated = db.Column(db.Boolean, nullable=False, default=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     keywords = db.relationship(Keyword, backref="cluster", order_by=Keyword.id)

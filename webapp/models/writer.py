@@ -26,6 +26,9 @@ class Content(TenantMixin, db.Model):
     review_note = db.Column(db.Text)
     reviewed_by = db.Column(db.String(255))
     reviewed_at = db.Column(db.DateTime)
+    # Reject and rewrite: each rewrite keeps the earlier text and its review here, newest last.
+    version = db.Column(db.Integer, nullable=False, default=1, server_default="1")
+    previous_versions = db.Column(db.JSON)
     task = db.relationship("Task")
     images = db.relationship("Image", backref="content", order_by="Image.position")
     __table_args__ = (

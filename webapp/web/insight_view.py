@@ -28,16 +28,22 @@ def insight_view(svc, run, events=None, now=None):
     ins = svc.run_insights(run, events, now)
     running, paused = run.status == "running", run.status == "paused"
     closed_pauses = [(a, b) for a, b in ins["intervals"] if not (paused and b == now)]
+    # Interruptions that ended are not working time either (one going on now: the counter runs on).
+    gone = insights.interrupted_within([(a, b) for a, b in ins["interrupts"] if b != now], closed_pauses,
+                                       run.started_at, now)
     view = {
         "running": running,
         "active_seconds": None if running else ins["active_seconds"],
         "active_since": iso(run.started_at + timedelta(seconds=insights.paused_within(
-            closed_pauses, run.started_at, now))) if running else None,
+            closed_pauses, run.started_at, now) + gone)) if running else None,
+        "interrupted_seconds": ins["interrupted_seconds"],
         "paused_seconds": None if paused else ins["paused_seconds"],
         "paused_since": iso(run.paused_at) if paused else None,
         "eta_at": None, "durations": {}, "stage_since": {},
         "failed_count": svc.failure_count(run),
     }
+    # What a retry would take now: a retry run that fixed some leaves only the others.
+    view["retry_count"] = svc.still_failed_count(run) if view["failed_count"] and not run.is_active else 0
     if running and ins["eta_seconds"] is not None:
         # The expected end, on a ETA_GRAIN-second grid: the same until the estimate moves.
         end = (now + timedelta(seconds=ins["eta_seconds"]) - EPOCH).total_seconds()
@@ -48,7 +54,7 @@ def insight_view(svc, run, events=None, now=None):
             view["stage_since"][n] = iso(start + timedelta(seconds=insights.paused_within(closed_pauses, start, now)))
         else:
             view["durations"][n] = r.get("duration_seconds")
-    view["can_retry"] = bool(view["failed_count"]) and not run.is_active and svc.active_run(run.site_id) is None
+    view["can_retry"] = bool(view["retry_count"]) and not run.is_active and svc.active_run(run.site_id) is None
     return view, ins
 
 

@@ -10,7 +10,7 @@ from sqlalchemy import func, select, update
 from .. import audit
 from ..errors import AppError, NotFound
 from ..extensions import db
-from ..models import Content
+from ..models import Content, Task
 from ..models.base import utcnow
 
 ACTIONS = {"approve": "approved", "reject": "rejected"}
@@ -66,12 +66,19 @@ class ReviewService:
             base.order_by(Content.id).offset((page - 1) * per_page).limit(per_page)).scalars().all()
         return items, total
 
-    def decide(self, content_id, action, note=None):
-        return self.bulk([content_id], action, note, single=True)[0]
+    def decide(self, content_id, action, note=None, regenerate=False):
+        return self.bulk([content_id], action, note, single=True, regenerate=regenerate)[0]
 
-    def bulk(self, ids, action, note=None, site_id=None, single=False):
+    def bulk(self, ids, action, note=None, site_id=None, single=False, regenerate=False):
+        """`regenerate` (reject only): the articles go back to Tasks → Content; the next run
+        rewrites each with the note given to the AI (charged as an article), and it comes
+        back for review as its next `version`, the earlier one kept in `previous_versions`."""
         if not isinstance(action, str) or action not in ACTIONS:
             raise ReviewError({"action": "must be 'approve' or 'reject'"})
+        if not isinstance(regenerate, bool):
+            raise ReviewError({"regenerate": "must be true or false"})
+        if regenerate and action != "reject":
+            raise ReviewError({"regenerate": "only with reject"})
         note = clean_note(note, action)
         ids = clean_ids(ids)
         scope = [Content.id.in_(ids), Content.account_id == self.account_id]
@@ -93,11 +100,15 @@ class ReviewService:
             done = [f"{i} ({s})" for i, s in found.items() if s != "review"]
             field = "content" if single else "ids"
             raise ReviewError({field: f"not in review: {', '.join(done[:20]) or 'changed meanwhile'}"})
+        if regenerate:  # in the same transaction: rejected and queued for rewriting, or neither
+            db.session.execute(update(Task).where(
+                Task.id.in_(select(Content.task_id).where(*scope)), Task.account_id == self.account_id)
+                .values(status="queued"), execution_options={"synchronize_session": False})
         sites = db.session.execute(select(Content.site_id).where(*scope).distinct()).scalars().all()
         for sid in sites:  # one audit entry per site touched, in the review's transaction
             site_ids = db.session.execute(select(Content.id).where(*scope, Content.site_id == sid)).scalars().all()
             audit.record(self.account_id, f"user:{self.reviewer}", f"content.{action}", site_id=sid,
-                         content_ids=site_ids, note=note)
+                         content_ids=site_ids, note=note, **({"regenerate": True} if regenerate else {}))
         db.session.commit()
         from ..automation.countcache import changed
         for sid in sites:  # "awaiting review" and stage 7's pending count moved

@@ -42,6 +42,9 @@ def review(site_id):
         return render(site, page)
     act = request.form.get("act", "")
     action, _, target = act.partition(":")
+    regenerate = action == "rewrite"  # "Reject and rewrite": back to Tasks → Content with the note
+    if regenerate:
+        action = "reject"
     svc = ReviewService(current_user.account_id, current_user.email)
     if target == "selected":
         # ASCII digits only (str.isdigit() also takes e.g. Arabic-Indic digits)
@@ -55,7 +58,7 @@ def review(site_id):
     else:
         return render(site, page, 400, {"form": "Choose Approve or Reject."}, request.form)
     try:
-        done = svc.bulk(ids, action, note, site_id=site.id)
+        done = svc.bulk(ids, action, note, site_id=site.id, regenerate=regenerate)
     except ReviewError as e:
         errors = dict(e.errors)
         if "note" in errors:
@@ -63,7 +66,8 @@ def review(site_id):
         if "content" in errors or "ids" in errors or "action" in errors:
             errors["form"] = e.message
         return render(site, page, e.status, errors, request.form)
-    verb = "approved" if action == "approve" else "rejected"
+    verb = "approved" if action == "approve" else ("rejected: the next run rewrites" + (" them" if len(done) != 1 else " it")
+                                                   if regenerate else "rejected")
     flash(f"{len(done)} article{'s' if len(done) != 1 else ''} {verb}.", "success")
     return redirect(url_for("writer.review", site_id=site.id, page=page))
 
