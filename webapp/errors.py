@@ -34,3 +34,7 @@ class Conflict(AppError):
 
 class Unavailable(AppError):
     status = 503
+
+
+class Gone(AppError):
+    status = 410

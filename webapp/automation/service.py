@@ -17,11 +17,11 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import billing, costs, hooks, insights, jobs, schedule
+from . import billing, costs, hooks, insights, jobs, retention, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
-from .logger import AutomationLogger, line_count, read_after, read_before, run_log_path, tail
+from .logger import AutomationLogger, run_log
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
@@ -445,20 +445,23 @@ class AutomationService:
     # -- logs and live state ----------------------------------------------------------------
     def log_lines(self, run_id, lines):
         run = self.run(run_id)
-        return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
+        retention.check_log_kept(run)
+        return run_log(run).tail(lines)
 
     def log_page(self, run_id, lines, before=None, after=None):
         """A window of a run's log with line numbers: the last `lines`, the `lines` above line
-        `before`, or those after line `after`. `first_line` numbers the first line returned."""
+        `before`, or those after line `after`. `first_line` numbers the first line returned.
+        A log deleted by retention answers Gone (410)."""
         run = self.run(run_id)
-        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-        total = line_count(path)
+        retention.check_log_kept(run)
+        rl = run_log(run)
+        total = rl.count()
         if before is not None:
-            first, out = read_before(path, before, lines)
+            first, out = rl.read_before(before, lines)
         elif after is not None:
-            first, out = read_after(path, after, lines)
+            first, out = rl.read_after(after, lines)
         else:
-            out = tail(path, lines)
+            out = rl.tail(lines)
             first = max(1, total - len(out) + 1)
         return {"lines": out, "first_line": first, "total_lines": total}
 
@@ -487,6 +490,10 @@ def finish_side_effects(run):
         publish_state(r, run.id, None)
     except Exception:  # redis down: the lock has a TTL and the state expires
         current_app.logger.warning("could not release live state for run %s", run.id)
+    try:  # with object storage: every line into the store, the live copy left to expire
+        run_log(run).finish()
+    except Exception:
+        current_app.logger.warning("could not finish the log of run %s", run.id)
 
 
 def schedule_iso(dt):

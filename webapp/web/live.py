@@ -1,14 +1,13 @@
 """Websockets (flask-sock): the run log tail and the processing state.
 
-The log file is the source of truth; Redis pub/sub only wakes the follower up, so any web
-process can stream any run, and a missed message (or a Redis restart) delays a line by at
-most POLL seconds instead of losing it. Admission (Origin 4403, auth 4401, per-user cap 4429)
+The run's log in the store (a file, or a Redis Stream + segments in object storage: see
+webapp/storage/logs.py) is the source of truth; Redis pub/sub only wakes the follower up, so
+any web process can stream any run, whichever machine writes it, and a missed message (or a
+Redis restart) delays a line by at most POLL seconds instead of losing it. Admission (Origin 4403, auth 4401, per-user cap 4429)
 and the periodic re-authentication of open sockets are in webapp/web/sockets.py; a run that
 is not the caller's account's is 4404. Served by gunicorn's gevent worker (gunicorn.conf.py):
 each socket is a greenlet, not a thread, so open sockets cost no request capacity.
 """
-import fcntl
-import os
 import random
 import json
 import threading
@@ -20,11 +19,12 @@ from flask import Blueprint, current_app, request
 from sqlalchemy import select
 
 from .. import metrics
-from ..automation.logger import log_channel, run_log_path
+from ..automation.logger import log_channel, run_log
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
 from ..models import AutomationRun
 from ..redis_conn import get_redis
+from ..storage.logs import INITIAL_LINES, TAILS, LogFollower, SharedTails  # noqa: F401  (were defined here)
 from . import sockets
 
 # Routes on our own blueprint: registered on every app create_app builds (tests build many).
@@ -36,7 +36,6 @@ POLL = 3.0
 # Set by the gunicorn hook (gunicorn.conf.py) on SIGTERM: open sockets close with 1001
 # ("going away") at once instead of being cut at the graceful timeout; clients reconnect.
 SHUTDOWN = threading.Event()
-INITIAL_LINES = 100
 
 
 def _authorised_run(ws, conn, run_id):
@@ -51,112 +50,6 @@ def _authorised_run(ws, conn, run_id):
         return run
     finally:
         db.session.remove()  # do not hold a DB connection for the life of the socket
-
-
-def _lock_shared(fh):
-    # Non-blocking tries with a short sleep: a blocking flock would stall every greenlet of
-    # the process (gevent) while a writer holds the lock.
-    while True:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            time.sleep(0.005)
-
-
-class SharedTails:
-    """The recent end of each followed log file, kept once per process: the hundred sockets
-    on one run woken by one new line cost one stat each and one read in all, not a hundred
-    opens and reads. A follower further back than what is kept reads the file itself."""
-
-    KEEP = 256 * 1024
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.tails = {}  # path -> (start offset, bytes from start to the end read so far)
-
-    def read_from(self, path, offset):
-        path = str(path)
-        try:
-            size = os.stat(path).st_size
-        except FileNotFoundError:
-            return b""
-        if size <= offset:
-            return b""  # nothing new: the common case of a poll, without opening the file
-        with self.lock:
-            start, buf = self.tails.get(path, (None, b""))
-            end = start + len(buf) if start is not None else None
-            if end is None or end < offset or end > size:  # unknown, behind us, or truncated
-                start, buf = offset, b""
-                end = offset
-            if size > end:
-                try:
-                    with open(path, "rb") as fh:
-                        fh.seek(end)
-                        buf += fh.read(size - end)
-                except FileNotFoundError:
-                    return b""
-            if len(buf) > self.KEEP:
-                cut = len(buf) - self.KEEP
-                start, buf = start + cut, buf[cut:]
-            self.tails[path] = (start, buf)
-            if len(self.tails) > 1000:  # many runs followed over time: keep memory bounded
-                self.tails.pop(next(iter(self.tails)))
-        if offset >= start:
-            return buf[offset - start:]
-        with open(path, "rb") as fh:  # a slow reader far behind: read what it needs
-            fh.seek(offset)
-            return fh.read(size - offset)
-
-
-TAILS = SharedTails()
-
-
-class LogFollower:
-    """Reads complete new lines from a growing file, numbering them from 1."""
-
-    def __init__(self, path, after=None):
-        self.path, self.offset, self.number = path, 0, 0
-        if after is None:
-            self._seek_last(INITIAL_LINES)
-        else:
-            self._skip(max(0, after))
-
-    def _skip(self, n):
-        try:
-            with open(self.path, "rb") as fh:
-                for _ in range(n):
-                    line = fh.readline()
-                    if not line.endswith(b"\n"):
-                        break
-                    self.offset += len(line)
-                    self.number += 1
-        except FileNotFoundError:
-            pass
-
-    def _seek_last(self, n):
-        # Count lines once under the writer's lock, then start n lines before the end.
-        try:
-            with open(self.path, "rb") as fh:
-                _lock_shared(fh)
-                total = sum(1 for _ in fh)
-                fcntl.flock(fh, fcntl.LOCK_UN)
-        except FileNotFoundError:
-            return
-        self._skip(max(0, total - n))
-
-    def read_new(self):
-        data = TAILS.read_from(self.path, self.offset)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        chunk = data[:end + 1]
-        self.offset += len(chunk)
-        out = []
-        for raw in chunk.split(b"\n")[:-1]:
-            self.number += 1
-            out.append((self.number, raw.decode("utf-8", errors="replace")))
-        return out
 
 
 class Hub:
@@ -269,8 +162,10 @@ def ws_logs(ws, run_id):
         run = conn and _authorised_run(ws, conn, run_id)
         if run is None:
             return
-        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-        follower = LogFollower(path, request.args.get("after", type=int))
+        if run.files_pruned_at is not None:
+            ws.close(4410, "log deleted by retention")
+            return
+        follower = run_log(run).follower(request.args.get("after", type=int))
         _stream(ws, conn, log_channel(run_id), lambda: [line for _n, line in follower.read_new()])
 
 
