@@ -65,7 +65,7 @@ def prune(older_than_days, dry_run=False, now=None):
             report["objects"] += objects + len(keys)
             report["bytes"] += size
             report["images"] += len(image_ids)
-        db.session.expunge_all()
+            db.session.expunge(run)  # a long prune does not pile every run up in the session
 
 
 def prune_task():

@@ -19,6 +19,7 @@ class LocalStore(Store):
         # First part of a key -> config name of its folder (LOG_DIR / MEDIA_DIR by default),
         # read from the app's config at each use; other keys live under root.
         self.dirs = dirs or {}
+        self.ident = f"file://{self.root}"
 
     def path(self, key):
         check_key(key)

@@ -421,31 +421,34 @@ class _SegmentCache:
         self.max_runs, self.max_blobs = runs, blobs
 
     def ranges(self, store, prefix, refresh):
+        ckey = f"{store.ident}|{prefix}"
         with self.lock:
-            last_key, ranges = self.index.get(prefix, (None, []))
+            last_key, ranges = self.index.get(ckey, (None, []))
         if refresh or last_key is None:
             new = store.list(prefix, start_after=last_key)
             if new:
                 ranges = _merge(ranges, new)
                 last_key = new[-1]
             with self.lock:
-                self.index[prefix] = (last_key, ranges)
-                self.index.move_to_end(prefix)
+                self.index[ckey] = (last_key, ranges)
+                self.index.move_to_end(ckey)
                 while len(self.index) > self.max_runs:
                     self.index.popitem(last=False)
         return ranges
 
-    def forget(self, prefix):
+    def forget(self, store, prefix):
         with self.lock:
-            self.index.pop(prefix, None)
-            for k in [k for k in self.blobs if k.startswith(prefix)]:
+            for k in [k for k in self.index if k.startswith(f"{store.ident}|{prefix}")]:
+                self.index.pop(k)
+            for k in [k for k in self.blobs if k.startswith(f"{store.ident}|{prefix}")]:
                 self.size -= sum(map(len, self.blobs.pop(k)))
 
     def lines(self, store, key):
+        ckey = f"{store.ident}|{key}"
         with self.lock:
-            got = self.blobs.get(key)
+            got = self.blobs.get(ckey)
             if got is not None:
-                self.blobs.move_to_end(key)
+                self.blobs.move_to_end(ckey)
                 return got
         data = store.get(key)
         if data is None:
@@ -454,7 +457,7 @@ class _SegmentCache:
         if got and got[-1] == b"":
             got.pop()
         with self.lock:
-            self.blobs[key] = got
+            self.blobs[ckey] = got
             self.size += len(data)
             while self.blobs and (len(self.blobs) > self.max_blobs or self.size > self.blob_bytes):
                 _k, old = self.blobs.popitem(last=False)
@@ -628,7 +631,7 @@ class SegmentedRunLog(RunLog):
                 continue
             lines = SEGMENTS.lines(self.store, key)
             if lines is None:  # deleted meanwhile (retention): the index is stale
-                SEGMENTS.forget(self.prefix)
+                SEGMENTS.forget(self.store, self.prefix)
                 break
             start = max(first, covered + 1)
             for num in range(start, min(last, hi, first + len(lines) - 1) + 1):
@@ -689,7 +692,7 @@ class SegmentedRunLog(RunLog):
     def delete(self, dry_run=False):
         n, size = self.store.delete_prefix(self.prefix, dry_run=dry_run)
         if not dry_run:
-            SEGMENTS.forget(self.prefix)
+            SEGMENTS.forget(self.store, self.prefix)
             try:
                 self.r.delete(self.k_count, self.k_stream, self.k_flushed)
             except redis.RedisError:

@@ -21,6 +21,7 @@ class S3Store(Store):
         self.endpoint_url = endpoint_url or None
         self._client, self._pid = None, None
         self._lock = threading.Lock()
+        self.ident = f"s3://{bucket}/{self.prefix}"
 
     @property
     def client(self):

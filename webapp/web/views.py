@@ -11,7 +11,7 @@ from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redi
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.logger import run_log, run_log_by_ids
+from ..automation.logger import run_log as log_of, run_log_by_ids
 from ..automation.retention import pruned_message
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
@@ -215,7 +215,7 @@ def run_detail(run_id):
     svc = service()
     run = owned_run(svc, run_id)
     site = db.session.get(Site, run.site_id)
-    rl = run_log(run)
+    rl = log_of(run)
     q = (request.args.get("q") or "").strip()[:200]
     window = None
     pruned = pruned_message(run) if run.files_pruned_at else None
@@ -271,7 +271,7 @@ def run_log(run_id):
     run = owned_run(svc, run_id)
     if run.files_pruned_at:
         return pruned_message(run), 410, {"Content-Type": "text/plain; charset=utf-8"}
-    rl = run_log(run)
+    rl = log_of(run)
     headers = {"Content-Disposition": f'attachment; filename="run-{run.id}.log"', "Cache-Control": "no-cache"}
     path = getattr(rl, "path", None)
     if path is not None:  # the file layout: served by the file, as before
