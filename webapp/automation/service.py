@@ -455,13 +455,14 @@ class AutomationService:
         run = self.run(run_id)
         retention.check_log_kept(run)
         rl = run_log(run)
-        total = rl.count()
         if before is not None:
+            total = rl.count()
             first, out = rl.read_before(before, lines)
         elif after is not None:
+            total = rl.count()
             first, out = rl.read_after(after, lines)
         else:
-            out = rl.tail(lines)
+            total, out = rl.tail_with_total(lines)
             first = max(1, total - len(out) + 1)
         return {"lines": out, "first_line": first, "total_lines": total}
 

@@ -68,6 +68,10 @@ class RunLog:
         """The last n lines (cost grows with n, not with the log's size)."""
         raise NotImplementedError
 
+    def tail_with_total(self, n):
+        """(lines written so far, the last n lines): what `logs?lines=n` answers."""
+        return self.count(), self.tail(n)
+
     def read_before(self, before, n):
         """(number of the first line returned, up to n lines numbered below `before`)."""
         raise NotImplementedError
@@ -646,17 +650,31 @@ class SegmentedRunLog(RunLog):
             return []
         got = self._stream(lo, hi)
         if not got or got[0][0] > lo:
-            upto = got[0][0] - 1 if got else (hi if hi is not None else self.count())
-            got = self._segments(lo, upto) + got
+            # Nothing at `lo` in the stream: not written yet (a follower that is caught up: the
+            # common case, answered by Redis alone), or flushed and trimmed (read the segments).
+            upto = got[0][0] - 1 if got else min(self.count(), hi if hi is not None else float("inf"))
+            if upto >= lo:
+                got = self._segments(lo, upto) + got
             if hi is None and len(got) > READ_BATCH:
                 got = got[:READ_BATCH]
         return [(n, b.decode("utf-8", errors="replace")) for n, b in got]
 
     def tail(self, n):
-        if n <= 0:
-            return []
+        return self.tail_with_total(n)[1]
+
+    def tail_with_total(self, n):
+        n = max(0, n)
+        try:  # one round trip: the count and the stream's last n lines (each RTT counts)
+            pipe = self.r.pipeline(transaction=False)
+            pipe.get(self.k_count)
+            pipe.xrevrange(self.k_stream, count=max(1, n))
+            total, last = pipe.execute()
+            if total is not None and len(last) >= min(n, int(total)):
+                return int(total), [f[b"l"].decode("utf-8", errors="replace") for _i, f in reversed(last[:n])]
+        except redis.RedisError:
+            pass
         total = self.count()
-        return [line for _n, line in self._lines(total - n + 1, total)] if total else []
+        return total, ([line for _n, line in self._lines(total - n + 1, total)] if total and n else [])
 
     def read_before(self, before, n):
         hi = min(before - 1, self.count())
