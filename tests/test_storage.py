@@ -271,9 +271,9 @@ def test_prune_deletes_files_keeps_records_and_answers_410(app, client, auth, ru
 
 
 def test_retention_days_periodic_job(app, tenant):
-    from webapp.automation.retention import prune_task
+    from webapp.automation.retention_job import prune_task
     from webapp.scheduling import periodic_jobs
-    assert any(p["id"] == "periodic-prune_run_files" and p["func"] == "webapp.automation.retention.prune_task"
+    assert any(p["id"] == "periodic-prune_run_files" and p["func"] == "webapp.automation.retention_job.prune_task"
                for p in periodic_jobs())
     run_id = _run(tenant["acc"], tenant["site"]).id
     AutomationService(tenant["acc"]).cancel(run_id)

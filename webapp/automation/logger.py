@@ -8,6 +8,7 @@ from pathlib import Path
 
 from flask import current_app
 
+from ..errors import Gone
 from ..storage import get_store
 from ..storage.logs import (  # noqa: F401  (re-exported: callers import them from here)
     line_count, log_channel, open_run_log, read_after, read_before, read_from, tail)
@@ -29,6 +30,18 @@ def _redis():
         return get_redis()
     except RuntimeError:
         return None
+
+
+def pruned_message(run):
+    return (f"The log of run {run.id} was deleted by the retention policy on "
+            f"{run.files_pruned_at:%Y-%m-%d} (logs and images are kept for a set number of days after a run "
+            "ends); the run's record and stage results are kept.")
+
+
+def check_log_kept(run):
+    """Retention (webapp/automation/retention.py) deleted this run's log: Gone (410)."""
+    if run.files_pruned_at is not None:
+        raise Gone(pruned_message(run))
 
 
 def run_log(run, redis_client=None):

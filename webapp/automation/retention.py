@@ -5,30 +5,17 @@ run is marked (`files_pruned_at`), its logs answer 410 and its page says why."""
 import logging
 from datetime import timedelta
 
-from flask import current_app
 from sqlalchemy import select, update
 
-from ..errors import Gone
 from ..extensions import db
 from ..models import ACTIVE_STATUSES, AITaskLog, AutomationRun, Image
 from ..models.base import utcnow
 from ..storage import StoreError, get_store
 from ..storage.keys import image_key, site_prefixes
-from .logger import run_log
+from .logger import check_log_kept, pruned_message, run_log  # noqa: F401  (the room's names)
 
 log = logging.getLogger(__name__)
 BATCH = 200
-
-
-def pruned_message(run):
-    return (f"The log of run {run.id} was deleted by the retention policy on "
-            f"{run.files_pruned_at:%Y-%m-%d} (logs and images are kept for a set number of days after a run "
-            "ends); the run's record and stage results are kept.")
-
-
-def check_log_kept(run):
-    if run.files_pruned_at is not None:
-        raise Gone(pruned_message(run))
 
 
 def prune(older_than_days, dry_run=False, now=None):
@@ -66,22 +53,6 @@ def prune(older_than_days, dry_run=False, now=None):
             report["bytes"] += size
             report["images"] += len(image_ids)
             db.session.expunge(run)  # a long prune does not pile every run up in the session
-
-
-def prune_task():
-    """The periodic job (webapp/scheduling.py): applies RETENTION_DAYS; nothing when unset."""
-    from .tasks import _app_context
-    with _app_context():
-        try:
-            days = current_app.config.get("RETENTION_DAYS")
-            if not days:
-                return None
-            report = prune(days)
-            if report["runs"]:
-                log.info("retention: files of %d runs deleted (%d objects)", report["runs"], report["objects"])
-            return report
-        finally:
-            db.session.remove()
 
 
 def delete_site_files(account_id, site_id):

@@ -17,11 +17,11 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import billing, costs, hooks, insights, jobs, retention, schedule
+from . import billing, costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
-from .logger import AutomationLogger, run_log
+from .logger import AutomationLogger, check_log_kept, run_log
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
@@ -445,7 +445,7 @@ class AutomationService:
     # -- logs and live state ----------------------------------------------------------------
     def log_lines(self, run_id, lines):
         run = self.run(run_id)
-        retention.check_log_kept(run)
+        check_log_kept(run)
         return run_log(run).tail(lines)
 
     def log_page(self, run_id, lines, before=None, after=None):
@@ -453,7 +453,7 @@ class AutomationService:
         `before`, or those after line `after`. `first_line` numbers the first line returned.
         A log deleted by retention answers Gone (410)."""
         run = self.run(run_id)
-        retention.check_log_kept(run)
+        check_log_kept(run)
         rl = run_log(run)
         if before is not None:
             total = rl.count()

@@ -12,7 +12,6 @@ field, add it in `run_view` / `site_snapshot` and read it in the template.
 import hashlib
 import json
 
-from flask import current_app
 from sqlalchemy import func, select
 
 from ..automation import insights

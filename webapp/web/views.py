@@ -6,13 +6,12 @@ and the processing state.
 """
 from pathlib import Path
 
-from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, flash, jsonify, redirect, render_template, request,
                    send_file, stream_with_context, url_for)
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.logger import run_log as log_of, run_log_by_ids
-from ..automation.retention import pruned_message
+from ..automation.logger import pruned_message, run_log as log_of, run_log_by_ids
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
