@@ -300,3 +300,33 @@ def test_site_delete_removes_its_objects(app, tenant):
     delete_site(owner, tenant["site"], db.session.get(Site, tenant["site"]).name)
     assert all(store.list(p) == [] for p in site_prefixes(tenant["acc"], tenant["site"]))
     assert store.get(f"logs/{tenant['acc']}/{tenant['site'] + 1000}/1/keep.log") == b"another site's"
+
+
+def test_bucket_unreachable_is_503_not_500(app, client, tenant, backend):
+    if backend != "s3":
+        pytest.skip("a local folder has no outage of its own")
+    _run0, images = _complete_run_with_images(app, tenant)
+    run = AutomationRun(account_id=tenant["acc"], site_id=tenant["site"], status="completed", ended_at=utcnow())
+    db.session.add(run)
+    db.session.commit()
+    lg = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
+    for i in range(3500):  # more than the stream keeps: the first lines are in segments only
+        lg.log(f"l {i}")
+    lg.close()
+    run_log(run).finish()
+    total = run_log(run).count()
+    from webapp.storage.s3 import S3Store
+    good = app.extensions["storage"]
+    app.extensions["storage"] = S3Store(good.bucket, "automation", "http://127.0.0.1:9")  # nothing listens
+    try:
+        h = _bearer(tenant["token"])
+        # The recent end is in Redis: the tail still answers; paging into the segments cannot.
+        tail = client.get(f"/api/v1/automation/logs/?run_id={run.id}&lines=5", headers=h)
+        assert tail.status_code == 200 and tail.get_json()["data"]["total_lines"] == total
+        from webapp.storage import logs
+        logs.SEGMENTS.forget(app.extensions["storage"], f"logs/{run.account_id}/")
+        page = client.get(f"/api/v1/automation/logs/?run_id={run.id}&lines=5&before=3", headers=h)
+        assert page.status_code == 503 and "cannot be read right now" in page.get_json()["error"]
+        assert client.get(f"/media/images/{images[0].id}.png", headers=h).status_code == 503
+    finally:
+        app.extensions["storage"] = good

@@ -7,7 +7,7 @@ from sqlalchemy import select
 from .auth.tokens import caller_account_id
 from .extensions import db
 from .models import Image
-from .storage import get_store
+from .storage import StoreError, get_store
 from .storage.keys import image_key
 
 
@@ -24,7 +24,10 @@ def init_app(app):
         if img is None:
             abort(404)
         key = image_key(img.account_id, img.site_id, img.id)
-        resp = get_store().response(key, "image/png", max_age=3600)
+        try:
+            resp = get_store().response(key, "image/png", max_age=3600)
+        except StoreError:  # the bucket is unreachable: a retryable answer, not a 500
+            abort(503)
         if resp is None:
             abort(404)
         return resp

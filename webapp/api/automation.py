@@ -88,7 +88,8 @@ def history():
 
 @endpoint("/automation/logs", ["GET"], query=s.LogsQuery, ok=s.ok("LogsResponse", s.Logs),
           errors={**RUN_ERRORS, 410: "The run's log was deleted by the retention policy (RETENTION_DAYS, "
-                                     "`flask prune`); the run's record stays"}, tags=["runs"])
+                                     "`flask prune`); the run's record stays",
+                                 503: "Object storage (STORAGE_URL) unreachable: retry"}, tags=["runs"])
 def logs():
     """Log lines of a run with line numbers: the last `lines`; with `before=L` the `lines` lines
     above line L (page backwards); with `after=L` the lines following line L (poll the tail)."""

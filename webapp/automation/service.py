@@ -16,6 +16,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
                       RunItemFailure, Site)
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
+from ..storage import StoreError
 from ..writer.review import awaiting_review
 from . import billing, costs, hooks, insights, jobs, schedule
 from .closing import end_values
@@ -454,6 +455,12 @@ class AutomationService:
         A log deleted by retention answers Gone (410)."""
         run = self.run(run_id)
         check_log_kept(run)
+        try:
+            return self._log_page(run, lines, before, after)
+        except StoreError as e:  # the bucket is unreachable: say so, never a 500
+            raise Unavailable(f"The run's log cannot be read right now: {e}")
+
+    def _log_page(self, run, lines, before, after):
         rl = run_log(run)
         if before is not None:
             total = rl.count()
