@@ -5,7 +5,7 @@ webapp/storage/logs.py) is the source of truth; Redis pub/sub only wakes the fol
 any web process can stream any run, whichever machine writes it, and a missed message (or a
 Redis restart) delays a line by at most POLL seconds instead of losing it. Admission (Origin 4403, auth 4401, per-user cap 4429)
 and the periodic re-authentication of open sockets are in webapp/web/sockets.py; a run that
-is not the caller's account's is 4404. Served by gunicorn's gevent worker (gunicorn.conf.py):
+is not the caller's account's is 4404, one whose log retention deleted is 4410. Served by gunicorn's gevent worker (gunicorn.conf.py):
 each socket is a greenlet, not a thread, so open sockets cost no request capacity.
 """
 import random
