@@ -353,3 +353,51 @@ def stop_process(proc):
         except Exception:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
+
+
+def start_moto(port=None):
+    """moto's S3-compatible server as a real HTTP process on 127.0.0.1 (not its in-process
+    mocks): (endpoint URL, process). The stand-in for MinIO / S3, as the AI stub is for a provider."""
+    import socket
+    import requests
+    if port is None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def up():
+        try:
+            return requests.get(url + "/", timeout=1).status_code < 500
+        except requests.RequestException:
+            return proc.poll() is not None  # exited: reported below
+    wait_for(up, timeout=60, message="moto server up")
+    if proc.poll() is not None:
+        raise RuntimeError("moto_server exited at start")
+    return url, proc
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true", "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The session's S3 endpoint (moto server mode), stopped at the end."""
+    url, proc = start_moto()
+    yield url
+    stop_process(proc)
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """A fresh bucket for this test: the env that points an install at it (STORAGE_URL, …)."""
+    import uuid
+    import boto3
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    bucket = f"t-{uuid.uuid4().hex[:16]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=bucket)
+    return {"STORAGE_URL": f"s3://{bucket}/automation", "S3_ENDPOINT_URL": s3_server, **S3_ENV}

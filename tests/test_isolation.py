@@ -15,7 +15,7 @@ from sqlalchemy import func, select
 
 from conftest import csrf_from, start_worker, stop_process, wait_for
 from webapp.automation.logger import read_after, read_before
-from webapp.automation.logwindow import window_after, window_before
+from webapp.storage.logwindow import window_after, window_before
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
 from webapp.imports import IMPORT_QUEUE

@@ -117,6 +117,22 @@ def init_app(app):
         click.echo(f"Account {acc.name!r}: max_active_runs={acc.max_active_runs or 'default'}, "
                    f"max_keywords_per_site={acc.max_keywords_per_site or 'default'}, weight={acc.weight:g}.")
 
+    @app.cli.command("prune")
+    @click.option("--older-than", "older_than", required=True, help="days since a run ended")
+    @click.option("--dry-run", is_flag=True, help="report what would be deleted, delete nothing")
+    def prune_cmd(older_than, dry_run):
+        """Delete the logs and images of runs ended more than DAYS ago (run records stay)."""
+        from .automation.retention import prune
+        from .storage import StoreError
+        days = _int(older_than, "--older-than", minimum=1)
+        try:
+            report = prune(days, dry_run=dry_run)
+        except StoreError as e:
+            fail(str(e))
+        verb = "would delete" if dry_run else "deleted"
+        click.echo(f"Runs ended more than {days} days ago: {report['runs']}; {verb} {report['objects']} objects "
+                   f"({report['images']} images, {report['bytes']} bytes of logs).")
+
     @app.cli.command("create-user")
     @click.argument("email")
     @click.option("--password", required=True)

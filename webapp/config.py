@@ -61,6 +61,16 @@ def _positive_or_none(env, name):
     return value
 
 
+def _storage_url(env):
+    from .storage import parse_storage_url
+    url = env.get("STORAGE_URL") or None
+    try:
+        parse_storage_url(url)
+    except ValueError as e:
+        raise SystemExit(f"config error: {e}")
+    return url
+
+
 def _ws_cap(env):
     cap = _int(env, "WS_MAX_PER_USER", 20)
     if cap < 1:
@@ -189,6 +199,11 @@ def load_config(instance_path, env=None):
         "REDIS_URL": env.get("REDIS_URL") or None,
         "LOG_DIR": env.get("LOG_DIR") or str(instance_path / "logs"),
         "MEDIA_DIR": env.get("MEDIA_DIR") or str(instance_path / "media"),
+        # Run logs and images (webapp/storage/): unset = LOG_DIR and MEDIA_DIR as they are.
+        "STORAGE_URL": _storage_url(env),
+        "S3_ENDPOINT_URL": env.get("S3_ENDPOINT_URL") or None,
+        # Days after a run ends before its log and images are deleted (None = keep them).
+        "RETENTION_DAYS": _positive_or_none(env, "RETENTION_DAYS"),
         "AI_PROVIDER": env.get("AI_PROVIDER", "local"),
         "AI_LOCAL_LATENCY_MS": _int(env, "AI_LOCAL_LATENCY_MS", 0),
         "AI_ARTICLE_WORDS": _int(env, "AI_ARTICLE_WORDS", 600),

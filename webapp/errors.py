@@ -70,3 +70,7 @@ class Conflict(AppError):
 
 class Unavailable(AppError):
     status = 503
+
+
+class Gone(AppError):
+    status = 410

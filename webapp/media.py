@@ -1,14 +1,14 @@
 """Serving generated images: looked up by id and the caller's account (browser session or
-bearer token); the path on disk comes from the row (built from ids by stage 6), never
-from the URL."""
-from pathlib import Path
-
-from flask import abort, current_app, redirect, request, send_file, url_for
+bearer token); the store key is rebuilt from the row's ids (webapp/storage/keys.py), never
+taken from the URL, and the object is streamed from the store (a local folder or a bucket)."""
+from flask import abort, redirect, request, url_for
 from sqlalchemy import select
 
 from .auth.tokens import caller_account_id
 from .extensions import db
 from .models import Image
+from .storage import StoreError, get_store
+from .storage.keys import image_key
 
 
 def init_app(app):
@@ -23,8 +23,11 @@ def init_app(app):
                                                      Image.file_path.is_not(None))).scalar_one_or_none()
         if img is None:
             abort(404)
-        root = Path(current_app.config["MEDIA_DIR"]).resolve()
-        path = (root / img.file_path).resolve()
-        if root not in path.parents or not path.is_file():
+        key = image_key(img.account_id, img.site_id, img.id)
+        try:
+            resp = get_store().response(key, "image/png", max_age=3600)
+        except StoreError:  # the bucket is unreachable: a retryable answer, not a 500
+            abort(503)
+        if resp is None:
             abort(404)
-        return send_file(path, mimetype="image/png", max_age=3600)
+        return resp

@@ -25,6 +25,8 @@ def periodic_jobs():
          "interval": stale_every},
         # Notification jobs lost with Redis (or a killed worker) are queued again.
         {"id": "periodic-notify_sweep", "func": "webapp.notify.jobs.sweep_task", "interval": 300},
+        # RETENTION_DAYS: logs and images of runs ended longer ago leave the store (no-op unset).
+        {"id": "periodic-prune_run_files", "func": "webapp.automation.retention_job.prune_task", "interval": 3600},
     ]
 
 

@@ -4,11 +4,8 @@ transaction (webapp/audit.py) and every lookup is scoped by the caller's account
 import hashlib
 import re
 import secrets
-import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-from flask import current_app
 from sqlalchemy import func, select, update
 
 from . import audit
@@ -368,7 +365,6 @@ def delete_site(actor_user, site_id, confirm, actor=None):
 
 
 def _remove_files(account_id, site_id):
-    # Both paths from integers only: never from user input.
-    for root in (current_app.config["LOG_DIR"], current_app.config["MEDIA_DIR"]):
-        path = Path(root) / str(int(account_id)) / str(int(site_id))
-        shutil.rmtree(path, ignore_errors=True)
+    # Keys from integers only: never from user input.
+    from .automation.retention import delete_site_files
+    delete_site_files(account_id, site_id)

@@ -86,8 +86,10 @@ def history():
     return ok({"runs": svc.summaries(runs), "page": q.page, "limit": q.limit, "total": total})
 
 
-@endpoint("/automation/logs", ["GET"], query=s.LogsQuery, ok=s.ok("LogsResponse", s.Logs), errors=RUN_ERRORS,
-          tags=["runs"])
+@endpoint("/automation/logs", ["GET"], query=s.LogsQuery, ok=s.ok("LogsResponse", s.Logs),
+          errors={**RUN_ERRORS, 410: "The run's log was deleted by the retention policy (RETENTION_DAYS, "
+                                     "`flask prune`); the run's record stays",
+                                 503: "Object storage (STORAGE_URL) unreachable: retry"}, tags=["runs"])
 def logs():
     """Log lines of a run with line numbers: the last `lines`; with `before=L` the `lines` lines
     above line L (page backwards); with `after=L` the lines following line L (poll the tail).

@@ -16,13 +16,13 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
                       RunItemFailure, Site)
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
+from ..storage import StoreError
 from ..writer.review import awaiting_review
 from . import billing, costs, hooks, insights, jobs, limits, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock, site_lock_ttl
-from .logger import AutomationLogger, line_count, run_log_path, tail
-from .logwindow import window_after, window_before
+from .logger import AutomationLogger, check_log_kept, run_log
 from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
@@ -482,21 +482,30 @@ class AutomationService:
     # -- logs and live state ----------------------------------------------------------------
     def log_lines(self, run_id, lines):
         run = self.run(run_id)
-        return tail(run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id), lines)
+        check_log_kept(run)
+        return run_log(run).tail(lines)
 
     def log_page(self, run_id, lines, before=None, after=None):
         """A window of a run's log with line numbers: the last `lines`, the `lines` above line
-        `before`, or those after line `after`. `first_line` numbers the first line returned."""
+        `before`, or those after line `after`. `first_line` numbers the first line returned.
+        A log deleted by retention answers Gone (410)."""
         run = self.run(run_id)
-        path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-        total = line_count(path)
-        # Bounded by `lines`, not by the log's length (logwindow's index; LogsQuery caps lines).
+        check_log_kept(run)
+        try:
+            return self._log_page(run, lines, before, after)
+        except StoreError as e:  # the bucket is unreachable: say so, never a 500
+            raise Unavailable(f"The run's log cannot be read right now: {e}")
+
+    def _log_page(self, run, lines, before, after):
+        rl = run_log(run)
         if before is not None:
-            first, out = window_before(path, before, lines, total)
+            total = rl.count()
+            first, out = rl.read_before(before, lines)
         elif after is not None:
-            first, out = window_after(path, after, lines)
+            total = rl.count()
+            first, out = rl.read_after(after, lines)
         else:
-            out = tail(path, lines)
+            total, out = rl.tail_with_total(lines)
             first = max(1, total - len(out) + 1)
         return {"lines": out, "first_line": first, "total_lines": total}
 
@@ -525,6 +534,10 @@ def finish_side_effects(run):
         publish_state(r, run.id, None)
     except Exception:  # redis down: the lock has a TTL and the state expires
         current_app.logger.warning("could not release live state for run %s", run.id)
+    try:  # with object storage: every line into the store, the live copy left to expire
+        run_log(run).finish()
+    except Exception:
+        current_app.logger.warning("could not finish the log of run %s", run.id)
 
 
 def schedule_iso(dt):

@@ -15,14 +15,14 @@ Pending is always derived from the data (never from a cursor), so after a crash 
 the next batch simply picks up what is still pending; conditional updates (`... WHERE
 status = 'new'`) and unique constraints make doing an item twice impossible.
 """
-from pathlib import Path
-
 from sqlalchemy import and_, exists, func, select, update
 from sqlalchemy.orm import joinedload
 
 from ..ai.text import terms
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Task
+from ..storage import get_store
+from ..storage.keys import image_key, image_rel_path
 from .costs import credits_for
 
 
@@ -304,16 +304,12 @@ class PromptsToImages(Stage):
 
     def apply(self, ctx, unit, request, result):
         image = unit[0]
-        # Path from integer ids only. Written before commit: if the commit fails the file is
-        # simply overwritten by the retry; a committed row always has its file.
-        rel = Path(str(int(image.account_id))) / str(int(image.site_id)) / f"{int(image.id)}.png"
-        dest = Path(ctx.media_dir) / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_suffix(f".{ctx.run.id}.tmp")
-        tmp.write_bytes(result.data)
-        tmp.replace(dest)
+        # Key from integer ids only. Written to the store (webapp/storage/) before commit: if
+        # the commit fails the object is simply overwritten by the retry; a committed row
+        # always has its object.
+        get_store().put(image_key(image.account_id, image.site_id, image.id), result.data, "image/png")
         _guarded(update(Image).where(Image.id == image.id, Image.status == "pending")
-                 .values(status="generated", file_path=str(rel)))
+                 .values(status="generated", file_path=image_rel_path(image.account_id, image.site_id, image.id)))
         ctx.charge(self, image.id, credits_for(self.function, 1, result.tokens), result)
         return 1
 

@@ -85,6 +85,8 @@ class AutomationRun(TenantMixin, db.Model):
     # A run beyond its account's limit waits as `queued` (holding its site and its credits);
     # the queue is ordered by this time (webapp/automation/fairness.py).
     queued_at = db.Column(db.DateTime)
+    # When retention deleted the run's log and images from the store (webapp/automation/retention.py).
+    files_pruned_at = db.Column(db.DateTime)
     __table_args__ = (
         # At most one active run per site, enforced by the database (SPEC §3).
         db.Index("uq_run_one_active_per_site", "site_id", unique=True,

@@ -12,12 +12,11 @@ field, add it in `run_view` / `site_snapshot` and read it in the template.
 import hashlib
 import json
 
-from flask import current_app
 from sqlalchemy import func, select
 
 from ..automation import insights
 from ..automation.countcache import generation, marker, run_with_counts
-from ..automation.logger import line_count, run_log_path
+from ..automation.logger import run_log
 from ..automation.service import overview_rows
 from ..automation.stages import STAGES
 from ..automation.state import percent, read_state, reconcile
@@ -246,10 +245,9 @@ def _timezone(site_id):
     return db.session.execute(select(Site.timezone).where(Site.id == site_id)).scalar() or "UTC"
 
 
-def log_window(run, lines):
+def log_window(run, lines, rl=None):
     """Where the lines shown on the run page sit in the whole log (for "lines hidden")."""
-    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-    total = line_count(path)
+    total = (rl or run_log(run)).count()
     return {"total": total, "first": max(1, total - len(lines) + 1) if lines else total + 1}
 
 

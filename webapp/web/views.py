@@ -6,13 +6,12 @@ and the processing state.
 """
 from pathlib import Path
 
-from flask import (Blueprint, abort, current_app, flash, jsonify, redirect, render_template, request, send_file,
-                   url_for)
+from flask import (Blueprint, Response, abort, flash, jsonify, redirect, render_template, request,
+                   send_file, stream_with_context, url_for)
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
 
-from ..automation.logger import line_count, run_log_path, tail
-from ..automation.logwindow import window_before
+from ..automation.logger import pruned_message, run_log as log_of, run_log_by_ids
 from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
@@ -77,9 +76,9 @@ def automation_context(svc, site, errors=None, form_values=None, fresh=True):
     snap = snapshot.site_snapshot(svc, site, fresh=fresh, history=snapshot.HistoryQuery(request.args))
     log_lines, log_next = [], 0
     if snap["run"]:
-        path = run_log_path(current_app.config["LOG_DIR"], current_user.account_id, site.id, snap["run"]["id"])
-        log_next = line_count(path)
-        log_lines = tail(path, 30)
+        rl = run_log_by_ids(current_user.account_id, site.id, snap["run"]["id"])
+        log_next = rl.count()
+        log_lines = rl.tail(30)
     return dict(site=site, snap=snap, config=svc.config_dict(svc.config(site.id)), errors=errors or {},
                 form=form_values or {}, log_lines=log_lines, log_next=log_next, live_version=snapshot.version(snap))
 
@@ -216,27 +215,29 @@ def run_detail(run_id):
     svc = service()
     run = owned_run(svc, run_id)
     site = db.session.get(Site, run.site_id)
-    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
+    rl = log_of(run)
     q = (request.args.get("q") or "").strip()[:200]
     window = None
-    if q:
+    pruned = pruned_message(run) if run.files_pruned_at else None
+    if pruned:
+        lines, window = [], {"first": 1, "total": 0}
+    elif q:
         needle = q.lower()
-        lines = [ln for ln in tail(path, 5000) if needle in ln.lower()]
+        lines = [ln for ln in rl.tail(5000) if needle in ln.lower()]
     else:
         # `?before=N` pages backwards without JavaScript; the page's "Load earlier" button
         # uses the API's `before` parameter for the same window.
         before = request.args.get("before", type=int)
         if before and before > 1:
-            total = line_count(path)
-            first, lines = window_before(path, before, RUN_PAGE_LINES, total)
-            window = {"first": first, "total": total, "paged": True}
+            first, lines = rl.read_before(before, RUN_PAGE_LINES)
+            window = {"first": first, "total": rl.count(), "paged": True}
         else:
-            lines = tail(path, RUN_PAGE_LINES)
-            window = snapshot.log_window(run, lines)
+            lines = rl.tail(RUN_PAGE_LINES)
+            window = snapshot.log_window(run, lines, rl)
     failed_page = failed_page_arg()
     snap = snapshot.run_snapshot(svc, run)
-    return render_template("run.html", snap=snap, run=run, site=site, lines=lines, q=q, window=window,
-                           log_next=line_count(path), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES,
+    return render_template("run.html", snap=snap, run=run, site=site, lines=lines, q=q, window=window, pruned=pruned,
+                           log_next=0 if pruned else rl.count(), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES,
                            **failed_context(svc, run, failed_page))
 
 
@@ -268,12 +269,18 @@ def retry_failed(run_id):
 def run_log(run_id):
     svc = service()
     run = owned_run(svc, run_id)
-    path = run_log_path(current_app.config["LOG_DIR"], run.account_id, run.site_id, run.id)
-    if not Path(path).is_file():
-        return "", 200, {"Content-Type": "text/plain; charset=utf-8",
-                         "Content-Disposition": f'attachment; filename="run-{run.id}.log"'}
-    return send_file(path, mimetype="text/plain", as_attachment=True, download_name=f"run-{run.id}.log",
-                     max_age=0)
+    if run.files_pruned_at:
+        return pruned_message(run), 410, {"Content-Type": "text/plain; charset=utf-8"}
+    rl = log_of(run)
+    headers = {"Content-Disposition": f'attachment; filename="run-{run.id}.log"', "Cache-Control": "no-cache"}
+    path = getattr(rl, "path", None)
+    if path is not None:  # the file layout: served by the file, as before
+        if not Path(path).is_file():
+            return "", 200, {"Content-Type": "text/plain; charset=utf-8", **headers}
+        return send_file(path, mimetype="text/plain", as_attachment=True, download_name=f"run-{run.id}.log",
+                         max_age=0)
+    # Object storage: segments then the live stream, streamed in order, never whole in memory.
+    return Response(stream_with_context(rl.iter_bytes()), mimetype="text/plain", headers=headers)
 
 
 # -- keywords and what the pipeline made ------------------------------------------------------------
