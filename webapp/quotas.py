@@ -22,7 +22,8 @@ from .models.base import utcnow
 
 class QuotaExceeded(BadRequest):
     def __init__(self, field, message, limit, current):
-        super().__init__(message, errors={field: f"limit {limit:,} reached (currently {current:,})"})
+        # The whole sentence next to the field too: a form shows only the field's message.
+        super().__init__(message, errors={field: message})
         self.limit, self.current = limit, current
 
 

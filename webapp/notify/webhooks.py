@@ -99,11 +99,11 @@ class WebhookService:
         # The site's row locked (PostgreSQL; SQLite serialises writers): two clicks on "Add" at once
         # cannot both pass the duplicate check below.
         db.session.execute(select(Site.id).where(Site.id == site.id).with_for_update())
+        from ..quotas import check_webhooks
+        check_webhooks(site)  # MAX_WEBHOOKS_PER_SITE
         existing = db.session.execute(select(Webhook.url, Webhook.events).where(Webhook.site_id == site.id)).all()
         if any(u == url and sorted(e or []) == sorted(events) for u, e in existing):
             raise Conflict(errors={"url": "this site already has a webhook for this URL and these events"})
-        from ..quotas import check_webhooks
-        check_webhooks(site)  # MAX_WEBHOOKS_PER_SITE
         wh = Webhook(account_id=self.account_id, site_id=site.id, url=url, events=events, secret=new_secret(),
                      created_by=self.actor)
         db.session.add(wh)

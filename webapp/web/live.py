@@ -24,7 +24,7 @@ from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
 from ..models import AutomationRun
 from ..redis_conn import get_redis
-from ..storage.logs import INITIAL_LINES, TAILS, LogFollower, SharedTails  # noqa: F401  (were defined here)
+from ..storage.logs import INITIAL_LINES, READ_MAX, TAILS, LogFollower, SharedTails  # noqa: F401  (were defined here)
 from . import sockets
 
 # Routes on our own blueprint: registered on every app create_app builds (tests build many).

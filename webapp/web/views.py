@@ -6,7 +6,7 @@ and the processing state.
 """
 from pathlib import Path
 
-from flask import (Blueprint, Response, abort, flash, jsonify, redirect, render_template, request,
+from flask import (Blueprint, Response, abort, current_app, flash, jsonify, redirect, render_template, request,
                    send_file, stream_with_context, url_for)
 from flask_login import current_user, login_required
 from sqlalchemy import func, select
