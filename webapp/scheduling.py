@@ -25,6 +25,8 @@ def periodic_jobs():
          "interval": stale_every},
         # Notification jobs lost with Redis (or a killed worker) are queued again.
         {"id": "periodic-notify_sweep", "func": "webapp.notify.jobs.sweep_task", "interval": 300},
+        # Budget alerts whose dispatch job was lost (or Redis was down when they committed).
+        {"id": "periodic-budget_alert_sweep", "func": "webapp.notify.budget_alerts.sweep_task", "interval": 300},
     ]
 
 

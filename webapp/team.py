@@ -244,7 +244,7 @@ def update_site(actor_user, site_id, data, actor=None):
     check_role(actor_user, "owner")
     site = _site(actor_user.account_id, site_id)
     errors, changes = {}, {}
-    unknown = set(data) - {"name", "domain", "timezone"}
+    unknown = set(data) - {"name", "domain", "timezone", "monthly_budget"}
     for k in sorted(unknown):
         errors[k] = "is not a known field"
     if "name" in data:
@@ -271,8 +271,19 @@ def update_site(actor_user, site_id, data, actor=None):
                 changes["timezone"] = tz
         except BadRequest as e:
             errors["timezone"] = e.message.split("' ", 1)[-1]
+    if "monthly_budget" in data:
+        from .automation.budgets import parse_budget
+        budget, problem = parse_budget(data["monthly_budget"])
+        if problem:
+            errors["monthly_budget"] = problem
     if errors:
         raise FieldErrors(errors)
+    if "monthly_budget" in data and budget != site.monthly_budget:
+        # Under the account's lock, with its alerts and resumes (webapp/account.py); the other
+        # fields, all checked above, commit just before it.
+        from .account import set_budget
+        set_budget(site.account_id, site.id, budget, actor or actor_of(actor_user))
+        site = _site(actor_user.account_id, site_id)
     if changes:
         old = {k: getattr(site, k) for k in changes}
         for k, v in changes.items():

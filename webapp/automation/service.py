@@ -17,7 +17,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import billing, costs, hooks, insights, jobs, schedule
+from . import billing, budgets, costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
@@ -139,15 +139,18 @@ class AutomationService:
     def estimate(self, site_id):
         site = self.site(site_id)
         _, p = self.pending_counts(site.id)
-        return self.estimate_from(p)
+        return self.estimate_from(p, site.id)
 
-    def estimate_from(self, p):
-        """The estimate for pending counts `p` already read (see pending_counts)."""
+    def estimate_from(self, p, site_id=None):
+        """The estimate for pending counts `p` already read (see pending_counts), with what is
+        left of the monthly budgets that apply (the site's too, with site_id)."""
         est = costs.estimate(p)
         required = costs.required_for_start(est)
         balance, held, available = billing.credit_position(self.account_id)
         return {"estimated_credits": est, "required_credits": required, "current_balance": balance,
-                "held": held, "available": available, "sufficient": available >= required}
+                "held": held, "available": available, "sufficient": available >= required,
+                "stages": costs.estimate_stages(p), "budgets": (left := budgets.budgets_for(self.account_id, site_id)),
+                "within_budgets": all(required <= b["left"] for b in left)}
 
     def pipeline_overview(self, site_id, fresh=False):
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
@@ -276,6 +279,7 @@ class AutomationService:
                 detail = f" (balance {balance}, held by active runs {held})" if held else ""
                 raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), "
                                  f"available {available}{detail}.")
+            budgets.check_start(self.account_id, site.id, required, est)  # monthly budgets, same lock
         except BaseException:
             db.session.rollback()
             raise
@@ -424,6 +428,10 @@ class AutomationService:
                                 reason)
 
     def resume(self, run_id, reason=None):
+        paused = self.run(run_id)
+        over = budgets.over_budget(paused) if paused.status == "paused" else None
+        if over:
+            raise BadRequest(f"Run {paused.id} cannot be resumed: {over}. Raise or remove the budget first.")
         token = uuid.uuid4().hex
         run = self._transition(run_id, "resume", ("paused",),
                                {"status": "running", "resumed_at": utcnow(), "heartbeat_at": utcnow(),

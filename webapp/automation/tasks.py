@@ -32,6 +32,7 @@ from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
 from .scope import scope_for
+from .spend import BudgetReached
 from .stages import STAGES, AlreadyDone, Stale
 from .state import build_state, publish_state
 
@@ -386,6 +387,10 @@ class RunExecutor:
         except Stale:
             db.session.rollback()
             return concurrency.REDO
+        except BudgetReached as e:  # the item is rolled back whole; it is redone on resume
+            db.session.rollback()
+            self._pause(e.reason, f"Paused: {e}. Raise or remove the budget to resume.")
+            return concurrency.STOP
         except InsufficientCredits as e:
             db.session.rollback()
             self._pause("insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "
