@@ -50,12 +50,13 @@ def update_account(user, data, actor):
     check_role(user, "owner")
     errors = {k: "is not a known field" for k in sorted(set(data) - {"monthly_budget"})}
     value, problem = budgets.parse_budget(data.get("monthly_budget"))
-    if problem:
+    if "monthly_budget" not in data:
+        errors["monthly_budget"] = "is required (a number of credits, or null for no budget)"
+    elif problem:
         errors["monthly_budget"] = problem
     if errors:
         raise FieldErrors(errors)
-    if "monthly_budget" in data:
-        set_budget(user.account_id, None, value, actor)
+    set_budget(user.account_id, None, value, actor)
     return summary(user.account_id)
 
 

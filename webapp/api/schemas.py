@@ -625,9 +625,10 @@ class AccountUpdate(BaseModel):
 
 
 class CostQuery(Query):
-    month: Annotated[str, Field(max_length=7, description="YYYY-MM (UTC; default: this month)")] = None
-    group_by: Annotated[str, Field(max_length=8, description="site, stage, model, day or run (default site)")] = None
-    format: Annotated[str, Field(max_length=4, description="json (default) or csv (text/csv, streamed)")] = None
+    month: Annotated[str, Field(pattern=r"^2[0-9]{3}-(0[1-9]|1[0-2])$",
+                                description="YYYY-MM (calendar month in UTC; default: this month)")] = None
+    group_by: Literal["site", "stage", "model", "day", "run"] = Field(None, description="default site")
+    format: Literal["json", "csv"] = Field(None, description="json (default) or csv (text/csv, streamed)")
 
 
 class CostRow(Model):
