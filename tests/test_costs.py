@@ -128,3 +128,22 @@ def test_forecast_extrapolates_the_month_so_far():
     assert cost_report.forecast("2026-12", 100, now=datetime(2026, 12, 11)) == 310  # 10 of 31 days
     assert cost_report.forecast("2026-11", 100, now=datetime(2026, 12, 11)) == 100
     assert cost_report.forecast("2027-01", 100, now=datetime(2026, 12, 11)) == 0
+
+
+def test_a_deleted_sites_spend_stays_in_the_report(app, client, factory):
+    acc_id, owner, site_ids = _two_runs(app, factory)
+    token = factory.token(owner)
+    before = client.get("/api/v1/costs/?group_by=site", headers=bearer(token)).get_json()["data"]
+    gone = next(r for r in before["rows"] if r["key"] == site_ids[0])
+    r = client.delete(f"/api/v1/sites/{site_ids[0]}/?confirm=Site 0", headers=bearer(token))
+    assert r.status_code == 200, r.get_json()
+    for group in ("site", "stage", "day"):
+        after = client.get(f"/api/v1/costs/?group_by={group}", headers=bearer(token)).get_json()["data"]
+        assert sum(x["credits"] for x in after["rows"]) == before["totals"]["credits"] == after["totals"]["ledger"]["debits"]
+    assert after["totals"]["calls"] == before["totals"]["calls"]
+    site_rows = client.get("/api/v1/costs/?group_by=site", headers=bearer(token)).get_json()["data"]["rows"]
+    assert site_rows[-1]["key"] is None and site_rows[-1]["label"] == "deleted sites"
+    assert site_rows[-1]["credits"] == gone["credits"] and site_rows[-1]["calls"] == gone["calls"]
+    # The account's month still counts it; the site's own counter went with the site.
+    acct = client.get("/api/v1/account/", headers=bearer(token)).get_json()["data"]
+    assert acct["spent_this_month"] == before["totals"]["credits"]

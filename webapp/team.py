@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from flask import current_app
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 
 from . import audit
 from .access import RANK, ROLES, check_role
@@ -319,6 +319,9 @@ def delete_site(actor_user, site_id, confirm, actor=None):
     if active:
         raise BadRequest(f"Site {site.name!r} has an active run ({active[0]}): cancel it before deleting the site.")
     account_id, name = site.account_id, site.name
+    from .models import BudgetAlert, MonthlySpend  # keyed by site id without a foreign key
+    for model in (MonthlySpend, BudgetAlert):
+        db.session.execute(delete(model).where(model.account_id == account_id, model.site_id == site.id))
     db.session.delete(site)
     audit.record(account_id, actor or actor_of(actor_user), "site.delete", site_id=site_id, name=name)
     db.session.commit()

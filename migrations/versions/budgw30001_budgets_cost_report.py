@@ -46,8 +46,10 @@ def upgrade():
     # (site, stage, model, day, run) without touching the table.
     op.create_index('ix_ai_log_account_time', 'ai_task_log',
                     ['account_id', 'created_at', 'site_id', 'stage', 'model', 'run_id', 'credits', 'tokens'])
-    # A month of the ledger (spent_this_month, the report's balance change).
-    op.create_index('ix_credit_tx_account_time', 'credit_transaction', ['account_id', 'created_at', 'amount'])
+    # A month of the ledger (spent_this_month, the report's balance change, debits whose AI log
+    # went with a deleted site).
+    op.create_index('ix_credit_tx_account_time', 'credit_transaction',
+                    ['account_id', 'created_at', 'amount', 'ai_task_log_id'])
     _backfill_this_month()
 
 

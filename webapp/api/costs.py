@@ -35,11 +35,12 @@ def cost_report_view():
     debits; debits and top-ups to the balance change) and a month-end forecast. `format=csv`
     streams the rows as text/csv."""
     month, group_by, _fmt = _params(request.args)
-    totals = cost_report.totals(g.account_id, month)
+    ledger = cost_report.ledger_figures(g.account_id, month)
+    rows = cost_report.rows(g.account_id, month, group_by, ledger)
+    totals = cost_report.totals(g.account_id, month, rows, ledger)  # from the rows: one scan of the month
     budget = next((b["budget"] for b in budgets_for(g.account_id) if b["scope"] == "account"), None)
-    return ok({"month": month, "group_by": group_by, "rows": cost_report.rows(g.account_id, month, group_by),
-               "totals": totals, "forecast": cost_report.forecast(month, totals["credits"]),
-               "monthly_budget": budget})
+    return ok({"month": month, "group_by": group_by, "rows": rows, "totals": totals,
+               "forecast": cost_report.forecast(month, totals["credits"]), "monthly_budget": budget})
 
 
 @bp.before_request

@@ -92,37 +92,57 @@ def _row(key, label, credits, calls, tokens):
             "calls": int(calls or 0), "tokens": int(tokens or 0)}
 
 
-def iter_rows(account_id, month, group_by):
+def iter_rows(account_id, month, group_by, ledger=None):
     """The report's rows, streamed from the database (a server-side cursor on PostgreSQL):
-    memory stays bounded however many runs or days the month has."""
+    memory stays bounded however many runs or days the month has. A deleted site takes its
+    AI log with it, while the ledger keeps its debits: those come last as one row (key null,
+    "deleted sites"), so the rows still add up to the month's debits. `ledger`: the month's
+    ledger_figures if the caller has them already."""
     label = _labeller(account_id, group_by)
     result = db.session.execute(grouped_query(account_id, month, group_by)
                                 .execution_options(stream_results=True, yield_per=STREAM_CHUNK))
     for key, credits, calls, tokens in result:
         yield _row(key, label, credits, calls, tokens)
+    ledger = ledger or ledger_figures(account_id, month)
+    if ledger["orphan_calls"]:
+        yield _row(None, "deleted sites", ledger["orphan_credits"], ledger["orphan_calls"], 0)
 
 
-def rows(account_id, month, group_by):
-    return list(iter_rows(account_id, month, group_by))
+def rows(account_id, month, group_by, ledger=None):
+    return list(iter_rows(account_id, month, group_by, ledger))
 
 
-def totals(account_id, month):
-    """The month's AI calls (credits, calls, tokens) and its ledger: debits, top-ups, the
-    balance change and the balances at both ends (debits == credits; start + change == end)."""
-    calls = db.session.execute(select(func.coalesce(func.sum(AITaskLog.credits), 0), func.count(),
-                                      func.coalesce(func.sum(AITaskLog.tokens), 0))
-                               .where(*_where(account_id, month))).one()
+def ledger_figures(account_id, month):
+    """The month's ledger in one statement: debits, top-ups, and the debits whose AI log row is
+    gone (its site was deleted: the ledger row's ai_task_log_id was set to null)."""
     start, end = month_bounds(month)
-    in_month = (CreditTransaction.account_id == account_id, CreditTransaction.created_at >= start,
-                CreditTransaction.created_at < end)
-    debits, added = db.session.execute(select(
-        func.coalesce(func.sum(case((CreditTransaction.amount < 0, -CreditTransaction.amount), else_=0)), 0),
-        func.coalesce(func.sum(case((CreditTransaction.amount > 0, CreditTransaction.amount), else_=0)), 0))
-        .where(*in_month)).one()
-    return {"month": month, "credits": int(calls[0]), "calls": int(calls[1]), "tokens": int(calls[2]),
-            "ledger": {"debits": int(debits), "top_ups": int(added), "balance_change": int(added) - int(debits),
-                       "balance_start": _balance_before(account_id, start),
-                       "balance_end": _balance_before(account_id, end)}}
+    amount = CreditTransaction.amount
+    orphan = (amount < 0) & CreditTransaction.ai_task_log_id.is_(None)
+    debits, added, orphan_credits, orphan_calls = db.session.execute(select(
+        func.coalesce(func.sum(case((amount < 0, -amount), else_=0)), 0),
+        func.coalesce(func.sum(case((amount > 0, amount), else_=0)), 0),
+        func.coalesce(func.sum(case((orphan, -amount), else_=0)), 0),
+        func.coalesce(func.sum(case((orphan, 1), else_=0)), 0))
+        .where(CreditTransaction.account_id == account_id, CreditTransaction.created_at >= start,
+               CreditTransaction.created_at < end)).one()
+    return {"debits": int(debits), "top_ups": int(added), "orphan_credits": int(orphan_credits),
+            "orphan_calls": int(orphan_calls)}
+
+
+def totals(account_id, month, report_rows=None, ledger=None):
+    """The month's AI calls (credits, calls, tokens) and its ledger: debits, top-ups, the
+    balance change and the balances at both ends (credits == debits; start + change == end).
+    From `report_rows` (any grouping of the month, deleted sites' row included) when given."""
+    ledger = ledger or ledger_figures(account_id, month)
+    if report_rows is None:
+        report_rows = rows(account_id, month, "stage", ledger)
+    start, _end = month_bounds(month)
+    balance_start = _balance_before(account_id, start)
+    change = ledger["top_ups"] - ledger["debits"]
+    return {"month": month, "credits": sum(r["credits"] for r in report_rows),
+            "calls": sum(r["calls"] for r in report_rows), "tokens": sum(r["tokens"] for r in report_rows),
+            "ledger": {"debits": ledger["debits"], "top_ups": ledger["top_ups"], "balance_change": change,
+                       "balance_start": balance_start, "balance_end": balance_start + change}}
 
 
 def _balance_before(account_id, when):

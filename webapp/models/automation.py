@@ -149,7 +149,7 @@ class CreditTransaction(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     # Lets one flush insert the AI log row and its ledger row in order (no flush for the id).
     ai_task_log = db.relationship("AITaskLog", lazy="select")
-    __table_args__ = (db.Index("ix_credit_tx_account_time", "account_id", "created_at", "amount"),)
+    __table_args__ = (db.Index("ix_credit_tx_account_time", "account_id", "created_at", "amount", "ai_task_log_id"),)
 
 
 class RunEvent(TenantMixin, db.Model):

@@ -49,12 +49,13 @@ def costs_page():
     except cost_report.FieldError as e:
         errors, month = e.errors, cost_report.month_key()
     acc_id = current_user.account_id
-    totals = cost_report.totals(acc_id, month)
+    ledger = cost_report.ledger_figures(acc_id, month)
+    groups = {g: cost_report.rows(acc_id, month, g, ledger) for g in ("site", "stage", "model")}
+    totals = cost_report.totals(acc_id, month, groups["stage"], ledger)
     days = cost_report.daily(acc_id, month)
     forecast = cost_report.forecast(month, totals["credits"])
     budget = next((b["budget"] for b in budgets_for(acc_id) if b["scope"] == "account"), None)
-    tops = {g: cost_report.rows(acc_id, month, g) for g in ("site", "stage", "model")}
-    tops = {g: sorted(r, key=lambda x: -x["credits"])[:TOP] for g, r in tops.items()}
+    tops = {g: sorted(r, key=lambda x: -x["credits"])[:TOP] for g, r in groups.items()}
     return render_template("costs.html", month=month, totals=totals, days=days, forecast=forecast, budget=budget,
                            tops=tops, chart=chart_svg(days, budget, forecast, totals["credits"]),
                            prev_month=_shift(month, -1), next_month=_shift(month, 1), errors=errors), \
