@@ -274,12 +274,12 @@ class AutomationService:
         db.session.commit()
         try:
             billing.lock_account(self.account_id)
+            budgets.check_start(self.account_id, site.id, required, est)  # monthly budgets, same lock
             balance, held, available = billing.credit_position(self.account_id)
             if available < required:
                 detail = f" (balance {balance}, held by active runs {held})" if held else ""
                 raise BadRequest(f"Insufficient credits: required {required} (estimate {est} x 1.2), "
                                  f"available {available}{detail}.")
-            budgets.check_start(self.account_id, site.id, required, est)  # monthly budgets, same lock
         except BaseException:
             db.session.rollback()
             raise

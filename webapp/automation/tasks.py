@@ -32,9 +32,9 @@ from .heartbeat import Heartbeat, interval_for
 from .locks import TTLLock, exec_lock_key, site_lock
 from .service import site_lock_ttl
 from .scope import scope_for
-from .spend import BudgetReached
 from .stages import STAGES, AlreadyDone, Stale
 from .state import build_state, publish_state
+from .spend import BudgetReached
 
 log = logging.getLogger(__name__)
 UP_NEXT = 3
