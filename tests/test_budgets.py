@@ -20,6 +20,25 @@ def bearer(token):
     return {"Authorization": f"Bearer {token}"}
 
 
+def notify_burst():
+    """Run the queued notification jobs here (a real RQ SimpleWorker): whichever process
+    serves the notify queue in this version (a pipeline worker, or `worker.py --notify`)."""
+    from flask import g
+    from rq import Queue, SimpleWorker
+    from webapp.notify.jobs import NOTIFY_QUEUE
+    from webapp.redis_conn import get_redis
+    r = get_redis()
+    SimpleWorker([Queue(NOTIFY_QUEUE, connection=r)], connection=r).work(
+        burst=True, with_scheduler=False, logging_level="WARNING")
+    db.session.remove()
+    g.pop("_login_user", None)
+
+
+def events_of(rec, event):
+    notify_burst()
+    return [c for c in rec.calls if json.loads(c["body"])["event"] == event]
+
+
 def ledger_debits(account_id, site_id=None):
     q = select(func.coalesce(func.sum(-CreditTransaction.amount), 0)).where(
         CreditTransaction.account_id == account_id, CreditTransaction.amount < 0)
@@ -192,8 +211,7 @@ def test_run_reaching_a_budget_pauses_and_resumes_after_the_raise(app, app_env, 
             assert counter(acc_id) == ledger_debits(acc_id)
             ev = db.session.execute(select(RunEvent).where(RunEvent.run_id == run_id, RunEvent.action == "pause")).scalar_one()
             assert ev.actor == "system" and "budget" in ev.reason
-            paused = wait_for(lambda: [c for c in rec.calls if json.loads(c["body"])["event"] == "run.paused"],
-                              timeout=60, message="the run.paused webhook")
+            paused = wait_for(lambda: events_of(rec, "run.paused"), timeout=60, message="the run.paused webhook")
             assert "budget" in json.loads(paused[0]["body"])["run"]["pause_reason"]
             # Still over: resume is refused, naming the budget.
             r = client.post(f"/api/v1/automation/resume/?run_id={run_id}", headers=bearer(token))
@@ -205,9 +223,7 @@ def test_run_reaching_a_budget_pauses_and_resumes_after_the_raise(app, app_env, 
             done = wait_for(lambda: (lambda r: r if r.status == "completed" else None)(fresh_run(run_id)), timeout=120,
                             message="the resumed run to complete")
             assert done.total_credits_used > 20
-            events = [c for c in rec.calls if json.loads(c["body"])["event"] == "budget.threshold"]
-            wait_for(lambda: len([c for c in rec.calls if json.loads(c["body"])["event"] == "budget.threshold"]) >= 2,
-                     timeout=60, message="the threshold webhooks")
+            wait_for(lambda: len(events_of(rec, "budget.threshold")) >= 2, timeout=60, message="the threshold webhooks")
         finally:
             stop_process(worker)
         events = sorted((verify(c, hook["secret"]) for c in rec.calls
