@@ -17,7 +17,7 @@ from ..models import (ACTIVE_STATUSES, Account, AutomationConfig, AutomationRun,
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from ..writer.review import awaiting_review
-from . import billing, budgets, costs, hooks, insights, jobs, schedule
+from . import billing, costs, hooks, insights, jobs, schedule
 from .closing import end_values
 from .config_schema import validate_update
 from .locks import site_lock
@@ -26,6 +26,7 @@ from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
 from .state import publish_state, read_state, reconcile
+from . import budgets  # monthly budgets: the start and resume checks
 
 HISTORY_LIMIT = 20
 FAILED_PER_PAGE = 50
