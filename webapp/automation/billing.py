@@ -8,7 +8,7 @@ starts racing for the same credits cannot both pass."""
 from sqlalchemy import case, func, select, update
 
 from ..extensions import db
-from ..models import ACTIVE_STATUSES, Account, AITaskLog, AutomationRun, CreditTransaction
+from ..models import ACTIVE_STATUSES, Account, AITaskLog, AutomationRun, CreditTransaction, Site
 from ..models.base import utcnow
 from . import spend
 
@@ -21,9 +21,11 @@ class InsufficientCredits(Exception):
 
 def charge(run, stage, function, item_type, item_id, credits, tokens, model):
     # Atomic conditional debit: the balance can never go negative, even with many workers.
+    # It also returns the monthly budgets that apply (no extra round trip for spend.py).
+    site_budget = select(Site.monthly_budget).where(Site.id == run.site_id).scalar_subquery()
     row = db.session.execute(
         update(Account).where(Account.id == run.account_id, Account.credits >= credits)
-        .values(credits=Account.credits - credits).returning(Account.credits),
+        .values(credits=Account.credits - credits).returning(Account.credits, Account.monthly_budget, site_budget),
         execution_options={"synchronize_session": False},  # the worker's hot path: see stages._guarded
     ).first()
     if row is None:
@@ -32,7 +34,7 @@ def charge(run, stage, function, item_type, item_id, credits, tokens, model):
     # Monthly budgets, under the row lock the debit just took (spend.BudgetReached refuses).
     # One timestamp for the counter's month and both rows: they fall in the same month.
     now = utcnow()
-    spend.record_charge(run.account_id, run.site_id, credits, now)
+    spend.record_charge(run.account_id, run.site_id, credits, now, budgets=(row[1], row[2]))
     log = AITaskLog(account_id=run.account_id, site_id=run.site_id, run_id=run.id, stage=stage,
                     function=function, item_type=item_type, item_id=item_id, credits=credits,
                     tokens=tokens, model=model, created_at=now)

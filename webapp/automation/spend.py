@@ -64,43 +64,53 @@ def spent(account_id, site_id=ACCOUNT_SCOPE, month=None):
 
 
 def _add(account_id, site_id, month, credits):
-    """Add `credits` to one counter; returns its new value. One statement: an upsert."""
+    """Add `credits` to the account's counter and the site's; returns their new values
+    (account, site). One statement (a two-row upsert) on PostgreSQL and SQLite."""
     dialect = db.session.get_bind().dialect.name
-    values = dict(account_id=account_id, site_id=site_id, month=month, credits=credits)
+    rows = [dict(account_id=account_id, site_id=scope, month=month, credits=credits)
+            for scope in (ACCOUNT_SCOPE, site_id)]
     if dialect in ("postgresql", "sqlite"):
         if dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert as upsert
         else:
             from sqlalchemy.dialects.sqlite import insert as upsert
-        stmt = upsert(MonthlySpend).values(**values).on_conflict_do_update(
+        stmt = upsert(MonthlySpend).values(rows)
+        stmt = stmt.on_conflict_do_update(
             index_elements=["account_id", "site_id", "month"],
-            set_={"credits": MonthlySpend.credits + credits}).returning(MonthlySpend.credits)
-        return db.session.execute(stmt, execution_options={"synchronize_session": False}).scalar()
+            set_={"credits": MonthlySpend.credits + stmt.excluded.credits}
+        ).returning(MonthlySpend.site_id, MonthlySpend.credits)
+        after = dict(db.session.execute(stmt, execution_options={"synchronize_session": False}).all())
+        return after[ACCOUNT_SCOPE], after[site_id]
     # Other databases: the account lock held by the caller makes update-then-insert safe.
-    row = db.session.execute(update(MonthlySpend).where(
-        MonthlySpend.account_id == account_id, MonthlySpend.site_id == site_id, MonthlySpend.month == month)
-        .values(credits=MonthlySpend.credits + credits).returning(MonthlySpend.credits),
-        execution_options={"synchronize_session": False}).first()
-    if row is None:
-        db.session.execute(insert(MonthlySpend).values(**values))
-        return credits
-    return row[0]
+    out = []
+    for values in rows:
+        row = db.session.execute(update(MonthlySpend).where(
+            MonthlySpend.account_id == account_id, MonthlySpend.site_id == values["site_id"],
+            MonthlySpend.month == month).values(credits=MonthlySpend.credits + credits)
+            .returning(MonthlySpend.credits), execution_options={"synchronize_session": False}).first()
+        if row is None:
+            db.session.execute(insert(MonthlySpend).values(**values))
+        out.append(credits if row is None else row[0])
+    return tuple(out)
 
 
-def record_charge(account_id, site_id, credits, now):
+def record_charge(account_id, site_id, credits, now, budgets=None):
     """Count one debit against this month's budgets; called by billing.charge right after the
-    balance debit (which holds the account's row lock). Raises BudgetReached to refuse it."""
+    balance debit (which holds the account's row lock, and returned `budgets`: the account's
+    and the site's). Raises BudgetReached to refuse it."""
     if credits <= 0:
         return
     month = month_key(now)
-    acc_budget, site_budget, site_name = db.session.execute(
-        select(Account.monthly_budget, Site.monthly_budget, Site.name)
-        .join(Site, Site.account_id == Account.id).where(Account.id == account_id, Site.id == site_id)).one()
-    acc_after = _add(account_id, ACCOUNT_SCOPE, month, credits)
-    site_after = _add(account_id, site_id, month, credits)
+    if budgets is None:
+        budgets = db.session.execute(select(Account.monthly_budget, Site.monthly_budget)
+                                     .join(Site, Site.account_id == Account.id)
+                                     .where(Account.id == account_id, Site.id == site_id)).one()
+    acc_budget, site_budget = budgets
+    acc_after, site_after = _add(account_id, site_id, month, credits)
     if acc_budget is not None and acc_after > acc_budget:
         raise BudgetReached("account", acc_budget, acc_after - credits, credits)
     if site_budget is not None and site_after > site_budget:
+        site_name = db.session.execute(select(Site.name).where(Site.id == site_id)).scalar()
         raise BudgetReached("site", site_budget, site_after - credits, credits, site_name)
     for scope_id, budget, after in ((ACCOUNT_SCOPE, acc_budget, acc_after), (site_id, site_budget, site_after)):
         if budget:
