@@ -596,6 +596,40 @@ class SiteUpdate(BaseModel):
         None, description="credits per calendar month (UTC); null = no budget")
 
 
+class DeleteSiteQuery(Query):
+    confirm: Annotated[str, Field(max_length=255, description="the site's name")] = None
+
+
+class SiteDeleted(Model):
+    deleted: int
+    name: str
+
+
+class AuditQuery(Query):
+    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
+    limit: QueryInt(1, 200, "entries per page (default 50)") = 50
+    site_id: QueryInt(1, MAX_ID, "only this site's entries") = None
+    actor: Annotated[str, Field(max_length=255, description="entries whose actor contains this")] = None
+    action: Annotated[str, Field(max_length=64, description="e.g. run.pause, config.update")] = None
+
+
+class AuditEntryOut(Model):
+    id: int
+    at: Timestamp
+    actor: str
+    action: str
+    site_id: Optional[int]
+    run_id: Optional[int]
+    details: dict[str, Any]
+
+
+class AuditLog(Model):
+    entries: list[AuditEntryOut]
+    total: int
+    page: int
+    limit: int
+
+
 # -- account and costs ----------------------------------------------------------------------------
 class AccountLimits(Model):
     max_active_runs: Optional[int] = Field(description="the account's own limit (null = the default)")
@@ -663,37 +697,3 @@ class CostReport(Model):
     totals: CostTotals
     forecast: int = Field(description="month-end credits at the pace of the month so far")
     monthly_budget: Optional[int]
-
-
-class DeleteSiteQuery(Query):
-    confirm: Annotated[str, Field(max_length=255, description="the site's name")] = None
-
-
-class SiteDeleted(Model):
-    deleted: int
-    name: str
-
-
-class AuditQuery(Query):
-    page: QueryInt(1, 1_000_000, "1-based page, newest first") = 1
-    limit: QueryInt(1, 200, "entries per page (default 50)") = 50
-    site_id: QueryInt(1, MAX_ID, "only this site's entries") = None
-    actor: Annotated[str, Field(max_length=255, description="entries whose actor contains this")] = None
-    action: Annotated[str, Field(max_length=64, description="e.g. run.pause, config.update")] = None
-
-
-class AuditEntryOut(Model):
-    id: int
-    at: Timestamp
-    actor: str
-    action: str
-    site_id: Optional[int]
-    run_id: Optional[int]
-    details: dict[str, Any]
-
-
-class AuditLog(Model):
-    entries: list[AuditEntryOut]
-    total: int
-    page: int
-    limit: int
