@@ -232,7 +232,8 @@ def test_site_patch_and_delete_through_the_api(app, client, team):
     r = client.patch(f"/api/v1/sites/{team.site_id}/", headers=h,
                      json={"name": "Renamed", "domain": "r.example.com", "timezone": "Europe/Berlin"})
     assert r.status_code == 200 and r.json["data"]["site"] == {
-        "id": team.site_id, "name": "Renamed", "domain": "r.example.com", "timezone": "Europe/Berlin"}
+        "id": team.site_id, "name": "Renamed", "domain": "r.example.com", "timezone": "Europe/Berlin",
+        "monthly_budget": None}
     assert client.patch(f"/api/v1/sites/{team.other_site_id}/", headers=h, json={"name": "x"}).status_code == 404
     assert client.delete(f"/api/v1/sites/{team.other_site_id}/?confirm=Theirs", headers=h).status_code == 404
 

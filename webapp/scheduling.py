@@ -27,6 +27,8 @@ def periodic_jobs():
         {"id": "periodic-notify_sweep", "func": "webapp.notify.jobs.sweep_task", "interval": 300},
         # RETENTION_DAYS: logs and images of runs ended longer ago leave the store (no-op unset).
         {"id": "periodic-prune_run_files", "func": "webapp.automation.retention_job.prune_task", "interval": 3600},
+        # Budget alerts whose dispatch job was lost (or Redis was down when they committed).
+        {"id": "periodic-budget_alert_sweep", "func": "webapp.notify.budget_alerts.sweep_task", "interval": 300},
     ]
 
 

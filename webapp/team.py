@@ -6,7 +6,8 @@ import re
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, select, update
+from flask import current_app
+from sqlalchemy import delete, func, select, update
 
 from . import audit
 from .access import RANK, ROLES, check_role
@@ -292,7 +293,7 @@ def update_site(actor_user, site_id, data, actor=None):
     check_role(actor_user, "owner")
     site = _site(actor_user.account_id, site_id)
     errors, changes = {}, {}
-    unknown = set(data) - {"name", "domain", "timezone"}
+    unknown = set(data) - {"name", "domain", "timezone", "monthly_budget"}
     for k in sorted(unknown):
         errors[k] = "is not a known field"
     if "name" in data:
@@ -320,8 +321,19 @@ def update_site(actor_user, site_id, data, actor=None):
                 changes["timezone"] = tz
         except BadRequest as e:
             errors["timezone"] = e.message.split("' ", 1)[-1]
+    if "monthly_budget" in data:
+        from .automation.budgets import parse_budget
+        budget, problem = parse_budget(data["monthly_budget"])
+        if problem:
+            errors["monthly_budget"] = problem
     if errors:
         raise FieldErrors(errors)
+    if "monthly_budget" in data and budget != site.monthly_budget:
+        # Under the account's lock, with its alerts and resumes (webapp/account.py); the other
+        # fields, all checked above, commit just before it.
+        from .account import set_budget
+        set_budget(site.account_id, site.id, budget, actor or actor_of(actor_user))
+        site = _site(actor_user.account_id, site_id)
     if changes:
         old = {k: getattr(site, k) for k in changes}
         for k, v in changes.items():
@@ -357,6 +369,9 @@ def delete_site(actor_user, site_id, confirm, actor=None):
     if active:
         raise BadRequest(f"Site {site.name!r} has an active run ({active[0]}): cancel it before deleting the site.")
     account_id, name = site.account_id, site.name
+    from .models import BudgetAlert, MonthlySpend  # keyed by site id without a foreign key
+    for model in (MonthlySpend, BudgetAlert):
+        db.session.execute(delete(model).where(model.account_id == account_id, model.site_id == site.id))
     db.session.delete(site)
     audit.record(account_id, actor or actor_of(actor_user), "site.delete", site_id=site_id, name=name)
     db.session.commit()

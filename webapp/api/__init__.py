@@ -7,7 +7,7 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 def init_app(app):
     from ..extensions import csrf
-    from . import auth_routes, automation, errors, planner, review, sites, spec, team, webhooks  # noqa: F401  (routes)
+    from . import account, auth_routes, automation, costs, errors, planner, review, sites, spec, team, webhooks  # noqa: F401  (routes)
     # Bearer calls need no CSRF; session calls are checked in context.authenticate().
     csrf.exempt(bp)
     errors.register(app)

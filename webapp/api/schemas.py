@@ -6,7 +6,7 @@ models (extra fields are refused), so a field the document does not list cannot 
 To add a route, declare it with `spec.endpoint(...)` and give it models from this module.
 """
 from datetime import datetime
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, create_model
 from pydantic_core import PydanticCustomError
@@ -304,6 +304,23 @@ class Logs(Model):
     total_lines: int
 
 
+class EstimateStage(Model):
+    stage: int
+    item_type: str = Field(description="what the stage's items are")
+    items: int = Field(description="items the stage will process: pending now plus those the stages before make")
+    credits: int
+
+
+class BudgetLeft(Model):
+    scope: Literal["account", "site"]
+    site_id: Optional[int]
+    name: str = Field(description="'account', or the site's name")
+    budget: int = Field(description="credits per calendar month (UTC)")
+    spent: int = Field(description="ledger debits this month")
+    held: int = Field(description="credits reserved by active runs (counted against the budget)")
+    left: int = Field(description="budget - spent - held (0 at least)")
+
+
 class Estimate(Model):
     estimated_credits: int
     required_credits: int = Field(description="estimate x 1.2: what a start needs")
@@ -311,6 +328,9 @@ class Estimate(Model):
     held: int = Field(description="credits reserved by active runs")
     available: int = Field(description="current_balance minus held")
     sufficient: bool = Field(description="available >= required_credits")
+    stages: list[EstimateStage] = Field(description="the estimate per stage; their credits add up to estimated_credits")
+    budgets: list[BudgetLeft] = Field(description="the monthly budgets that apply (only those set)")
+    within_budgets: bool = Field(description="required_credits fits in what is left of every budget")
 
 
 class OverviewStage(Model):
@@ -350,6 +370,7 @@ class SiteOut(Model):
     name: str
     domain: Optional[str]
     timezone: str
+    monthly_budget: Optional[int] = Field(None, description="credits the site may spend per calendar month (UTC); null = no budget")
 
 
 class Sites(Model):
@@ -543,7 +564,7 @@ class WebhookCreate(BaseModel):
         "pattern": r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#@:\x00]+(:[0-9]{1,5})?([/?#][^\s\x00]*)?$",
         "description": "http(s) URL of a public host: no credentials in it; loopback, private, link-local and "
                        "metadata addresses are refused (unless the server allows private targets)"})]
-    events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: all of them")] = None
+    events: Annotated[list[Literal[WEBHOOK_EVENTS]], Field(min_length=1, description="default: the run events (budget.threshold is asked for by name)")] = None
 
 
 class WebhookOut(Model):
@@ -647,6 +668,8 @@ class SiteUpdate(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NOT_BLANK})] = None
     domain: Optional[Annotated[str, Field(max_length=DOMAIN_MAX, json_schema_extra=DOMAIN_DOC)]] = None
     timezone: Annotated[str, Field(min_length=1, max_length=64, json_schema_extra=ZONE_DOC)] = None
+    monthly_budget: Optional[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        None, description="credits per calendar month (UTC); null = no budget")
 
 
 class DeleteSiteQuery(Query):
@@ -681,3 +704,72 @@ class AuditLog(Model):
     total: int
     page: int
     limit: int
+
+
+# -- account and costs ----------------------------------------------------------------------------
+class AccountLimits(Model):
+    max_active_runs: Optional[int] = Field(description="the account's own limit (null = the default)")
+    max_keywords_per_site: Optional[int] = Field(description="the account's own limit (null = the default)")
+    weight: float = Field(description="share of the workers when accounts compete")
+    effective_max_active_runs: Optional[int] = Field(description="what applies: the account's, else ACCOUNT_MAX_ACTIVE_RUNS (null = no limit)")
+    effective_max_keywords_per_site: int = Field(description="what applies: the account's, else MAX_KEYWORDS_PER_SITE")
+
+
+class AccountOut(Model):
+    id: int
+    name: str
+    balance: int
+    held: int = Field(description="credits reserved by active runs")
+    available: int = Field(description="balance minus held")
+    limits: AccountLimits
+    monthly_budget: Optional[int] = Field(description="credits per calendar month (UTC); null = no budget")
+    month: str = Field(description="this month, YYYY-MM (UTC)")
+    spent_this_month: int = Field(description="ledger debits this month")
+    budget_left: Optional[int] = Field(description="budget - spent - held (null without a budget)")
+
+
+class AccountUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    monthly_budget: Optional[Annotated[int, Field(ge=0, le=2**31 - 1)]] = Field(
+        description="credits per calendar month (UTC); null removes the budget")
+
+
+class CostQuery(Query):
+    month: Annotated[str, Field(pattern=r"^2[0-9]{3}-(0[1-9]|1[0-2])$",
+                                description="YYYY-MM (calendar month in UTC; default: this month)")] = None
+    group_by: Literal["site", "stage", "model", "day", "run"] = Field(None, description="default site")
+    format: Literal["json", "csv"] = Field(None, description="json (default) or csv (text/csv, streamed)")
+
+
+class CostRow(Model):
+    key: Union[int, str, None] = Field(description="site id, stage number, model name, day (YYYY-MM-DD) or run id "
+                                                   "(null: a deleted run)")
+    label: str
+    credits: int
+    calls: int
+    tokens: int
+
+
+class CostLedger(Model):
+    debits: int = Field(description="credits debited this month (equals the rows' credits)")
+    top_ups: int
+    balance_change: int = Field(description="top_ups - debits")
+    balance_start: int
+    balance_end: int = Field(description="balance_start + balance_change")
+
+
+class CostTotals(Model):
+    month: str
+    credits: int
+    calls: int
+    tokens: int
+    ledger: CostLedger
+
+
+class CostReport(Model):
+    month: str
+    group_by: Literal["site", "stage", "model", "day", "run"]
+    rows: list[CostRow]
+    totals: CostTotals
+    forecast: int = Field(description="month-end credits at the pace of the month so far")
+    monthly_budget: Optional[int]

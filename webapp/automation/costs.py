@@ -40,6 +40,18 @@ def ideas_for_cluster(n_keywords):
 def estimate(p):
     """Credits a run will use, from the pending counts `p` (see service.pending_counts):
     keywords, clusters (+ their keyword counts), ideas, tasks, drafts, images."""
+    return sum(s["credits"] for s in estimate_stages(p))
+
+
+# (stage number, what its items are) in pipeline order; the names are stages.STAGES'.
+_STAGE_ITEMS = ((1, "keywords"), (2, "clusters"), (3, "ideas"), (4, "articles"), (5, "articles"), (6, "images"),
+                (7, "articles"))
+
+
+def estimate_stages(p):
+    """The estimate per stage: [{stage, items, credits}], the items each stage will process
+    (those pending now plus those the stages before it will make). Their credits add up to
+    estimate(p)."""
     kw = p["keywords"]
     new_clusters = math.ceil(kw / KEYWORDS_PER_CLUSTER) if kw else 0
     # Ideas from keywords not yet clustered: one per two keywords, rounded up per cluster.
@@ -48,11 +60,14 @@ def estimate(p):
     articles = p["tasks"] + ideas
     prompts = p["drafts"] + articles
     images = p["images"] + prompts * IMAGES_PER_CONTENT
-    return (credits_for("auto_cluster", kw) if kw else 0) \
-        + (p["clusters"] + new_clusters) * COSTS["generate_ideas"].unit_credits \
-        + articles * COSTS["generate_content"].unit_credits \
-        + prompts * COSTS["generate_image_prompts"].unit_credits \
-        + images * COSTS["generate_image"].unit_credits
+    items = {1: kw, 2: p["clusters"] + new_clusters, 3: ideas, 4: articles, 5: prompts, 6: images,
+             7: p.get("review", 0) + prompts}
+    credits = {1: credits_for("auto_cluster", kw) if kw else 0,
+               2: items[2] * COSTS["generate_ideas"].unit_credits, 3: 0,
+               4: articles * COSTS["generate_content"].unit_credits,
+               5: prompts * COSTS["generate_image_prompts"].unit_credits,
+               6: images * COSTS["generate_image"].unit_credits, 7: 0}
+    return [{"stage": n, "item_type": what, "items": items[n], "credits": credits[n]} for n, what in _STAGE_ITEMS]
 
 
 def required_for_start(estimated):

@@ -27,6 +27,7 @@ from .scope import ALL, RetryScope, scope_for
 from .stages import STAGES
 from .stages import pending_counts as stage_pending_counts
 from .state import publish_state, read_state, reconcile
+from . import budgets  # monthly budgets: the start and resume checks
 
 HISTORY_LIMIT = 20
 FAILED_PER_PAGE = 50
@@ -142,15 +143,18 @@ class AutomationService:
     def estimate(self, site_id):
         site = self.site(site_id)
         _, p = self.pending_counts(site.id)
-        return self.estimate_from(p)
+        return self.estimate_from(p, site.id)
 
-    def estimate_from(self, p):
-        """The estimate for pending counts `p` already read (see pending_counts)."""
+    def estimate_from(self, p, site_id=None):
+        """The estimate for pending counts `p` already read (see pending_counts), with what is
+        left of the monthly budgets that apply (the site's too, with site_id)."""
         est = costs.estimate(p)
         required = costs.required_for_start(est)
         balance, held, available = billing.credit_position(self.account_id)
         return {"estimated_credits": est, "required_credits": required, "current_balance": balance,
-                "held": held, "available": available, "sufficient": available >= required}
+                "held": held, "available": available, "sufficient": available >= required,
+                "stages": costs.estimate_stages(p), "budgets": (left := budgets.budgets_for(self.account_id, site_id)),
+                "within_budgets": all(required <= b["left"] for b in left)}
 
     def pipeline_overview(self, site_id, fresh=False):
         """Pending items per stage. Cached for OVERVIEW_TTL seconds per (account, site): every
@@ -281,6 +285,7 @@ class AutomationService:
         db.session.commit()
         try:
             billing.lock_account(self.account_id)
+            budgets.check_start(self.account_id, site.id, required, est)  # monthly budgets, same lock
             balance, held, available = billing.credit_position(self.account_id)
             if available < required:
                 detail = f" (balance {balance}, held by active runs {held})" if held else ""
@@ -461,6 +466,10 @@ class AutomationService:
                                 reason)
 
     def resume(self, run_id, reason=None):
+        paused = self.run(run_id)
+        over = budgets.over_budget(paused) if paused.status == "paused" else None
+        if over:
+            raise BadRequest(f"Run {paused.id} cannot be resumed: {over}. Raise or remove the budget first.")
         token = uuid.uuid4().hex
         run = self._transition(run_id, "resume", ("paused",),
                                {"status": "running", "resumed_at": utcnow(), "heartbeat_at": utcnow(),

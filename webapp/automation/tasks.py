@@ -33,6 +33,7 @@ from .locks import TTLLock, exec_lock_key, site_lock, site_lock_ttl
 from .scope import scope_for
 from .stages import STAGES, AlreadyDone, Stale
 from .state import build_state, publish_state
+from .spend import BudgetReached
 
 log = logging.getLogger(__name__)
 UP_NEXT = 3
@@ -450,6 +451,10 @@ class RunExecutor:
         except Stale:
             db.session.rollback()
             return concurrency.REDO
+        except BudgetReached as e:  # the item is rolled back whole; it is redone on resume
+            db.session.rollback()
+            self._pause(e.reason, f"Paused: {e}. Raise or remove the budget to resume.")
+            return concurrency.STOP
         except InsufficientCredits as e:
             db.session.rollback()
             self._pause("insufficient credits", f"Paused: insufficient credits (needed {e.needed}, "

@@ -10,3 +10,4 @@ from .automation import (  # noqa: F401
 from .notify import (  # noqa: F401
     MailDelivery, NotificationPreference, Webhook, WebhookAttempt, WebhookDelivery,
 )
+from .budgets import ACCOUNT_SCOPE, BudgetAlert, MonthlySpend  # noqa: F401

@@ -133,7 +133,10 @@ class AITaskLog(TenantMixin, db.Model):
     model = db.Column(db.String(64), nullable=False)
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     # The same item can never be charged twice for the same function in one run.
-    __table_args__ = (db.UniqueConstraint("run_id", "function", "item_id", name="uq_ai_log_run_function_item"),)
+    __table_args__ = (db.UniqueConstraint("run_id", "function", "item_id", name="uq_ai_log_run_function_item"),
+                      # The cost report: one account's month, every grouping covered (budgw30001).
+                      db.Index("ix_ai_log_account_time", "account_id", "created_at", "site_id", "stage", "model",
+                               "run_id", "credits", "tokens"))
 
 
 class CreditTransaction(db.Model):
@@ -148,6 +151,7 @@ class CreditTransaction(db.Model):
     created_at = db.Column(db.DateTime, nullable=False, default=utcnow)
     # Lets one flush insert the AI log row and its ledger row in order (no flush for the id).
     ai_task_log = db.relationship("AITaskLog", lazy="select")
+    __table_args__ = (db.Index("ix_credit_tx_account_time", "account_id", "created_at", "amount", "ai_task_log_id"),)
 
 
 class RunEvent(TenantMixin, db.Model):

@@ -14,4 +14,5 @@ class Site(db.Model):
     __table_args__ = (db.UniqueConstraint("account_id", "name", name="uq_site_account_name"),)
 
     def to_dict(self):
-        return {"id": self.id, "name": self.name, "domain": self.domain, "timezone": self.timezone}
+        return {"id": self.id, "name": self.name, "domain": self.domain, "timezone": self.timezone,
+                "monthly_budget": self.monthly_budget}

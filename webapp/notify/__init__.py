@@ -8,13 +8,13 @@ import logging
 import uuid
 
 from ..automation import hooks
-from .webhooks import WEBHOOK_EVENTS
+from .webhooks import RUN_EVENTS
 
 log = logging.getLogger(__name__)
 
 
 def on_run_event(event, run, actor, reason):
-    if event not in WEBHOOK_EVENTS:
+    if event not in RUN_EVENTS:
         return
     from .jobs import enqueue_dispatch
     enqueue_dispatch(event, run.id, run.to_dict(), reason, uuid.uuid4().hex)
@@ -22,5 +22,9 @@ def on_run_event(event, run, actor, reason):
 
 def init_app(app):
     hooks.subscribe(on_run_event)
+    from ..automation import spend
+    from . import budget_alerts
+    spend.on_alert(budget_alerts.enqueue_alerts)
+    hooks.subscribe(spend.on_run_event)  # a budget pause is that budget's 100 %
     from . import views
     views.init_app(app)

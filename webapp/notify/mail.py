@@ -20,7 +20,7 @@ from .webhooks import WEBHOOK_EVENTS
 EMAIL_EVENTS = WEBHOOK_EVENTS
 SMTP_TIMEOUT = 10
 VERBS = {"run.completed": "completed", "run.failed": "failed", "run.cancelled": "was cancelled",
-         "run.paused": "paused"}
+         "run.paused": "paused", "budget.threshold": "monthly budget at 80 % / 100 % (owners)"}
 
 
 def mail_enabled(app=None):
@@ -55,7 +55,10 @@ def recipients(account_id, event):
     rows = db.session.execute(select(User, NotificationPreference.email_events)
                               .join(NotificationPreference, NotificationPreference.user_id == User.id)
                               .where(User.account_id == account_id, User.active.is_(True))).all()
-    return [u for u, events in rows if event in (events or [])]
+    users = [u for u, events in rows if event in (events or [])]
+    if event == "budget.threshold":  # money: the account's owners only
+        users = [u for u in users if u.role == "owner"]
+    return users
 
 
 def compose(event, snapshot, reason, site_id):

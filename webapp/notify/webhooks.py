@@ -18,7 +18,9 @@ from ..models import AutomationRun, Site, Webhook, WebhookAttempt, WebhookDelive
 from ..models.base import iso, utcnow
 from .targets import check_url
 
-WEBHOOK_EVENTS = ("run.completed", "run.failed", "run.cancelled", "run.paused")
+RUN_EVENTS = ("run.completed", "run.failed", "run.cancelled", "run.paused")
+BUDGET_EVENT = "budget.threshold"  # a monthly budget reached 80 % / 100 % (notify/budget_alerts.py)
+WEBHOOK_EVENTS = RUN_EVENTS + (BUDGET_EVENT,)
 TEST_EVENT = "test"
 # delivery ids are derived from the event and the webhook, so a dispatch job that runs twice
 # (a worker killed mid-job) cannot create a second delivery of the same event.
@@ -47,6 +49,10 @@ def delivery_uuid(event_key, webhook_id):
 
 def payload(delivery):
     """The raw body of one attempt (what the signature covers)."""
+    if delivery.event == BUDGET_EVENT:  # the alert's fields at the top: threshold, spent, budget, scope…
+        return json.dumps({**(delivery.run_snapshot or {}), "event": delivery.event,
+                           "delivery_id": delivery.delivery_id, "sent_at": iso(utcnow())},
+                          separators=(",", ":"), sort_keys=True).encode()
     return json.dumps({"event": delivery.event, "delivery_id": delivery.delivery_id, "sent_at": iso(utcnow()),
                        "run": delivery.run_snapshot}, separators=(",", ":"), sort_keys=True).encode()
 
@@ -59,7 +65,7 @@ def validate(data, allow_private):
     problem = check_url(data.get("url"), allow_private)
     if problem:
         errors["url"] = problem
-    events = data.get("events", list(WEBHOOK_EVENTS))
+    events = data.get("events", list(RUN_EVENTS))  # budget alerts are asked for by name
     if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
         errors["events"] = f"must be a non-empty list of: {', '.join(WEBHOOK_EVENTS)}"
     else:

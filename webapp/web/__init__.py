@@ -43,13 +43,14 @@ def image_caption(image, content=None):
 
 
 def init_app(app):
-    from . import config_form, live, ops, team, timefmt
+    from . import config_form, costs, live, ops, team, timefmt
     timefmt.init_app(app)
     config_form.init_app(app)
     app.register_blueprint(bp)
     app.register_blueprint(team.bp)
     app.register_blueprint(live.bp)
     app.register_blueprint(ops.bp)
+    app.register_blueprint(costs.bp)
     app.jinja_env.filters["article_html"] = article_html
     app.jinja_env.filters["duration"] = duration
     app.jinja_env.filters["image_caption"] = image_caption

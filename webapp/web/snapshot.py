@@ -196,7 +196,7 @@ def site_snapshot(svc, site, fresh=False, history=None):
     last = latest_run(site.id)
     counts, inputs, last = _counts(svc, site.id, last, fresh)
     run = last if last is not None and last.status in ACTIVE_STATUSES else None
-    estimate = svc.estimate_from(inputs)
+    estimate = svc.estimate_from(inputs, site.id)
     pipeline = overview_rows(counts)
     start_block = None
     if run:
@@ -207,6 +207,10 @@ def site_snapshot(svc, site, fresh=False, history=None):
         start_block = (f"Not enough credits: this run needs {estimate['required_credits']:,} "
                        f"(estimate × 1.2), you have {estimate['available']:,} available"
                        + (f" ({estimate['held']:,} held by active runs)." if estimate["held"] else "."))
+    elif not estimate["within_budgets"]:
+        over = next(b for b in estimate["budgets"] if estimate["required_credits"] > b["left"])
+        start_block = (f"Over the {'account' if over['scope'] == 'account' else 'site'}'s monthly budget: this run "
+                       f"needs {estimate['required_credits']:,}, {over['left']:,} left of {over['budget']:,} this month.")
     skips = db.session.execute(select(RunEvent).where(RunEvent.site_id == site.id, RunEvent.action == "scheduled_skip")
                                .order_by(RunEvent.id.desc()).limit(3)).scalars().all()
     log = {"run_id": run.id, "ws": f"/ws/runs/{run.id}/logs"} if run else None

@@ -67,12 +67,14 @@ def new_site():
 def edit_site(site_id):
     _require_owner()
     site = owned_site(service(), site_id)
-    form, errors = {"name": site.name, "domain": site.domain or "", "timezone": site.timezone}, {}
+    form, errors = {"name": site.name, "domain": site.domain or "", "timezone": site.timezone,
+                    "monthly_budget": "" if site.monthly_budget is None else site.monthly_budget}, {}
     if request.method == "POST":
         form = request.form
         try:
             team.update_site(current_user, site.id, {"name": form.get("name", ""), "domain": form.get("domain", "").strip() or None,
-                                                     "timezone": form.get("timezone", "")})
+                                                     "timezone": form.get("timezone", ""),
+                                                     "monthly_budget": form.get("monthly_budget", "").strip() or None})
             flash("Site saved.", "success")
             return redirect(url_for("web.site_automation", site_id=site.id))
         except AppError as e:
