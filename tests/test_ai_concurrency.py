@@ -179,6 +179,7 @@ def _logs(run_id, function):
     return n
 
 
+@pytest.mark.processes
 def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, app_env, factory, stub):
     """On a real worker with 8 calls in flight (the stub records when each call arrives): no
     call starts more than a second after a pause or a cancel; the calls in flight at a pause
@@ -236,6 +237,7 @@ def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, a
 
 # -- SIGKILL under concurrency, then recovery with exact totals -----------------------------------
 
+@pytest.mark.processes
 def test_sigkill_under_concurrency_recovers_with_exact_totals(app, app_env, factory):
     (ref_acc, ref_site), (acc_id, site_id) = twins(factory, n_keywords=30, stage_4_batch_size=50,
                                                    stage_6_batch_size=50)
@@ -407,6 +409,7 @@ def test_ai_concurrency_config_validated_and_saved(app, factory, client):
 
 # -- heartbeat on its own clock; recovery at default settings ---------------------------------------
 
+@pytest.mark.processes
 def test_long_ai_call_keeps_the_run_alive(app, app_env, factory):
     """One AI call (4 s) longer than STALE_RUN_SECONDS (1 s): the heartbeat goes on during it."""
     from webapp.automation.recovery import check_stale_runs
@@ -434,6 +437,7 @@ def _calls(run_id):
     return db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.run_id == run_id)).scalar()
 
 
+@pytest.mark.processes
 def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app_env, factory):
     acc, _ = factory.account(credits=1_000_000)
     site = factory.site(acc, keywords=20)
