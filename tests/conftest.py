@@ -14,6 +14,7 @@ gw0 /15, gw1 /14, ...). The worker's TEST_* variables are rewritten to its own, 
 process a test starts (workers, web servers, a child pytest) uses the worker's too.
 """
 import atexit
+import functools
 import os
 import re
 import shutil
@@ -265,8 +266,14 @@ def csrf_from(html):
     return m.group(1) if m else None
 
 
+@functools.lru_cache(maxsize=None)
+def _fixture_hash(password):
+    from werkzeug.security import generate_password_hash
+    return generate_password_hash(password, method="pbkdf2:sha256:1000")
+
+
 class Factory:
-    """Creates tenants through the same code paths as the CLI."""
+    """Creates tenants through the same code paths as the CLI (the owner's password hash aside)."""
 
     def __init__(self, app):
         self.app = app
@@ -280,7 +287,11 @@ class Factory:
         if credits:
             top_up(acc, credits)
         user = User(email=email or f"{name.lower()}@example.com", account_id=acc.id, role="owner")
-        user.set_password(password)
+        # The fixture's owners get a cheap hash (pbkdf2, 1,000 rounds): checked by the same
+        # check_password_hash as scrypt's, in milliseconds instead of ~0.1-0.4 s a login
+        # (most tests log in; web and worker processes check it too). Users made through the
+        # app (team invitations, the CLI, `factory.user`) keep the app's scrypt.
+        user.password_hash = _fixture_hash(password)
         db.session.add(user)
         db.session.commit()
         return acc, user
