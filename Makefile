@@ -12,12 +12,12 @@ run: $(VENV)/.deps
 # a Redis of its own (tests/conftest.py). TEST_WORKERS=1 runs it in one process, as before.
 TEST_WORKERS ?= auto
 test: $(VENV)/.deps-dev browser-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The tests that start no process of their own (no worker.py, gunicorn, scheduler, Chromium,
 # make run, child pytest): the `processes` marker (pytest.ini) leaves those out.
 test-quick: $(VENV)/.deps-dev
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m "not processes" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not processes" $(PYTEST_ARGS)
 
 # Mutation testing of the engine's control, locking, billing and recovery code (slow: not part
 # of `make test` or CI). MUTANTS narrows it (mutmut globs); results: `$(VENV)/bin/mutmut results`.
