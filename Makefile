@@ -9,7 +9,7 @@ run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
 # The suite in parallel (pytest-xdist): one worker per core by default, each with a database and
-# a Redis of its own (tests/conftest.py). TEST_WORKERS=1 runs it in one process, as before.
+# a Redis of its own (tests/conftest.py). TEST_WORKERS=0 runs it in this one process, as before.
 TEST_WORKERS ?= auto
 test: $(VENV)/.deps-dev browser-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
