@@ -1,6 +1,7 @@
 """The app a job runs in when its process has none pushed (an RQ worker started without
-worker.py, say): built once, by the factory the process hands in (`worker.py` hands in
-`create_app`). This floor never imports `create_app` itself: the app package is above it."""
+worker.py, say): built once, by the factory the process hands in (`worker.py` hands in the
+app it built with `create_app`). This floor never imports `create_app` itself: the app package
+is above it."""
 from contextlib import nullcontext
 
 from flask import has_app_context

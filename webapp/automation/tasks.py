@@ -25,7 +25,7 @@ from ..models import AITaskLog, AutomationConfig, AutomationRun, RunItemFailure
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, hooks, jobs
-from .appctx import app_context as _app_context  # the worker's app (worker.py hands in create_app)
+from .appctx import app_context as _app_context  # the worker's app (worker.py hands it in)
 from .billing import InsufficientCredits, charge
 from .closing import close_stage_if_ended, end_values, system_event
 from .heartbeat import Heartbeat, interval_for
