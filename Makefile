@@ -3,13 +3,23 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test install install-dev browser-deps mutate
+.PHONY: run test test-quick install install-dev browser-deps mutate
 
 run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
+# The suite in parallel (pytest-xdist), each worker with a database and a Redis of its own
+# (tests/conftest.py). One worker more than cores: the tests spend much of their time waiting on
+# the processes they start (2 cores: 3 workers 287 s, 2 workers 307 s; docs/TESTING.md).
+# TEST_WORKERS=0 runs it in this one process, as before.
+TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 1)
 test: $(VENV)/.deps-dev browser-deps
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The tests that start no process of their own (no worker.py, gunicorn, scheduler, Chromium,
+# make run, child pytest): the `processes` marker (pytest.ini) leaves those out.
+test-quick: $(VENV)/.deps-dev
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not processes" $(PYTEST_ARGS)
 
 # Mutation testing of the engine's control, locking, billing and recovery code (slow: not part
 # of `make test` or CI). MUTANTS narrows it (mutmut globs); results: `$(VENV)/bin/mutmut results`.

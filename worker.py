@@ -110,6 +110,8 @@ def main(argv=None):
     p.add_argument("--burst", action="store_true", help="worker: exit when the queue is empty")
     args = p.parse_args(argv)
     app = create_app()
+    from webapp.automation import appctx
+    appctx.use_app_factory(lambda: app)  # a job outside run_worker's app context gets this app
     from webapp.metrics import release_dir
     # Drop this process's live gauges and its claim on the metrics directory when it ends.
     atexit.register(release_dir, app.config["METRICS_DIR"])

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rq import Worker
 from sqlalchemy import func, select
 
 from bench.ai_stub import StubState, serve
@@ -19,6 +20,7 @@ from webapp.errors import BadRequest
 from webapp.extensions import db
 from webapp.models import (AITaskLog, Account, AutomationConfig, Cluster, Content, ContentIdea,
                            CreditTransaction, Image, Keyword, RunEvent, Task)
+from webapp.models.base import utcnow
 from webapp.redis_conn import get_redis
 
 from conftest import drain, start_worker, wait_for
@@ -179,6 +181,7 @@ def _logs(run_id, function):
     return n
 
 
+@pytest.mark.processes
 def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, app_env, factory, stub):
     """On a real worker with 8 calls in flight (the stub records when each call arrives): no
     call starts more than a second after a pause or a cancel; the calls in flight at a pause
@@ -192,7 +195,9 @@ def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, a
     svc = AutomationService(acc_id, actor="user:t")
     run_id = svc.start(site_id).id
     env = {"AI_PROVIDER": "openai", "OPENAI_BASE_URL": app.config["OPENAI_BASE_URL"], "OPENAI_API_KEY": "sk-test"}
-    stub.latency = 0.4
+    # 8 calls in flight, each 1 s: the pause lands before the last calls start with ~1 s to spare
+    # (0.4 s left too little on a loaded machine: every call could start before the pause).
+    stub.latency = 1.0
     w = start_worker(app_env, extra_env=env)
     try:
         wait_for(lambda: _logs(run_id, "generate_content") >= 8, timeout=90, interval=0.05,
@@ -240,6 +245,7 @@ def test_pause_and_cancel_under_concurrency_charge_nothing_without_output(app, a
 
 # -- SIGKILL under concurrency, then recovery with exact totals -----------------------------------
 
+@pytest.mark.processes
 def test_sigkill_under_concurrency_recovers_with_exact_totals(app, app_env, factory):
     (ref_acc, ref_site), (acc_id, site_id) = twins(factory, n_keywords=30, stage_4_batch_size=50,
                                                    stage_6_batch_size=50)
@@ -260,7 +266,8 @@ def test_sigkill_under_concurrency_recovers_with_exact_totals(app, app_env, fact
         # The exec lock (TTL = STALE_RUN_SECONDS) and the heartbeat expire; then the new
         # worker's start-up stale check continues the run.
         wait_for(lambda: not get_redis().exists(exec_lock_key(run_id)), timeout=10, message="exec lock expired")
-        time.sleep(1)
+        wait_for(lambda: (utcnow() - _run(run_id).heartbeat_at).total_seconds() > 2, timeout=10,
+                 message="the dead worker's heartbeat older than STALE_RUN_SECONDS")
         w2 = start_worker(app_env, extra_env=env)
         try:
             wait_for(lambda: _run(run_id).status == "completed", timeout=120, message="run completed")
@@ -411,6 +418,7 @@ def test_ai_concurrency_config_validated_and_saved(app, factory, client):
 
 # -- heartbeat on its own clock; recovery at default settings ---------------------------------------
 
+@pytest.mark.processes
 def test_long_ai_call_keeps_the_run_alive(app, app_env, factory):
     """One AI call (4 s) longer than STALE_RUN_SECONDS (1 s): the heartbeat goes on during it."""
     from webapp.automation.recovery import check_stale_runs
@@ -438,6 +446,7 @@ def _calls(run_id):
     return db.session.execute(select(func.count()).select_from(AITaskLog).where(AITaskLog.run_id == run_id)).scalar()
 
 
+@pytest.mark.processes
 def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app_env, factory):
     acc, _ = factory.account(credits=1_000_000)
     site = factory.site(acc, keywords=20)
@@ -452,7 +461,8 @@ def test_sigkilled_workers_run_continues_within_60s_at_default_settings(app, app
         wait_for(lambda: _run(run_id).stage_1_result is not None and get_redis().exists(exec_lock_key(run_id)),
                  timeout=30, message="a call in flight")
         others = [start_worker(app_env, extra_env=env), start_worker(app_env, "--scheduler", extra_env=env)]
-        time.sleep(1)  # the new worker's start-up check has run: the run was alive then
+        # The new worker's start-up check has run (it registers with RQ after it): the run was alive then.
+        wait_for(lambda: len(Worker.all(connection=get_redis())) >= 2, timeout=60, message="the second worker up")
         os.killpg(doomed.pid, signal.SIGKILL)
         killed_at = time.monotonic()
         doomed.wait(5)

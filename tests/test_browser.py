@@ -11,6 +11,8 @@ import pytest
 
 from conftest import start_worker
 
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 

@@ -13,6 +13,8 @@ from webapp.models import AutomationRun, Content, RunItemFailure
 from conftest import drain
 from test_browser import browser, shot, wait  # noqa: F401  (the Chromium fixture and helpers)
 
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
+
 
 @pytest.fixture
 def failed_run(app, factory):

@@ -6,6 +6,7 @@ says so and polls; the run page follows a cancel and a completion (badge, button
 panels at the end of a run agree with a reload."""
 import time
 
+import pytest
 import requests
 from selenium.webdriver.common.by import By
 from sqlalchemy import update
@@ -18,6 +19,8 @@ from webapp.extensions import db
 from webapp.models import Account, AutomationRun
 from webapp.redis_conn import get_redis
 from webapp.web.sockets import claims_key
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 
 def refreshes(d):

@@ -1,12 +1,16 @@
 """In headless Chromium: a webhook added on the automation page receives the run's
 run.completed (real worker), the tab title follows the run to its end, and the review queue is
 worked with the keyboard alone (j, a, r + note, Ctrl+Enter)."""
+import pytest
+
 from webapp.extensions import db
 from webapp.models import Content
 
 from conftest import start_worker, wait_for
 from test_notify import Receiver, verify
 from test_browser import browser, shot, wait  # noqa: F401  (the browser fixture)
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 
 def test_tab_title_and_keyboard_review(app, app_env, factory, browser, live_server, tmp_path):  # noqa: F811

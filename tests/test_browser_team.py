@@ -1,5 +1,6 @@
 """Sites in the browser (headless Chromium): an owner creates, edits and deletes a site with a
 typed confirmation; a viewer sees the controls disabled with the role they need."""
+import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -7,6 +8,8 @@ from webapp.extensions import db
 from webapp.models import Site
 
 from test_browser import browser, wait  # noqa: F401  (the Chromium fixture)
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 
 def _login(d, live, email):

@@ -4,7 +4,11 @@ a cancel and one Redis restart, placed by progress. Every run ends with its faul
 twin's outputs and credits (a cancelled one with no more than them)."""
 import json
 
+import pytest
+
 from bench.chaos import ChaosConfig, run_chaos
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 
 def test_short_chaos_run(app, db_url, tmp_path):

@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
+
 ROOT = Path(__file__).resolve().parent.parent
 INNER = "tests/test_foundation.py::test_credits_cannot_go_negative"
 

@@ -113,12 +113,15 @@ def _credits(run_id):
 
 
 @pytest.mark.parametrize("slice_s, delay, per_job", [
-    (300, 0, 40),  # no delay between batches: one job goes on through the whole stage
+    (300, 0, 16),  # no delay between batches: one job goes on through the whole stage
     (0, 0, 8),     # JOB_SLICE_SECONDS=0: one batch (4 keywords x ai_concurrency 2) per job
     (300, 1, 8),   # a delay between batches keeps one batch per job (the delay is between jobs)
 ])
 def test_a_job_goes_on_into_the_next_batches_only_within_its_slice(app, factory, slice_s, delay, per_job):
-    (acc, site), = _twin_sites(factory, stage_1_batch_size=4, ai_concurrency=2, within_stage_delay=delay)[1:]
+    # 16 keywords: two batches of stage 1, enough to tell one batch from the whole stage (the
+    # delay case sleeps between every two batches of every stage: 40 keywords took 20 s).
+    (acc, site), = _twin_sites(factory, n_keywords=16, stage_1_batch_size=4, ai_concurrency=2,
+                               within_stage_delay=delay)[1:]
     app.config["JOB_SLICE_SECONDS"] = slice_s
     run_id = AutomationService(acc).start(site).id
     drain(app, max_jobs=1)
@@ -127,7 +130,7 @@ def test_a_job_goes_on_into_the_next_batches_only_within_its_slice(app, factory,
     assert run.stage_1_result["status"] == "running"
     drain(app)
     run = db.session.get(AutomationRun, run_id)
-    assert run.status == "completed" and run.stage_1_result["items_processed"] == 40
+    assert run.status == "completed" and run.stage_1_result["items_processed"] == 16
 
 
 def test_pause_mid_stage_then_resume_equals_uninterrupted(app, factory):

@@ -58,6 +58,7 @@ def _ai_calls(run_id, stage=None):
 
 # -- a pause lands inside a batch, at the next item boundary --------------------------------------
 
+@pytest.mark.processes
 def test_pause_mid_batch_stops_at_next_item_boundary(app, app_env, factory):
     """Kills: the between-items check ignoring the run's state (`if _shutdown_requested:`).
     Stages 1-5 run here; the whole of stage 6 is then one batch (one job) on a real worker,
@@ -191,6 +192,7 @@ def timed_stub(app):
     server.shutdown()
 
 
+@pytest.mark.processes
 def test_resume_during_slow_item_continues_when_it_ends_and_never_overlaps(app, app_env, factory, timed_stub):
     """Kills: (a) the job giving up on a busy exec lock (the stalled resume: nothing queued,
     the run sits `running` until the stale check); (b) no exec lock at all (the resumed job
@@ -233,6 +235,7 @@ def test_resume_during_slow_item_continues_when_it_ends_and_never_overlaps(app, 
 
 # -- cancel while an item is in flight, then start again ------------------------------------------
 
+@pytest.mark.processes
 def test_start_after_cancel_mid_item_is_never_refused(app, app_env, factory):
     """Kills: a start refused ("already starting") by the site lock a cancelled run's worker
     renewed while finishing its item; and that worker taking the lock back from the new run."""

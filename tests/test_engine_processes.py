@@ -2,6 +2,7 @@
 import os
 import signal
 
+import pytest
 from sqlalchemy import func, select
 
 from webapp.automation.service import AutomationService
@@ -13,6 +14,8 @@ from test_engine import _credits, _twin_sites, outputs
 
 
 from conftest import fresh_run as _run, stop_process as _stop  # noqa: E402
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 
 def test_sigkill_in_stage_4_is_recovered_with_same_outputs(app, app_env, factory):

@@ -2,6 +2,7 @@
 import os
 import signal
 
+import pytest
 import redis as redis_lib
 
 from webapp.automation.service import AutomationService
@@ -21,6 +22,7 @@ def test_healthz_503_when_redis_unreachable(app, client):
     assert client.get("/status").status_code == 503
 
 
+@pytest.mark.processes
 def test_status_counts_queues_workers_and_runs(app, app_env, client, factory):
     acc, _ = factory.account(credits=100_000)
     site = factory.site(acc, keywords=4)

@@ -10,7 +10,10 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import requests
+
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -88,6 +88,7 @@ def add_hook(client, token, site_id, url, events=None):
     return resp.get_json()["data"]["webhook"]
 
 
+@pytest.mark.processes
 def test_completed_run_signed_delivery_with_a_real_worker(app, app_env, client, factory, receiver):
     app.config["WEBHOOK_ALLOW_PRIVATE"] = True
     acc, user = factory.account(credits=100_000)
@@ -276,6 +277,7 @@ def test_webhook_validation_and_tenancy(app, client, factory):
     assert client.get(f"/api/v1/sites/{foreign.id}/webhooks/", headers=bearer(other_token)).get_json()["data"]["webhooks"][0]["id"] == theirs["id"]
 
 
+@pytest.mark.processes
 def test_webhook_settings_in_the_browser(app, client, auth, factory, receiver):
     app.config["WEBHOOK_ALLOW_PRIVATE"] = True
     acc, user = factory.account()
@@ -403,6 +405,7 @@ def test_viewer_sets_own_email_choice_but_cannot_manage_webhooks(app, client, au
     assert r.status_code == 403
 
 
+@pytest.mark.processes
 def test_https_target_pinned_to_the_address_verifies_the_host_name(tmp_path, monkeypatch):
     """TLS to the checked address still proves the URL's host: SNI and the certificate name."""
     import ssl

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import drain
 
 V1 = "/api/v1"
@@ -82,6 +84,7 @@ def test_docs_page_is_vendored_swagger_ui(client):
     assert client.get(f"{V1}/docs").headers["Location"].endswith("/api/docs")
 
 
+@pytest.mark.processes
 def test_schemathesis_all_checks_and_stateful_phase(app, factory, live_server, tmp_path):
     acc, user = factory.account(credits=100_000)
     site = factory.site(acc, keywords=8)
@@ -132,6 +135,7 @@ def _deep(n):
     return value
 
 
+@pytest.mark.processes
 def test_schemathesis_hostile_cases(app, factory, live_server):
     """The hostile input of the security review, as schemathesis cases for every operation in the
     document: malformed numbers in each integer parameter → 400, NUL or a lone surrogate in any

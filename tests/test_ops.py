@@ -10,6 +10,7 @@ import sys
 import time
 import uuid
 
+import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
@@ -120,6 +121,7 @@ def test_request_id_is_returned_and_taken_only_from_a_trusted_proxy(client):
 
 
 # -- the multiprocess directory -----------------------------------------------------------------------
+@pytest.mark.processes
 def test_metrics_dir_is_wiped_only_when_no_process_uses_it(tmp_path):
     from webapp.metrics import claim_dir
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -148,6 +150,7 @@ def test_metrics_dir_is_wiped_only_when_no_process_uses_it(tmp_path):
 
 
 # -- a run across real processes ------------------------------------------------------------------------
+@pytest.mark.processes
 def test_metrics_and_json_logs_follow_a_run_from_web_to_worker(app, app_env, factory, tmp_path):
     acc, user = factory.account()
     site = factory.site(acc, keywords=6)
@@ -393,6 +396,7 @@ def test_dashboard_and_alerts_use_documented_metrics_that_exist(app):
     assert used and used <= table, used - table
 
 
+@pytest.mark.processes
 def test_scheduler_logs_json_line_by_line(app, app_env):
     from rq import Queue
     from webapp.ops import RQ_SCHEDULED_JOBS, TICK_JOB_ID
@@ -471,6 +475,7 @@ def test_job_owner_covers_pipeline_scheduler_and_notification_jobs(app, factory)
     assert owner("webapp.automation.recovery.check_stale_runs_task") is None  # a system job
 
 
+@pytest.mark.processes
 def test_ops_page_in_a_browser_reads_well_at_any_width(app, factory, browser, live_server, tmp_path):  # noqa: F811
     from selenium.webdriver.common.by import By
     from test_browser import shot, wait

@@ -35,6 +35,7 @@ def _stop(*procs):
 
 # -- two schedulers, then Redis loses everything ------------------------------------------------
 
+@pytest.mark.processes
 def test_two_schedulers_at_once_register_once_start_once_and_reregister_after_redis_loss(app, app_env, factory):
     from rq_scheduler import Scheduler
     from webapp.scheduling import CONTROL_QUEUE, periodic_jobs
@@ -155,6 +156,7 @@ def test_scheduler_tick_across_dst_runs_each_local_day_once(app, factory, zone, 
 
 # -- many workers, one low balance ---------------------------------------------------------------------
 
+@pytest.mark.processes
 def test_many_workers_debit_one_low_balance_exactly(app, app_env, factory):
     """Three workers run three sites of one account whose balance runs out: every debit is
     matched by a ledger row and an AI call, the balance never goes below zero, and every run

@@ -4,6 +4,7 @@ import os
 import signal
 from datetime import datetime, timedelta
 
+import pytest
 from sqlalchemy import event, func, select
 
 from webapp.automation.scheduled import check_scheduled_automations
@@ -138,6 +139,7 @@ def test_thousand_due_sites_one_tick_without_query_storm(app, factory):
         AutomationConfig.next_run_at == datetime(2026, 6, 2, 3, 0))).scalar() == 1000
 
 
+@pytest.mark.processes
 def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, factory):
     from rq_scheduler import Scheduler
     from webapp.redis_conn import get_redis

@@ -445,6 +445,7 @@ def test_files_created_private(app, app_env, tenant):
         assert _mode(fresh) == 0o600
 
 
+@pytest.mark.processes
 def test_embedded_redis_private(tmp_path):
     import os
     import redis

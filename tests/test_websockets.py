@@ -108,6 +108,7 @@ def test_refused_connections(server, setup, path):
             pass
 
 
+@pytest.mark.processes
 def test_sigterm_to_gunicorn_closes_websockets_cleanly(app, app_env, setup):
     """A web restart: open sockets get a 1001 close frame promptly, not a cut connection."""
     import os

@@ -18,6 +18,8 @@ from webapp.models.base import utcnow
 from webapp.redis_conn import get_redis
 from webapp.web.sockets import claims_key
 
+pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
+
 CAP = 3
 
 

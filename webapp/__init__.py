@@ -38,9 +38,14 @@ def create_app(test_config=None):
     access.init_app(app)
     audit.init_app(app)
 
-    from . import auth, api, cli, health, media, metrics, notify, web
+    from . import auth, api, cli, health, media, metrics, notify, ops, web
+    from .automation import hooks
     from .writer import views as writer_views
-    metrics.init_app(app)  # GET /metrics and the request counters (webapp/metrics.py)
+    # GET /metrics and the request counters (webapp/metrics.py); it reads the shared state
+    # through ops and counts run events, handed in here so that it imports neither.
+    metrics.init_app(app, shared_state=ops)
+    hooks.subscribe(metrics.on_run_event)
+    hooks.subscribe(logging_setup.log_run_event)  # one log line per run event, web or worker
     auth.init_app(app)
     api.init_app(app)
     web.init_app(app)

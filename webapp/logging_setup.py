@@ -162,9 +162,6 @@ def init_app(app):
             response.headers[REQUEST_ID_HEADER] = rid
         return response
 
-    from .automation import hooks
-    hooks.subscribe(log_run_event)
-
 
 def _trusted(addr, networks):
     import ipaddress

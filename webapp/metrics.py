@@ -97,9 +97,9 @@ def websocket_closed():
 
 
 def scheduler_ticked(r):
-    from .ops import record_tick
     SCHEDULER_TICKS.inc()
-    record_tick(r)
+    if _shared_state is not None:
+        _shared_state.record_tick(r)
 
 
 class _TimedProvider:
@@ -212,12 +212,20 @@ def release_dir(path, pid=None):
 
 
 # -- exposition -----------------------------------------------------------------------------------
+# The reader of the shared state (queues, workers, scheduler, run counts, the last tick):
+# webapp/ops.py, handed in by create_app (`init_app(app, shared_state=ops)`), so that this
+# low floor, called from everywhere, never imports the rooms it reports on.
+_shared_state = None
+
+
 class ScrapeCollector:
     """Shared state read when Prometheus scrapes (needs an app context)."""
 
     def collect(self):
-        from . import ops
         from .redis_conn import get_redis
+        ops = _shared_state
+        if ops is None:  # no app has handed a reader in: only the process's own figures
+            return
         try:
             r = get_redis()
             qs = ops.queues(r)
@@ -281,11 +289,15 @@ def exposition(app):
 _claimed = {}
 
 
-def init_app(app):
+def init_app(app, shared_state=None):
+    """The request counters and GET /metrics; `shared_state` is the reader of the scrape-time
+    gauges (webapp/ops.py). Run events are counted by `on_run_event`, which create_app
+    subscribes to the lifecycle hooks."""
     from flask import Response, abort, g, request
 
-    from .automation import hooks
-    hooks.subscribe(on_run_event)
+    global _shared_state
+    if shared_state is not None:
+        _shared_state = shared_state
     for result in ("admitted", "over_cap", "busy", "unchecked"):
         WS_ADMISSIONS.labels(result=result)
     for n in range(1, 8):  # every stage's series exists from the start (at 0), so rate() and alerts see it

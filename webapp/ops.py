@@ -30,7 +30,7 @@ _DELIVERY_TASKS = {"webapp.notify.jobs.deliver_webhook": WebhookDelivery, "webap
 
 
 def queue_names():
-    from .notify.jobs import NOTIFY_QUEUE
+    from .notify.queue import NOTIFY_QUEUE
     from .scheduling import CONTROL_QUEUE
     return [CONTROL_QUEUE, NOTIFY_QUEUE, current_app.config["RQ_QUEUE"]]
 

@@ -281,11 +281,8 @@ def _on_rate_limited(e):
         msg = f"Rate limit exceeded ({e.description}). Try again in {seconds} seconds."
     if request.path.startswith("/api/"):
         resp = jsonify({"success": False, "error": msg})
-    elif request.endpoint == "auth.login":
-        from .auth.views import LoginForm
-        form = LoginForm()
-        form.email.data = request.form.get("email", "")[:255]
-        resp = current_app.make_response(render_template("login.html", form=form, throttled=msg))
+    elif request.endpoint in _throttled_pages:
+        resp = current_app.make_response(_throttled_pages[request.endpoint](msg))
     else:
         resp = current_app.make_response(render_template("error.html", code=429, message=msg))
     resp.status_code = 429
@@ -293,12 +290,33 @@ def _on_rate_limited(e):
     return resp
 
 
-def _limit_api_blueprint():
-    if getattr(_limit_api_blueprint, "done", False):
+# The pages a 429 may show instead of the generic one, by endpoint: registered by the room
+# that owns the page (the login form: webapp/auth), so this floor never imports a view.
+_throttled_pages = {}
+
+
+def throttled_page(endpoint, render):
+    """On a 429 at `endpoint`, answer with `render(message)` (the page again, with the message)."""
+    _throttled_pages[endpoint] = render
+
+
+def limit_api(bp):
+    """The general per-caller limit (API_RATE_LIMIT) on the API blueprint: called by webapp/api."""
+    if getattr(limit_api, "done", False):
         return
-    _limit_api_blueprint.done = True  # limits attach to the (module-level) blueprint once
-    from .api import bp
+    limit_api.done = True  # limits attach to the (module-level) blueprint once
     limiter.limit(lambda: current_app.config["API_RATE_LIMIT"], key_func=api_caller_key)(bp)
+
+
+# -- bearer credentials (API tokens, STATUS_TOKEN) ----------------------------------------------------
+def parse_bearer(header):
+    """The token of an `Authorization: Bearer <token>` header (scheme in any case, RFC 7235),
+    or None when the header is not a well-formed bearer credential."""
+    scheme, _sep, raw = (header or "").strip().partition(" ")
+    raw = raw.strip()
+    if scheme.lower() != "bearer" or not raw or " " in raw or len(raw) > 200:
+        return None
+    return raw
 
 
 # -- /status details --------------------------------------------------------------------------------
@@ -309,7 +327,6 @@ def status_details_allowed():
     expected = current_app.config.get("STATUS_TOKEN")
     header = request.headers.get("Authorization")
     if expected and header:
-        from .auth.tokens import parse_bearer
         given = parse_bearer(header) or ""
         if hmac.compare_digest(given.encode("utf-8", "replace"), expected.encode("utf-8", "replace")):
             return True
@@ -373,5 +390,4 @@ def init_app(app):
     # One module-level limiter serves every app this process builds (tests build many): an
     # earlier app's unreachable storage must not leave this one on the in-memory fallback.
     limiter._storage_dead = False
-    _limit_api_blueprint()
     app.register_error_handler(RateLimitExceeded, _on_rate_limited)

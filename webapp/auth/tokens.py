@@ -6,17 +6,8 @@ from ..extensions import db
 from ..models import ApiToken, User
 from ..models.accounts import DUMMY_PASSWORD_HASH
 from ..models.base import utcnow
+from ..security import parse_bearer  # noqa: F401  (the header's form; also named here for the API)
 from werkzeug.security import check_password_hash
-
-
-def parse_bearer(header):
-    """The token of an `Authorization: Bearer <token>` header (scheme in any case, RFC 7235),
-    or None when the header is not a well-formed bearer credential."""
-    scheme, _sep, raw = (header or "").strip().partition(" ")
-    raw = raw.strip()
-    if scheme.lower() != "bearer" or not raw or " " in raw or len(raw) > 200:
-        return None
-    return raw
 
 
 def user_for_bearer(header):

@@ -17,6 +17,13 @@ class LoginForm(FlaskForm):
     password = PasswordField("Password", validators=[DataRequired(), Length(max=255)])
 
 
+def throttled_login(message):
+    """The login page with the throttle's message (security.py answers 429 with it)."""
+    form = LoginForm()
+    form.email.data = request.form.get("email", "")[:255]
+    return render_template("login.html", form=form, throttled=message)
+
+
 def _safe_next(target):
     # Only same-site relative paths: never an open redirect. Browsers read a backslash as a
     # slash ("/\\evil" is "//evil"), and control characters (CR/LF) cannot go in a header.

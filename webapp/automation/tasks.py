@@ -10,10 +10,9 @@ and provider rate limits are shared through Redis (webapp/ai/ratelimit.py).
 """
 import logging
 import time
-from contextlib import nullcontext
 
 import redis
-from flask import current_app, has_app_context
+from flask import current_app
 from rq import get_current_job
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -26,6 +25,7 @@ from ..models import AITaskLog, AutomationConfig, AutomationRun, RunEvent, RunIt
 from ..models.base import iso, utcnow
 from ..redis_conn import get_redis
 from . import concurrency, dispatch, hooks, jobs
+from .appctx import app_context as _app_context  # the worker's app (worker.py hands it in)
 from .billing import InsufficientCredits, charge
 from .closing import close_stage_if_ended, end_values, outcome_note, system_event
 from .heartbeat import Heartbeat, interval_for
@@ -42,7 +42,6 @@ STAGE_7_BATCH = 50
 MAX_CONCURRENCY = 32
 STATUS_EVERY = 0.2    # s between reads of the run's status while starting items
 PUBLISH_EVERY = 0.25  # s between live-state publications while items start
-_APP = None
 _shutdown_requested = False
 
 
@@ -50,16 +49,6 @@ def request_shutdown(*_):
     """SIGTERM in a worker: finish the items in flight, hand the rest of the batch back."""
     global _shutdown_requested
     _shutdown_requested = True
-
-
-def _app_context():
-    global _APP
-    if has_app_context():
-        return nullcontext()
-    if _APP is None:
-        from .. import create_app
-        _APP = create_app()
-    return _APP.app_context()
 
 
 def run_automation_task(run_id, token=None):

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def on_run_event(event, run, actor, reason):
     if event not in RUN_EVENTS:
         return
-    from .jobs import enqueue_dispatch
+    from .queue import enqueue_dispatch
     enqueue_dispatch(event, run.id, run.to_dict(), reason, uuid.uuid4().hex)
 
 

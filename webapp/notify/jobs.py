@@ -17,54 +17,25 @@ import time
 from datetime import timedelta
 
 from flask import current_app
-from rq import Queue
-from rq_scheduler import Scheduler
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from .. import metrics
+from ..automation.appctx import app_context as _app_context
 from ..extensions import db
-from ..logging_setup import job_meta
 from ..models import AutomationRun, MailDelivery, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import utcnow
 from ..redis_conn import get_redis
 from ..automation.locks import TTLLock
 from . import mail, targets
+# The queue's name and the enqueue helpers live in queue.py (webhooks.py queues too); named
+# here as well, for the callers that know them as notify.jobs'.
+from .queue import NOTIFY_QUEUE, enqueue_delivery, enqueue_dispatch, enqueue_mail  # noqa: F401
 from .webhooks import new_delivery, payload, sign
 
 log = logging.getLogger(__name__)
-NOTIFY_QUEUE = "automation-notify"
-JOB_TIMEOUT = 120
 SWEEP_GRACE = 120  # seconds a due delivery may wait in the queue before the sweep re-queues it
 PENDING = ("pending", "retrying")
-
-
-def _app_context():
-    from ..automation.tasks import _app_context as ctx
-    return ctx()
-
-
-def _enqueue(func, *args, delay=None):
-    r = get_redis()
-    meta = job_meta()  # the request (or job) behind the event: its id follows into the delivery's logs
-    if delay:
-        Scheduler(queue_name=NOTIFY_QUEUE, connection=r).enqueue_in(
-            timedelta(seconds=delay), func, *args, timeout=JOB_TIMEOUT, job_result_ttl=600, meta=meta)
-    else:
-        Queue(NOTIFY_QUEUE, connection=r).enqueue(func, *args, job_timeout=JOB_TIMEOUT, result_ttl=600,
-                                                  failure_ttl=7 * 24 * 3600, meta=meta)
-
-
-def enqueue_dispatch(event, run_id, snapshot, reason, event_key):
-    _enqueue("webapp.notify.jobs.dispatch_event", event, run_id, snapshot, reason, event_key)
-
-
-def enqueue_delivery(pk, attempt, delay=None):
-    _enqueue("webapp.notify.jobs.deliver_webhook", pk, attempt, delay=delay)
-
-
-def enqueue_mail(pk, attempt, delay=None):
-    _enqueue("webapp.notify.jobs.send_mail", pk, attempt, delay=delay)
 
 
 def backoff(attempt, cfg=None):

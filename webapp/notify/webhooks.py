@@ -16,6 +16,7 @@ from ..errors import AppError, Conflict, NotFound
 from ..extensions import db
 from ..models import AutomationRun, Site, Webhook, WebhookAttempt, WebhookDelivery
 from ..models.base import iso, utcnow
+from .queue import enqueue_delivery
 from .targets import check_url
 
 RUN_EVENTS = ("run.completed", "run.failed", "run.cancelled", "run.paused")
@@ -144,14 +145,13 @@ class WebhookService:
 
     def send_test(self, site_id, webhook_id):
         """A `test` event carrying the site's latest run (or null), delivered like any other."""
-        from . import jobs
         wh = self.get(site_id, webhook_id)
         run = db.session.execute(select(AutomationRun).where(AutomationRun.site_id == wh.site_id)
                                  .order_by(AutomationRun.id.desc()).limit(1)).scalar_one_or_none()
         d = new_delivery(wh, TEST_EVENT, uuid.uuid4().hex, run.id if run else None, run.to_dict() if run else None)
         db.session.add(d)
         db.session.commit()
-        jobs.enqueue_delivery(d.id, 1)
+        enqueue_delivery(d.id, 1)
         return d
 
 

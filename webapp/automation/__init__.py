@@ -1,0 +1,1 @@
+"""The pipeline engine: run lifecycle, stages, RQ jobs, locks, billing, recovery (README table)."""
