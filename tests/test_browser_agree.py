@@ -9,6 +9,9 @@ from test_browser import browser, wait  # noqa: F401  (the Chromium fixture)
 from webapp.demo import demo_keywords
 
 
+import pytest
+pytestmark = pytest.mark.processes  # every test here starts processes of its own
+
 def _login(d, live, email="acme@example.com"):
     d.get(f"{live}/login")
     d.find_element(By.ID, "email").send_keys(email)

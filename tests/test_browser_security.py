@@ -9,6 +9,9 @@ from webapp.models import User
 from test_browser import browser, csp_violations, wait  # noqa: F401  (the Chromium fixture)
 
 
+import pytest
+pytestmark = pytest.mark.processes  # every test here starts processes of its own
+
 def test_invitation_link_with_the_token_in_the_fragment(app, factory, browser, live_server):  # noqa: F811
     from webapp.links import public_url
     from webapp.team import invite

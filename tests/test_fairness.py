@@ -106,6 +106,7 @@ def _two_accounts(factory, sites_a, keywords=6):
     return a.id, [s.id for s in a_sites], b.id, b_site.id
 
 
+@pytest.mark.processes
 def test_two_accounts_runs_interleave_fairly_on_a_real_worker(app, app_env, factory):
     a, a_sites, b, b_site = _two_accounts(factory, sites_a=4)
     a_runs = [AutomationService(a).start(s).id for s in a_sites]
@@ -179,6 +180,7 @@ def test_account_limit_queues_runs_in_order_and_cancel_of_a_queued_run_charges_n
     svc.start(site_ids[3])  # its site is free again
 
 
+@pytest.mark.processes
 def test_a_queued_run_started_later_pauses_resumes_and_cancels_as_any_run(app, app_env, factory):
     acc, _ = factory.account(credits=1_000_000)
     first = factory.site(acc, name="First", keywords=30)
@@ -279,6 +281,7 @@ def test_a_dripping_receiver_attempt_ends_at_the_webhook_timeout(app):
     assert took < 30
 
 
+@pytest.mark.processes
 def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, client):
     """A dripping receiver's test deliveries hold notify workers only: another account's run on
     the pipeline worker processes its first item while the attempts are in flight."""
@@ -340,6 +343,7 @@ def test_pages_say_why_a_run_waits(app, factory, client, auth):
     assert "</strong> account limit" not in html
 
 
+@pytest.mark.processes
 def test_a_queued_run_started_later_survives_a_sigkill_with_exact_credits(app, app_env, factory):
     import os
     import signal

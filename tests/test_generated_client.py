@@ -18,6 +18,8 @@ from conftest import start_worker, stop_process, wait_for
 BIN = Path(sys.executable).parent
 
 
+pytestmark = pytest.mark.processes  # every test here starts processes of its own
+
 @pytest.fixture
 def generated(client, tmp_path, monkeypatch):
     """The client package, generated into tmp_path and importable (its modules, by name)."""

@@ -31,6 +31,8 @@ from webapp.storage.keys import site_prefixes
 from conftest import ROOT, fresh_run, start_worker, stop_process, wait_for
 
 
+pytestmark = pytest.mark.processes  # every test here starts processes of its own
+
 @pytest.fixture(params=["file", "s3"])
 def backend(request):
     return request.param

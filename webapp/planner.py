@@ -185,6 +185,6 @@ def import_rows(site, rows, actor="system"):
         raise BadRequest("Another import for this site added some of these keywords at the same time; "
                          "nothing was imported, please retry.", 409)
     if created:
-        from .automation.countcache import changed
+        from .count_generation import changed
         changed(site.id)  # the cached pending counts of every page are stale now
     return {"created": created, "duplicates": duplicates, "errors": errors, "rows": len(rows)}

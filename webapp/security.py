@@ -183,8 +183,7 @@ def api_caller_key():
     bearer credential at all is counted per address, so varying garbage buys no new bucket."""
     header = request.headers.get("Authorization") or ""
     if header:
-        from .auth.tokens import parse_bearer
-        raw = parse_bearer(header)
+        raw = parse_bearer(header)  # defined below (auth.tokens re-exports it)
         if raw is None:
             return "badauth:" + throttle_address()
         return "tok:" + hashlib.sha256(raw.encode("utf-8", "replace")).hexdigest()[:32]

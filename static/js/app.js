@@ -288,6 +288,8 @@
     var box = document.getElementById("invite-token-box");
     if (box) box.hidden = true;
     if (history.replaceState) history.replaceState(null, "", location.pathname + location.search);
+  }
+
   // -- forms larger than the server takes (MAX_CONTENT_LENGTH) -----------------------------------
   // The server refuses such a body before reading it (413), so nothing it sent back could hold
   // the text: check here instead and keep the form as it is, with a message next to it.

@@ -18,27 +18,9 @@ from ..extensions import db
 from ..models import ACTIVE_STATUSES, AutomationRun
 from ..redis_conn import get_redis
 
-GEN_KEY = "automation:counts:gen:{site_id}"
-
-
-def generation(site_id):
-    """The site's count generation (0 when Redis is away: then nothing is cached either)."""
-    try:
-        raw = get_redis().get(GEN_KEY.format(site_id=int(site_id)))
-        return int(raw or 0)
-    except Exception:
-        return 0
-
-
-def changed(site_id):
-    """Call after committing a change to the site's pending items (import, review decision)."""
-    try:
-        r = get_redis()
-        key = GEN_KEY.format(site_id=int(site_id))
-        r.incr(key)
-        r.expire(key, 7 * 86400)  # an idle site's counter may go; its cached counts are gone by then
-    except Exception:  # Redis away: the counts are not cached either
-        pass
+# The per-site generation lives on a low floor (webapp/count_generation.py): the review and
+# import rooms bump it without importing the engine.
+from ..count_generation import GEN_KEY, changed, generation  # noqa: E402,F401
 
 
 def marker(run):

@@ -110,7 +110,7 @@ class ReviewService:
             audit.record(self.account_id, f"user:{self.reviewer}", f"content.{action}", site_id=sid,
                          content_ids=site_ids, note=note, **({"regenerate": True} if regenerate else {}))
         db.session.commit()
-        from ..automation.countcache import changed
+        from ..count_generation import changed
         for sid in sites:  # "awaiting review" and stage 7's pending count moved
             changed(sid)
         return db.session.execute(select(Content).where(Content.id.in_(ids)).order_by(Content.id)).scalars().all()
