@@ -129,7 +129,7 @@ def test_run_lifecycle_over_api(app, api):
     hist = data(api.get(f"{A}/history/?site_id={api.site_id}"))["runs"]
     assert hist[0]["run_id"] == run_id and hist[0]["status"] == "completed"
     assert set(hist[0]) == {"run_id", "status", "trigger_type", "current_stage", "started_at", "completed_at",
-                            "ended_at", "total_credits_used", "active_seconds", "paused_seconds"}
+                            "ended_at", "total_credits_used", "active_seconds", "paused_seconds", "interrupted_seconds"}
     for action in ("pause", "resume", "cancel"):
         err(api.post(f"{A}/{action}/?run_id={run_id}"), 400, "completed")
     logs = data(api.get(f"{A}/logs/?run_id={run_id}&lines=3"))

@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from ..extensions import db
 from ..models import ACCOUNT_SCOPE, BudgetAlert, MailDelivery, Site, Webhook
 from ..models.base import utcnow
-from . import jobs, mail
+from . import jobs, mail, queue
 from .webhooks import BUDGET_EVENT, new_delivery
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ def event_key(alert_id):
 
 def enqueue_alerts(alert_ids):
     for alert_id in alert_ids:
-        jobs._enqueue("webapp.notify.budget_alerts.dispatch_alert", alert_id)
+        queue._enqueue("webapp.notify.budget_alerts.dispatch_alert", alert_id)
 
 
 def dispatch_alert(alert_id):
