@@ -93,6 +93,8 @@ def parse_budget(value, field="monthly_budget"):
         return None, None
     if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
         value = int(value.strip())
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON's 5.0 is an integer to JSON Schema (and so to generated clients)
     if isinstance(value, bool) or not isinstance(value, int):
         return None, "must be a whole number of credits (0 or more), or null for no budget"
     if not 0 <= value <= 2**31 - 1:
