@@ -588,7 +588,15 @@ def verify(app, report, run_ids, balances, log_dir, kills, expected):
             if "Run started" not in lines[0]:
                 report.log_problems.append(f"run {r.id}: first line is not the start")
             final = {"completed": "Run completed", "cancelled": "Run cancelled"}.get(r.status)
-            if final and not any(final in ln for ln in lines[-5:]):
+            if final == "Run cancelled":
+                # Answers that had arrived when the run was cancelled are kept and logged after
+                # the cancel line (issue 25): only item results may follow it, nothing started.
+                at = max((i for i, ln in enumerate(lines) if final in ln), default=None)
+                after = lines[at + 1:] if at is not None else []
+                if at is None or any(": ok," not in ln and "failed" not in ln and "Stage " not in ln
+                                     and "provider" not in ln for ln in after):
+                    report.log_problems.append(f"run {r.id}: log does not end with '{final}' and item results")
+            elif final and not any(final in ln for ln in lines[-5:]):
                 report.log_problems.append(f"run {r.id}: log does not end with '{final}'")
             if ok_lines > units:
                 report.log_problems.append(f"run {r.id}: log has {ok_lines} item lines for {units} committed units")

@@ -60,7 +60,8 @@ class Published:
 
     def __init__(self, run_id):
         self.lines, self.ps = [], get_redis().pubsub(ignore_subscribe_messages=True)
-        self.ps.subscribe(f"automation:run:{run_id}:log")
+        from webapp.storage.logs import log_channel
+        self.ps.subscribe(log_channel(run_id))
         self.thread = threading.Thread(target=self._listen, daemon=True)
         self.thread.start()
 

@@ -178,3 +178,27 @@ def get_redis():
         app.extensions["redis_client"] = client
         app.extensions["redis_url"] = url
     return client
+
+
+def channel_namespace(app=None):
+    """The prefix of this installation's pub/sub channels. Keys live in the numbered database of
+    REDIS_URL, but pub/sub is one space for the whole server: two installations (or two test
+    workers) on one server with databases 0 and 1 would hear each other's live log lines. The
+    database's number in every channel name keeps them apart."""
+    from urllib.parse import urlsplit
+    try:
+        app = app or current_app._get_current_object()
+        url = app.extensions.get("redis_url") or resolve_url(app) or ""
+    except RuntimeError:  # no app: the default database
+        url = ""
+    db = 0
+    try:
+        parts = urlsplit(url)
+        path = (parts.path or "/").strip("/")
+        if path.isdigit():
+            db = int(path)
+        elif "db=" in (parts.query or ""):
+            db = int(dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p).get("db", 0))
+    except ValueError:
+        db = 0
+    return f"automation:db{db}:"

@@ -5,6 +5,8 @@ import logging
 
 import redis
 
+from ..redis_conn import channel_namespace
+
 log = logging.getLogger(__name__)
 STATE_TTL = 24 * 3600
 
@@ -14,7 +16,8 @@ def state_key(run_id):
 
 
 def state_channel(run_id):
-    return f"automation:run:{int(run_id)}:processing:events"
+    # In this installation's namespace (the Redis database's number): pub/sub spans databases.
+    return f"{channel_namespace()}run:{int(run_id)}:processing:events"
 
 
 def publish_state(client, run_id, state):

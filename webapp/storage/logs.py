@@ -39,7 +39,9 @@ INITIAL_LINES = 100
 
 
 def log_channel(run_id):
-    return f"automation:run:{int(run_id)}:log"
+    # In this installation's namespace (the Redis database's number): pub/sub spans databases.
+    from ..redis_conn import channel_namespace
+    return f"{channel_namespace()}run:{int(run_id)}:log"
 
 
 def open_run_log(store, redis_client, account_id, site_id, run_id, log_dir=None):

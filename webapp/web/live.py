@@ -23,7 +23,7 @@ from ..automation.logger import log_channel, run_log
 from ..automation.state import read_state, state_channel
 from ..extensions import db, sock
 from ..models import AutomationRun
-from ..redis_conn import get_redis
+from ..redis_conn import channel_namespace, get_redis
 from ..storage.logs import INITIAL_LINES, READ_MAX, TAILS, LogFollower, SharedTails  # noqa: F401  (were defined here)
 from . import sockets
 
@@ -64,7 +64,7 @@ class Hub:
     each channel (a connection per socket would exhaust the client's pool at ~100 sockets
     and cost Redis a connection per browser tab)."""
 
-    PATTERN = "automation:run:*"
+    PATTERN = "run:*"  # under the installation's channel namespace (redis_conn.channel_namespace)
 
     def __init__(self, app):
         self.app = app
@@ -100,7 +100,8 @@ class Hub:
             try:
                 with self.app.app_context():
                     ps = get_redis().pubsub(ignore_subscribe_messages=True)
-                ps.psubscribe(self.PATTERN)
+                    pattern = channel_namespace() + self.PATTERN
+                ps.psubscribe(pattern)
                 for msg in ps.listen():
                     if msg.get("type") != "pmessage":
                         continue
