@@ -42,6 +42,11 @@ class Heartbeat(threading.Thread):
     def run(self):
         # Its own app context, hence its own database session (Flask-SQLAlchemy scopes
         # sessions per app context): it never touches the job's transaction.
+        # The exec lock is also renewed on a clock of its own: a beat's database write can wait
+        # seconds for SQLite's write lock (busy_timeout), longer than the lock's lease, and a
+        # lease lost meanwhile would let the next job's calls overlap this job's last one.
+        keeper = threading.Thread(target=self._keep_exec_lock, name=f"{self.name}-lock", daemon=True)
+        keeper.start()
         with self.app.app_context():
             try:
                 while not self._halt.wait(self.interval):
@@ -56,6 +61,13 @@ class Heartbeat(threading.Thread):
                 db.session.remove()
 
     lost = False
+
+    def _keep_exec_lock(self):
+        while not self._halt.wait(self.interval):
+            try:
+                self.exec_lock.renew()  # ours only: a foreign holder's lock is left alone (beat() sees it)
+            except redis.RedisError:
+                pass
 
     def renew_exec_lock(self):
         try:
