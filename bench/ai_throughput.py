@@ -27,20 +27,9 @@ import time
 import psutil
 
 from ai_stub import StubState, serve
-from common import Env, fresh_database, make_site
+from common import Env, fresh_database, make_site, stop_all as _stop
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_ai"
-
-
-def _stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except Exception:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def _run_until_done(app, runs, procs, timeout):

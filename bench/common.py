@@ -87,6 +87,19 @@ class Env:
         self.redis.wait(10)
 
 
+def stop_all(procs):
+    """SIGTERM each process group, then SIGKILL what did not end within 60 s."""
+    import signal
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(60)
+        except Exception:
+            os.killpg(p.pid, signal.SIGKILL)
+
+
 def keywords(n, seed=1):
     """n distinct, realistic-looking keywords built from topic words."""
     import itertools

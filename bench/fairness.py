@@ -20,27 +20,15 @@
 import argparse
 import json
 import os
-import signal
 import socket
 import statistics
 import sys
 import threading
 import time
 
-from common import Env, fresh_database, keywords
+from common import Env, fresh_database, keywords, stop_all as _stop
 
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_fair"
-
-
-def _stop(procs):
-    for p in procs:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(60)
-        except Exception:
-            os.killpg(p.pid, signal.SIGKILL)
 
 
 def make_account(app, name, n_sites, n_keywords, seed=1):

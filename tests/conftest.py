@@ -373,10 +373,13 @@ def drain(app, max_jobs=10_000):
     g.pop("_login_user", None)
 
 
-def start_worker(app_env, *args, extra_env=None):
+def start_worker(app_env, *args, extra_env=None, stdout=subprocess.PIPE):
+    """worker.py for this test's install. Its output goes to a pipe the test may read; a test
+    running hundreds of jobs passes a file instead (`stdout=tempfile.TemporaryFile()`): an
+    unread pipe fills with their log lines and blocks the worker on its next write."""
     env = {**os.environ, **app_env, **(extra_env or {})}
     return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), *args], cwd=str(ROOT), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=stdout, stderr=subprocess.STDOUT, start_new_session=True)
 
 
 def wait_for(predicate, timeout=30, interval=0.1, message="condition"):

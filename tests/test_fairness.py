@@ -20,22 +20,16 @@ from webapp.extensions import db
 from webapp.models import AITaskLog, Account, AutomationRun, CreditTransaction
 from webapp.redis_conn import get_redis
 
-from conftest import ROOT, drain, fresh_run, stop_process, wait_for
+from conftest import drain, fresh_run, stop_process, wait_for
+from conftest import start_worker as _start_worker
 
 TASK = "webapp.automation.tasks.resume_automation_task"
 
 
 def start_worker(app_env, *args, extra_env=None):
-    """worker.py with its output in a file: these tests run hundreds of jobs, whose log lines
-    would fill an unread pipe and block the worker on its next write."""
-    import os
-    import subprocess
-    import sys
+    """conftest's worker.py with its output in a file: these tests run hundreds of jobs."""
     import tempfile
-    out = tempfile.TemporaryFile()
-    return subprocess.Popen([sys.executable, str(ROOT / "worker.py"), *args], cwd=str(ROOT),
-                            env={**os.environ, **app_env, **(extra_env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    return _start_worker(app_env, *args, extra_env=extra_env, stdout=tempfile.TemporaryFile())
 
 
 def _push(app, account_id, run_id, weight=None):

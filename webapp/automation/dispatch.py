@@ -123,7 +123,7 @@ end
 return 0
 """
 
-# KEYS: waiting, rq list, vtime. ARGV: ready prefix, account, job id.
+# KEYS: waiting, rq list. ARGV: ready prefix, account, job id.
 # Returns {where, jobs ahead}: where 0 = not waiting (running or gone), 1 = in RQ's list,
 # 2 = in its account's ready list.
 _POSITION = """
@@ -197,7 +197,7 @@ def contended(client, queue_name, account_id):
 def position(client, queue_name, account_id, job_id_):
     """(waiting, jobs ahead) of a job: waiting False once a worker has it."""
     where, ahead = _script(client, "position", _POSITION)(
-        keys=[WAITING, Queue(queue_name, connection=client).key, VTIME],
+        keys=[WAITING, Queue(queue_name, connection=client).key],
         args=[PREFIX + "ready:", int(account_id), job_id_])
     return bool(where), int(ahead)
 
