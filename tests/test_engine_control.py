@@ -172,12 +172,33 @@ class TimedStub(StubAI):
             ev = cls.started.setdefault((kind, nth), threading.Event())
         ev.set()
         time.sleep(delay)
+        self._n = n
         try:
             super().do_POST()
         finally:
-            with cls.lock:
+            self._end()
+
+    def _end(self):
+        # A call ends when its answer is ready, before a byte of it is sent: the client cannot
+        # start a call that follows this answer earlier, so counting the end after the write
+        # (the handler thread waiting for the GIL on a loaded machine) made two calls in a row
+        # look like two at once.
+        cls = TimedStub
+        with cls.lock:
+            if cls.times[self._n][1] is None:
                 cls.in_flight -= 1
-                cls.times[n][1] = time.monotonic()
+                cls.times[self._n][1] = time.monotonic()
+
+    def _json(self, obj):
+        self._end()
+        super()._json(obj)
+
+    @classmethod
+    def overlaps(cls):
+        """(i, j) for every pair of calls whose [start, end] intersect: what the test names."""
+        t = [(s, e if e is not None else float("inf")) for s, e in cls.times]
+        return [(i, j, round(t[j][0] - t[i][1], 3)) for i in range(len(t)) for j in range(i + 1, len(t))
+                if t[j][0] < t[i][1] and t[i][0] < t[j][1]]
 
 
 @pytest.fixture
@@ -220,14 +241,15 @@ def test_resume_during_slow_item_continues_when_it_ends_and_never_overlaps(app, 
         slow_call = TimedStub.slow_call
         wait_for(lambda: len(TimedStub.times) > slow_call + 1, timeout=45, interval=0.05,
                  message="the resumed run's next AI call")
-        assert TimedStub.max_in_flight == 1, "two AI calls of one run were in flight at once"
+        assert TimedStub.max_in_flight == 1, f"two AI calls of one run in flight at once: {TimedStub.overlaps()}"
         wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")
     finally:
         for w in workers:
             _stop(w)
     slow_end = TimedStub.times[slow_call][1]
     next_start = TimedStub.times[slow_call + 1][0]
-    assert TimedStub.max_in_flight == 1, "two AI calls of one run were in flight at once"
+    assert TimedStub.max_in_flight == 1, \
+        f"two AI calls of one run in flight at once (call i, call j, j's start - i's end): {TimedStub.overlaps()}"
     assert 0 <= next_start - slow_end < 5, f"resumed run continued {next_start - slow_end:.1f}s after the item"
     assert outputs(site_id) == outputs(ref_site)
     assert _credits(run_id) == _credits(ref) == _run(run_id).total_credits_used
@@ -334,3 +356,56 @@ def test_a_told_job_starts_nothing_whatever_the_database_says(app, factory):
     finally:
         tasks._shutdown_requested = False
     assert ex.may_start()
+
+
+def test_a_job_whose_exec_lock_lapsed_to_another_starts_no_call(app, factory):
+    """Kills: calls started on a lease that lapsed (a job stalled longer than the exec lock's
+    TTL before its heartbeat's first beat, or a process stopped in between). The next job
+    took the lock meanwhile; the stalled job must see that at its next status read and start
+    nothing, while the run's row still says running with its token. A lease that lapsed with
+    nobody taking it is simply taken back."""
+    from webapp.automation import tasks
+    from webapp.automation.locks import TTLLock, exec_lock_key
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, keywords=4)
+    run_id = AutomationService(acc.id).start(site.id).id
+    r = get_redis()
+    ex = tasks.RunExecutor(run_id, _run(run_id).job_token)
+    ex.stop = threading.Event()
+    ex.exec_lock = TTLLock(r, exec_lock_key(run_id), 5)
+    assert ex.exec_lock.acquire() and ex.may_start()
+    # The lease lapses with nobody waiting: taken back at the next status read.
+    r.delete(exec_lock_key(run_id))
+    ex._checked_at = 0.0
+    assert ex.may_start() and r.get(exec_lock_key(run_id)).decode() == ex.exec_lock.token
+    # The lease lapses and the next job takes it: this job stops, for good.
+    r.delete(exec_lock_key(run_id))
+    other = TTLLock(r, exec_lock_key(run_id), 5)
+    assert other.acquire()
+    ex._checked_at = 0.0
+    assert not ex.may_start() and ex.stop.is_set()
+    assert r.get(exec_lock_key(run_id)).decode() == other.token  # the other job's lock is left alone
+    other.release()
+    ex._checked_at = 0.0
+    assert not ex.may_start()
+    assert _run(run_id).status == "running"
+
+
+def test_a_retry_is_asked_like_any_other_start():
+    """Kills: a unit's retry sent without asking may_start (a retry is a new call): once the
+    job is told to stop between the failed attempt and its retry, the unit is left pending."""
+    from webapp.automation import concurrency
+    calls, allowed = [], [True]
+
+    def start(slot):
+        calls.append(slot.unit)
+        slot.future = concurrency.done_future(None)
+
+    def finish(slot):
+        if slot.attempt == 0:
+            allowed[0] = False  # told to stop while the first attempt failed
+            return concurrency.RETRY
+        return concurrency.NEXT  # (the retry, had it been sent, succeeds: the loop ends either way)
+
+    out = concurrency.run_in_order([1], 1, start=start, finish=finish, may_start=lambda: allowed[0])
+    assert out == "stopped" and calls == [1]

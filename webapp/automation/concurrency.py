@@ -117,6 +117,9 @@ def run_in_order(units, limit, start, finish, may_start, still_running=None, on_
         if verdict in (RETRY, REDO):
             if stopping:
                 continue  # not redone now: the unit is still pending, it left no trace
+            if not may_start():  # a retry is a new call: asked like any other start
+                halt()
+                continue
             if verdict == RETRY:
                 head.attempt += 1
             start(head)

@@ -139,7 +139,28 @@ class RunExecutor:
         if now - self._checked_at < STATUS_EVERY:
             return True
         self._checked_at = now
+        if not self.holds_exec_lock():
+            self._lost()
+            return False
         return self.ok_to_continue()
+
+    def holds_exec_lock(self):
+        """Renew the run's exec lock (or take it back if it lapsed and nobody took it): False
+        when another job holds it. Asked with every status read before calls start, so a call
+        is only ever started within STATUS_EVERY of a renewal that gave the lock a whole lease;
+        the heartbeat alone would notice a lapsed lease (a job stalled for longer than its TTL
+        before its heartbeat began, a stopped process) only at its next beat, and in between
+        this job's calls could overlap the next job's."""
+        lock = getattr(self, "exec_lock", None)
+        if lock is None:
+            return True
+        try:
+            if lock.renew() or lock.acquire():
+                return True
+        except redis.RedisError:
+            return True  # Redis unreachable: the token-guarded writes still decide (as the heartbeat)
+        log.warning("run %s: exec lock held by another job; this job stops", self.run_id)
+        return False
 
     def sleep(self, seconds):
         """An interruptible delay: returns False as soon as the run is paused or cancelled."""
