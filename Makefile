@@ -29,7 +29,7 @@ MUTANTS ?= webapp.automation.locks.* webapp.automation.billing.* webapp.automati
 	webapp.automation.tasks.xǁRunExecutorǁwait_for_exec_lock* webapp.automation.tasks.xǁRunExecutorǁsuperseded* \
 	webapp.automation.tasks.xǁRunExecutorǁstep__* webapp.automation.tasks.xǁRunExecutorǁmay_start* \
 	webapp.automation.tasks.xǁRunExecutorǁ_lost* webapp.automation.heartbeat.* \
-	webapp.automation.tasks.xǁRunExecutorǁ_pause* webapp.automation.tasks.xǁRunExecutorǁsleep* \
+	webapp.automation.tasks.xǁRunExecutorǁ_pause* \
 	webapp.automation.tasks.xǁRunExecutorǁenqueue_next* \
 	webapp.automation.service.xǁAutomationServiceǁstart__* webapp.automation.service.xǁAutomationServiceǁ_take_ended_runs_lock* \
 	webapp.automation.service.xǁAutomationServiceǁ_transition* webapp.automation.service.xǁAutomationServiceǁpause* \

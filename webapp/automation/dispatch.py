@@ -33,6 +33,7 @@ WAITING = PREFIX + "waiting"   # zset: account -> virtual time, for accounts wit
 VTIME = PREFIX + "vtime"       # hash: account -> virtual time (kept while idle)
 WEIGHT = PREFIX + "weight"     # hash: account -> weight
 FLOOR = PREFIX + "floor"       # virtual time of the last job handed out
+LATER = PREFIX + "later"       # zset: "<account>|<job id>" -> when it is due (ms, Redis's clock)
 DEPTH = 1                      # jobs waiting in RQ's own list (the rest wait in ready lists)
 ESTIMATE = 1.0                 # worker seconds charged when a job is handed out (corrected at its end)
 
@@ -53,22 +54,40 @@ def job_id(run_id, account_id, suffix):
     return f"automation-run-{int(run_id)}-a{int(account_id)}-{suffix}"
 
 
-# KEYS: rq list, waiting, vtime, weight, floor. ARGV: depth, ready prefix, estimate,
-# [account, weight, job id] to push one job first (empty account = top up only).
+# KEYS: rq list, waiting, vtime, weight, floor, later. ARGV: depth, ready prefix, estimate,
+# [account, weight, job id, delay ms] to push one job first (empty account = top up only).
+# A job pushed with a delay waits in `later` (by the time it is due, Redis's clock) and joins
+# its account's ready list at the first top-up after that: a run's pause between batches or
+# stages costs no worker (a job used to sleep through it, holding one).
 _SCRIPT = """
-local rq, waiting, vtime, weights, floorkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local rq, waiting, vtime, weights, floorkey, later = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local depth, prefix, estimate = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local acct = ARGV[4]
-if acct and acct ~= '' then
-  redis.call('RPUSH', prefix .. acct, ARGV[6])
-  if ARGV[5] ~= '' then redis.call('HSET', weights, acct, ARGV[5]) end
-  if not redis.call('ZSCORE', waiting, acct) then
-    local v = tonumber(redis.call('HGET', vtime, acct) or '0')
+local delay = tonumber(ARGV[7] or '0') or 0
+local function ready(a, job)
+  redis.call('RPUSH', prefix .. a, job)
+  if not redis.call('ZSCORE', waiting, a) then
+    local v = tonumber(redis.call('HGET', vtime, a) or '0')
     local floor = tonumber(redis.call('GET', floorkey) or '0')
     if v < floor then v = floor end
-    redis.call('HSET', vtime, acct, v)
-    redis.call('ZADD', waiting, v, acct)
+    redis.call('HSET', vtime, a, v)
+    redis.call('ZADD', waiting, v, a)
   end
+end
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if acct and acct ~= '' then
+  if ARGV[5] ~= '' then redis.call('HSET', weights, acct, ARGV[5]) end
+  if delay > 0 then
+    redis.call('ZADD', later, now + delay, acct .. '|' .. ARGV[6])
+  else
+    ready(acct, ARGV[6])
+  end
+end
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', later, '-inf', now, 'LIMIT', 0, 1000)) do
+  redis.call('ZREM', later, m)
+  local sep = string.find(m, '|', 1, true)
+  ready(string.sub(m, 1, sep - 1), string.sub(m, sep + 1))
 end
 local moved = 0
 while redis.call('LLEN', rq) < depth do
@@ -154,23 +173,25 @@ def _script(client, name, body):
 
 
 def _keys(queue_key):
-    return [queue_key, WAITING, VTIME, WEIGHT, FLOOR]
+    return [queue_key, WAITING, VTIME, WEIGHT, FLOOR, LATER]
 
 
 class FairQueue(Queue):
     """An RQ queue whose jobs wait in their account's ready list until fair dispatch hands
     them to RQ's list (everything else about the job is RQ's own: status, meta, timeouts)."""
 
-    def __init__(self, name, account_id, weight=None, **kwargs):
+    def __init__(self, name, account_id, weight=None, delay=0, **kwargs):
         super().__init__(name, **kwargs)
         # weight None: keep the one recorded by the run's first job (service.start)
         self.account_id, self.weight = int(account_id), ("" if weight is None else float(weight))
+        self.delay_ms = max(0, int(round(float(delay or 0) * 1000)))  # ready only after this
 
     def push_job_id(self, job_id, pipeline=None, at_front=False):
         client = pipeline if pipeline is not None else self.connection
         # RQ calls this inside its enqueue pipeline; the script runs in the same MULTI.
         _script(self.connection, "fair", _SCRIPT)(
-            keys=_keys(self.key), args=[DEPTH, PREFIX + "ready:", ESTIMATE, self.account_id, self.weight, job_id],
+            keys=_keys(self.key),
+            args=[DEPTH, PREFIX + "ready:", ESTIMATE, self.account_id, self.weight, job_id, self.delay_ms],
             client=client)
 
 
@@ -218,12 +239,22 @@ def backlog(client):
 
 
 def waiting_jobs(client, queue_name):
-    """Every job id waiting for a worker: RQ's list, then each account's ready list."""
+    """Every job id waiting for a worker: RQ's list, each account's ready list, then the
+    delayed ones (not due yet) in the order they come due."""
     q = Queue(queue_name, connection=client)
     ids = [j.decode() for j in client.lrange(q.key, 0, -1)]
     for a in client.zrange(WAITING, 0, -1):
         ids += [j.decode() for j in client.lrange(ready_key(int(a)), 0, -1)]
-    return ids
+    return ids + [m.decode().split("|", 1)[1] for m in client.zrange(LATER, 0, -1)]
+
+
+def next_due_in(client):
+    """Seconds until the first delayed job comes due (0 when one is due now), None if none."""
+    first = client.zrange(LATER, 0, 0, withscores=True)
+    if not first:
+        return None
+    sec, usec = client.time()
+    return max(0.0, (first[0][1] - (sec * 1000 + usec // 1000)) / 1000.0)
 
 
 class Timer:

@@ -24,7 +24,9 @@ def queue(client):
 
 def enqueue_step(client, run_id, token, first=False, delay=0, account_id=None, weight=None):
     """Queue the next batch of `run_id` for the job chain `token` (through fair dispatch when
-    the run's account is given; straight onto RQ's list otherwise)."""
+    the run's account is given; straight onto RQ's list otherwise). `delay` seconds: the job
+    is ready for a worker only then (fair dispatch's delayed jobs; ignored without an account,
+    which only tests use)."""
     func = "webapp.automation.tasks.run_automation_task" if first else "webapp.automation.tasks.resume_automation_task"
     suffix = uuid.uuid4().hex[:12]
     if account_id is None:
@@ -32,7 +34,7 @@ def enqueue_step(client, run_id, token, first=False, delay=0, account_id=None, w
         q = queue(client)
     else:
         job_id = dispatch.job_id(run_id, account_id, suffix)
-        q = dispatch.FairQueue(current_app.config["RQ_QUEUE"], account_id, weight, connection=client)
+        q = dispatch.FairQueue(current_app.config["RQ_QUEUE"], account_id, weight, delay=delay, connection=client)
     # The run's latest job id is recorded before the job can be picked up: a job that finds
     # another id here knows it was superseded (see RunExecutor.wait_for_exec_lock).
     client.set(job_key(run_id), job_id, ex=7 * 24 * 3600)

@@ -2,7 +2,8 @@
 
 Each job executes one batch of the run's current stage under the run's exec lock (or, when
 the site has no delay between batches, the next batches too for up to JOB_SLICE_SECONDS, its
-calls' window kept full), then queues the next job, so any worker can continue any run and
+calls' window kept full), then queues the next job (a delay between batches or stages is
+spent by that job waiting in fair dispatch, not by a worker), so any worker can continue any run and
 a killed worker loses at most the items it was processing (every item commits on its own). Within a batch up to
 `ai_concurrency` AI calls are in flight (concurrency.py); the job's own thread does every
 database write, in the items' order. The heartbeat runs on its own thread (heartbeat.py),
@@ -162,15 +163,6 @@ class RunExecutor:
         log.warning("run %s: exec lock held by another job; this job stops", self.run_id)
         return False
 
-    def sleep(self, seconds):
-        """An interruptible delay: returns False as soon as the run is paused or cancelled."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            time.sleep(min(0.25, max(0.0, deadline - time.monotonic())))
-            if not self.ok_to_continue() or _shutdown_requested:
-                return False
-        return True
-
     def _lost(self):
         """The heartbeat found the run paused, cancelled or taken over: start nothing more."""
         if self.stop is not None:
@@ -219,7 +211,7 @@ class RunExecutor:
             # Queued only now that this job's threads are done: the next job never overlaps
             # them, and a kill from here on leaves a queued job (no recovery needed).
             if self._queue_next:
-                self.enqueue_next()
+                self.enqueue_next(delay=self._next_delay)
             return outcome
         except Stop:
             db.session.rollback()
@@ -253,10 +245,13 @@ class RunExecutor:
         return max(1, min(MAX_CONCURRENCY, int(getattr(self.cfg, "ai_concurrency", None) or 1)))
 
     _queue_next = False
+    _next_delay = 0
 
-    def queue_next_on_exit(self):
-        """The next batch is queued once this job's threads are done (see step)."""
-        self._queue_next = True
+    def queue_next_on_exit(self, delay=0):
+        """The next batch is queued once this job's threads are done (see step); with a
+        delay (the site's pause between batches or stages) it waits in fair dispatch, not in
+        this worker, which is free for other runs meanwhile."""
+        self._queue_next, self._next_delay = True, delay
 
     def wait_for_exec_lock(self):
         """True once this job holds the run's exec lock; else why it left.
@@ -290,9 +285,9 @@ class RunExecutor:
         latest = self.r.get(jobs.job_key(self.run_id))
         return job is not None and latest is not None and latest.decode() != job.id
 
-    def enqueue_next(self):
+    def enqueue_next(self, delay=0):
         try:
-            jobs.enqueue_step(self.r, self.run_id, self.token,
+            jobs.enqueue_step(self.r, self.run_id, self.token, delay=delay,
                               account_id=getattr(getattr(self, "run", None), "account_id", None) or self.account_id)
             return True
         except redis.RedisError as e:
@@ -380,9 +375,7 @@ class RunExecutor:
         if outcome == "stopped" or not self.ok_to_continue():
             publish_state(self.r, run.id, None)
             return "stopped"
-        if upcoming and self.cfg.within_stage_delay and not self.sleep(self.cfg.within_stage_delay):
-            return "stopped"
-        self.queue_next_on_exit()
+        self.queue_next_on_exit(delay=self.cfg.within_stage_delay if upcoming else 0)
         return "batch done"
 
     _paused_here = False
@@ -594,7 +587,7 @@ class RunExecutor:
         delay = self.cfg.between_stage_delay
         if delay and res["status"] != "skipped" and scope_for(self.run).count(STAGES[n + 1], self.run.site_id):
             self.logger.log(f"Between-stage delay: {delay} s before stage {n + 1}", stage=n)
-            if not self.sleep(delay):
-                return "stopped"
-        self.queue_next_on_exit()
+            self.queue_next_on_exit(delay=delay)
+        else:
+            self.queue_next_on_exit()
         return "stage done"
