@@ -92,6 +92,14 @@ def test_token_webhook_and_invitation_quotas(app, client, auth, tenant):
     assert r.status_code == 400 and "3" in r.get_json()["error"] and "tokens" in r.get_json()["errors"]
     assert client.delete(f"/api/v1/auth/tokens/{made[0].get_json()['data']['id']}/", headers=h).status_code == 200
     assert client.post("/api/v1/auth/tokens/", headers=h, json={"name": "room again"}).status_code == 201
+    # Signing in for a token counts against the same cap: JSON envelope, limit and count, nothing issued.
+    from webapp.models import ApiToken
+    live = db.session.execute(select(func.count(ApiToken.id))).scalar()
+    r = client.post("/api/v1/auth/token/", json={"email": "acme@example.com", "password": "password123"})
+    body = r.get_json()
+    assert r.status_code == 400 and body["success"] is False
+    assert "3 live API tokens" in body["error"] and "(3)" in body["errors"]["tokens"]
+    assert db.session.execute(select(func.count(ApiToken.id))).scalar() == live
 
     hook = {"url": "http://127.0.0.1:9/hook", "events": ["run.completed"]}
     assert client.post(f"/api/v1/sites/{tenant['site']}/webhooks/", headers=h, json=hook).status_code == 201
