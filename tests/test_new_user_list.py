@@ -200,6 +200,22 @@ def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
     assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 2
     assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 2
     assert client.get(overview, headers=h).json["data"]["stages"][0]["pending"] == 2
+    # A background import (an RQ job on the import queue, run here by a real worker) too.
+    from rq import Queue, SimpleWorker
+    from webapp.imports import IMPORT_QUEUE
+    from webapp.redis_conn import get_redis
+    app.config["IMPORT_SYNC_MAX_ROWS"] = 2
+    r = client.post(f"{V1}/planner/keywords/bulk/?site_id={site.id}", json={"keywords": ["bg a", "bg b", "bg c"]},
+                    headers=h)
+    assert r.status_code == 202
+    assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 2  # cached again before the job runs
+    SimpleWorker([Queue(IMPORT_QUEUE, connection=get_redis())], connection=get_redis()).work(
+        burst=True, with_scheduler=False, logging_level="WARNING")
+    db.session.remove()
+    site = db.session.get(Site, site_id)
+    svc = AutomationService(acc_id)
+    assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 5
+    assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 5
     content = client.get(f"{V1}/writer/content/?site_id={site.id}&status=review", headers=h).json["data"]["items"]
     assert client.post(f"{V1}/writer/content/{content[0]['id']}/approve/", json={}, headers=h).status_code == 200
     assert client.get(overview, headers=h).json["data"]["awaiting_review"] == waiting - 1
