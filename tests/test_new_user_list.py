@@ -31,6 +31,11 @@ def test_site_domain_must_be_a_domain(client, owner, auth):
     assert client.post(f"{V1}/sites/", json={"name": "Shop", "domain": "shop.example.com"}, headers=owner.h).status_code == 201
     r = client.patch(f"{V1}/sites/{owner.site_id}/", json={"domain": "a..b"}, headers=owner.h)
     assert r.status_code == 400 and set(r.json["errors"]) == {"domain"}
+    # the whole string must be a domain: `$` alone let a trailing newline through
+    r = client.post(f"{V1}/sites/", json={"name": "Newline", "domain": "example.com\n"}, headers=owner.h)
+    assert r.status_code == 400 and set(r.json["errors"]) == {"domain"}
+    from webapp.validation import is_email
+    assert not is_email("n@example.com\n") and is_email("n@example.com")  # the same rule for addresses
     # the form: the message next to the field, in words, and the typed value kept
     page = client.post("/sites/new", data={"csrf_token": auth.csrf(), "name": "Form site", "domain": "not a domain!!",
                                            "timezone": "UTC"})
