@@ -176,6 +176,27 @@ def test_viewer_sees_read_only_config_fields(client, factory, auth):
     assert "<fieldset disabled" not in html and csrf_from(html)
 
 
+def test_viewer_cannot_type_into_the_import_and_webhook_fields(client, factory, auth):
+    """As the config form: a viewer's disabled buttons come with disabled fields, not boxes that
+    take typing which can never be sent."""
+    import re
+    acc, _ = factory.account(credits=1000)
+    site = factory.site(acc)
+    factory.user(acc, "viewer@example.com", "viewer")
+
+    def fields(html):
+        return re.findall(r'<textarea id="kw-paste"[^>]*>|<input type="file" id="kw-file"[^>]*>|'
+                          r'<input id="webhook-url"[^>]*>|<input type="checkbox" name="events"[^>]*>', html)
+    auth.login("viewer@example.com")
+    pages = [f"/sites/{site.id}/keywords", f"/sites/{site.id}/webhooks", f"/sites/{site.id}/automation"]
+    seen = [tag for page in pages for tag in fields(client.get(page).get_data(as_text=True))]
+    assert len(seen) >= 6 and all(" disabled" in tag for tag in seen), seen
+    auth.logout()
+    auth.login()
+    seen = [tag for page in pages for tag in fields(client.get(page).get_data(as_text=True))]
+    assert len(seen) >= 6 and not any(" disabled" in tag for tag in seen), seen
+
+
 def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
     """The change that makes a cached count stale makes the next read fresh (no TTL to wait out):
     an import (dashboard, site page, API overview) and a review decision (awaiting review)."""
