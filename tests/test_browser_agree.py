@@ -141,7 +141,8 @@ def test_every_page_with_a_table_fits_420_px(app, factory, browser, live_server)
     d.set_window_size(420, 900)
     assert d.execute_script("return window.innerWidth") <= 420
     pages = ["/", f"/sites/{site_id}/automation", f"/runs/{run_id}", f"/sites/{site_id}/webhooks",
-             f"/sites/{site_id}/review", "/users", "/tokens", "/audit", "/ops", "/settings/notifications"]
+             f"/sites/{site_id}/review", "/users", "/tokens", "/audit", "/ops", "/settings/notifications",
+             "/costs", "/account", "/account/password", f"/sites/{site_id}/edit", "/sites/new"]
     pages += [f"/sites/{site_id}/keywords?tab={t}" for t in ("keywords", "clusters", "ideas", "tasks", "content",
                                                             "images")]
     wide = {}

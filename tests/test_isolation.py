@@ -92,6 +92,14 @@ def test_token_webhook_and_invitation_quotas(app, client, auth, tenant):
     assert r.status_code == 400 and "3" in r.get_json()["error"] and "tokens" in r.get_json()["errors"]
     assert client.delete(f"/api/v1/auth/tokens/{made[0].get_json()['data']['id']}/", headers=h).status_code == 200
     assert client.post("/api/v1/auth/tokens/", headers=h, json={"name": "room again"}).status_code == 201
+    # Signing in for a token counts against the same cap: JSON envelope, limit and count, nothing issued.
+    from webapp.models import ApiToken
+    live = db.session.execute(select(func.count(ApiToken.id))).scalar()
+    r = client.post("/api/v1/auth/token/", json={"email": "acme@example.com", "password": "password123"})
+    body = r.get_json()
+    assert r.status_code == 400 and body["success"] is False
+    assert "3 live API tokens" in body["error"] and "(3)" in body["errors"]["tokens"]
+    assert db.session.execute(select(func.count(ApiToken.id))).scalar() == live
 
     hook = {"url": "http://127.0.0.1:9/hook", "events": ["run.completed"]}
     assert client.post(f"/api/v1/sites/{tenant['site']}/webhooks/", headers=h, json=hook).status_code == 201
@@ -105,6 +113,26 @@ def test_token_webhook_and_invitation_quotas(app, client, auth, tenant):
     assert r.status_code == 400 and "pending invitations" in r.get_data(as_text=True)
     from webapp.models import User
     assert db.session.execute(select(User).where(User.email == "n2@example.com")).scalar_one_or_none() is None
+
+
+def test_quota_refusals_on_the_token_and_webhook_forms_are_shown(app, client, auth, tenant):
+    # At the limit each form answers 400 with the sentence naming the limit and the count next to
+    # the form (not only a status code), and nothing is inserted.
+    from webapp.models import ApiToken, Webhook
+    app.config.update(MAX_TOKENS_PER_USER=1, MAX_WEBHOOKS_PER_SITE=1, WEBHOOK_ALLOW_PRIVATE=True)
+    auth.login()
+    r = client.post("/tokens", data={"csrf_token": auth.csrf(), "name": "one too many", "scope": "full"})
+    assert r.status_code == 400
+    assert "You have 1 live API tokens, the limit per user (1): revoke one first." in r.get_data(as_text=True)
+    assert db.session.execute(select(func.count(ApiToken.id))).scalar() == 2  # the tenant's two users' tokens
+
+    form = {"url": "http://127.0.0.1:9/hook", "events": ["run.completed"]}
+    assert client.post(f"/sites/{tenant['site']}/webhooks", data={"csrf_token": auth.csrf(), **form}).status_code == 201
+    r = client.post(f"/sites/{tenant['site']}/webhooks",
+                    data={"csrf_token": auth.csrf(), "url": "http://127.0.0.1:9/other", "events": ["run.failed"]})
+    assert r.status_code == 400
+    assert "This site has 1 webhooks, the limit per site (1): delete one first." in r.get_data(as_text=True)
+    assert db.session.execute(select(func.count(Webhook.id))).scalar() == 1
 
 
 # -- background imports --------------------------------------------------------------------------

@@ -31,6 +31,11 @@ def test_site_domain_must_be_a_domain(client, owner, auth):
     assert client.post(f"{V1}/sites/", json={"name": "Shop", "domain": "shop.example.com"}, headers=owner.h).status_code == 201
     r = client.patch(f"{V1}/sites/{owner.site_id}/", json={"domain": "a..b"}, headers=owner.h)
     assert r.status_code == 400 and set(r.json["errors"]) == {"domain"}
+    # the whole string must be a domain: `$` alone let a trailing newline through
+    r = client.post(f"{V1}/sites/", json={"name": "Newline", "domain": "example.com\n"}, headers=owner.h)
+    assert r.status_code == 400 and set(r.json["errors"]) == {"domain"}
+    from webapp.validation import is_email
+    assert not is_email("n@example.com\n") and is_email("n@example.com")  # the same rule for addresses
     # the form: the message next to the field, in words, and the typed value kept
     page = client.post("/sites/new", data={"csrf_token": auth.csrf(), "name": "Form site", "domain": "not a domain!!",
                                            "timezone": "UTC"})
@@ -171,6 +176,27 @@ def test_viewer_sees_read_only_config_fields(client, factory, auth):
     assert "<fieldset disabled" not in html and csrf_from(html)
 
 
+def test_viewer_cannot_type_into_the_import_and_webhook_fields(client, factory, auth):
+    """As the config form: a viewer's disabled buttons come with disabled fields, not boxes that
+    take typing which can never be sent."""
+    import re
+    acc, _ = factory.account(credits=1000)
+    site = factory.site(acc)
+    factory.user(acc, "viewer@example.com", "viewer")
+
+    def fields(html):
+        return re.findall(r'<textarea id="kw-paste"[^>]*>|<input type="file" id="kw-file"[^>]*>|'
+                          r'<input id="webhook-url"[^>]*>|<input type="checkbox" name="events"[^>]*>', html)
+    auth.login("viewer@example.com")
+    pages = [f"/sites/{site.id}/keywords", f"/sites/{site.id}/webhooks", f"/sites/{site.id}/automation"]
+    seen = [tag for page in pages for tag in fields(client.get(page).get_data(as_text=True))]
+    assert len(seen) >= 6 and all(" disabled" in tag for tag in seen), seen
+    auth.logout()
+    auth.login()
+    seen = [tag for page in pages for tag in fields(client.get(page).get_data(as_text=True))]
+    assert len(seen) >= 6 and not any(" disabled" in tag for tag in seen), seen
+
+
 def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
     """The change that makes a cached count stale makes the next read fresh (no TTL to wait out):
     an import (dashboard, site page, API overview) and a review decision (awaiting review)."""
@@ -200,6 +226,22 @@ def test_cached_counts_follow_imports_and_reviews_at_once(app, client, factory):
     assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 2
     assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 2
     assert client.get(overview, headers=h).json["data"]["stages"][0]["pending"] == 2
+    # A background import (an RQ job on the import queue, run here by a real worker) too.
+    from rq import Queue, SimpleWorker
+    from webapp.imports import IMPORT_QUEUE
+    from webapp.redis_conn import get_redis
+    app.config["IMPORT_SYNC_MAX_ROWS"] = 2
+    r = client.post(f"{V1}/planner/keywords/bulk/?site_id={site.id}", json={"keywords": ["bg a", "bg b", "bg c"]},
+                    headers=h)
+    assert r.status_code == 202
+    assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 2  # cached again before the job runs
+    SimpleWorker([Queue(IMPORT_QUEUE, connection=get_redis())], connection=get_redis()).work(
+        burst=True, with_scheduler=False, logging_level="WARNING")
+    db.session.remove()
+    site = db.session.get(Site, site_id)
+    svc = AutomationService(acc_id)
+    assert dashboard_snapshot(svc)["rows"][0]["pending"] == before + 5
+    assert site_snapshot(svc, site)["pipeline"][0]["pending"] == 5
     content = client.get(f"{V1}/writer/content/?site_id={site.id}&status=review", headers=h).json["data"]["items"]
     assert client.post(f"{V1}/writer/content/{content[0]['id']}/approve/", json={}, headers=h).status_code == 200
     assert client.get(overview, headers=h).json["data"]["awaiting_review"] == waiting - 1

@@ -437,6 +437,32 @@ def test_set_password_cli(app, runner, client, factory):
     assert db.session.get(User, user.id).check_password("a-brand-new-one")  # nothing half-applied
 
 
+def test_set_password_cli_prompts_or_reads_stdin(app, runner, factory):
+    """Without --password the password is not on the command line: asked twice, hidden, or one
+    line of stdin (--password-stdin). Errors: exit 1 and one `Error:` line, nothing changed."""
+    _acc, user = factory.account()
+    r = runner.invoke(args=["set-password", "acme@example.com"], input="typed-and-hidden\ntyped-and-hidden\n")
+    assert r.exit_code == 0 and "sessions were ended" in r.output, r.output
+    assert "typed-and-hidden" not in r.output  # hidden, not echoed
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("typed-and-hidden")
+    r = runner.invoke(args=["set-password", "acme@example.com", "--password-stdin"], input="from stdin pw\n")
+    assert r.exit_code == 0, r.output
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("from stdin pw")  # inner spaces kept
+    for args, given, says in ((["set-password", "acme@example.com"], "one-password\nanother-one\n", "do not match"),
+                              (["set-password", "acme@example.com", "--password-stdin"], "", "nothing on stdin"),
+                              (["set-password", "acme@example.com", "--password-stdin"], "short\n", "8-255"),
+                              (["set-password", "acme@example.com", "--password-stdin", "--password", "x" * 9],
+                               "", "not both")):
+        r = runner.invoke(args=args, input=given)
+        errors = [ln for ln in r.output.splitlines() if "Error" in ln]
+        assert r.exit_code == 1 and len(errors) == 1 and says in errors[0], r.output
+        assert r.output.rstrip().splitlines()[-1] == errors[0]
+    db.session.remove()
+    assert db.session.get(User, user.id).check_password("from stdin pw")
+
+
 def _change(client, current, new, again=None, addr="198.51.100.20"):
     env = {"REMOTE_ADDR": addr}
     csrf = csrf_from(client.get("/account/password", environ_base=env).get_data(as_text=True))

@@ -302,7 +302,7 @@ def test_site_delete_removes_its_objects(app, tenant):
     assert store.get(f"logs/{tenant['acc']}/{tenant['site'] + 1000}/1/keep.log") == b"another site's"
 
 
-def test_bucket_unreachable_is_503_not_500(app, client, tenant, backend):
+def test_bucket_unreachable_is_503_not_500(app, client, auth, tenant, backend):
     if backend != "s3":
         pytest.skip("a local folder has no outage of its own")
     _run0, images = _complete_run_with_images(app, tenant)
@@ -328,5 +328,12 @@ def test_bucket_unreachable_is_503_not_500(app, client, tenant, backend):
         page = client.get(f"/api/v1/automation/logs/?run_id={run.id}&lines=5&before=3", headers=h)
         assert page.status_code == 503 and "cannot be read right now" in page.get_json()["error"]
         assert client.get(f"/media/images/{images[0].id}.png", headers=h).status_code == 503
+        # The run page still opens (the run's state is in the database), saying why there is no log.
+        auth.login()
+        for query in ("?before=3", "?q=l+1"):
+            logs.SEGMENTS.forget(app.extensions["storage"], f"logs/{run.account_id}/")
+            page = client.get(f"/runs/{run.id}{query}")
+            assert page.status_code == 200, query
+            assert "run log unavailable: object storage unreachable" in page.get_data(as_text=True).lower()
     finally:
         app.extensions["storage"] = good

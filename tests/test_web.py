@@ -153,6 +153,19 @@ def test_browse_generated_content_and_article(app, client, logged_in):
     assert art.count("<h1") == 1 and "<h2>" in art and 'class="hero"' in art
 
 
+def test_image_whose_file_retention_deleted_is_not_shown_as_pending(app, client, logged_in):
+    from webapp.models import Image
+    sid = logged_in["site_id"]
+    client.post(f"/sites/{sid}/automation/run", data={"csrf_token": logged_in["csrf"]})
+    drain(app)
+    img = db.session.execute(select(Image).where(Image.status == "generated")).scalars().first()
+    img.file_path = None  # what retention leaves behind
+    db.session.commit()
+    html = client.get(f"/sites/{sid}/keywords?tab=images").get_data(as_text=True)
+    assert html.count("deleted (retention)") == 1 and '<div class="thumb-pending">pending' not in html
+    assert "deleted (retention)" in client.get(f"/sites/{sid}/images/{img.id}").get_data(as_text=True)
+
+
 def test_other_accounts_pages_are_404(app, client, logged_in, factory):
     other, _ = factory.account(name="Other")
     other_site = factory.site(other, name="Secret", keywords=4)

@@ -1,4 +1,5 @@
 """CLI commands of SPEC §7. Bad input: one line on stderr and exit code 1, never a traceback."""
+import sys
 from pathlib import Path
 
 import click
@@ -225,12 +226,33 @@ def init_app(app):
 
     @app.cli.command("set-password")
     @click.argument("email")
-    @click.option("--password", required=True, help="the new password (8-255 characters)")
-    def set_password(email, password):
+    @click.option("--password", help="the new password (8-255 characters); visible in ps and the shell's "
+                                     "history: without it (and --password-stdin) it is asked for, hidden")
+    @click.option("--password-stdin", is_flag=True, help="read the new password from the first line of stdin")
+    def set_password(email, password, password_stdin):
         """Set a user's password; every browser session of theirs ends (API tokens are kept)."""
         from . import team
         from .errors import AppError
-        user = _user(email)
+        if password is not None and password_stdin:
+            fail("give --password or --password-stdin, not both")
+        user = _user(email)  # an unknown user fails before anything is asked
+        if password_stdin:
+            line = sys.stdin.readline()
+            if not line:
+                fail("--password-stdin: nothing on stdin")
+            password = line[:-1] if line.endswith("\n") else line  # only the line's end, not its spaces
+            password = password[:-1] if password.endswith("\r") else password
+        elif password is None:
+            # Hidden and asked twice: a typo cannot lock the user out, nothing lands in ps or history.
+            # Compared here rather than by click's confirmation_prompt, which asks again on a
+            # mismatch: a script piping two lines gets one error line and exit 1 instead.
+            try:
+                password = click.prompt("New password", hide_input=True, err=True)
+                again = click.prompt("New password again", hide_input=True, err=True)
+            except click.Abort:
+                fail("no password given")
+            if password != again:
+                fail("the two passwords do not match; nothing changed")
         try:
             team.change_password(user, password, actor="cli")
         except AppError as e:

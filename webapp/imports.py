@@ -20,6 +20,7 @@ from rq import Queue, Retry
 from sqlalchemy import select
 
 from . import planner
+from .count_generation import changed
 from .errors import AppError, BadRequest, Conflict, NotFound
 from .extensions import db
 from .logging_setup import job_meta
@@ -191,12 +192,15 @@ def run_import(import_id):
         created += len(chunk)
         imp.created, imp.done, imp.updated_at = created, settled + start + len(new[start:start + CHUNK]), utcnow()
         db.session.commit()
+        changed(site.id)  # each committed chunk is visible at once: the cached pending counts are stale
     from .audit import record
     if created:
         record(site.account_id, imp.created_by, "keywords.import", site_id=site.id, created=created,
                duplicates=imp.duplicates, invalid=imp.invalid, import_id=imp.id)
     imp.status, imp.done, imp.finished_at, imp.updated_at = "completed", imp.total, utcnow(), utcnow()
     db.session.commit()
+    if created:
+        changed(site.id)  # once more at the end: a count cached between the last chunk and here
     get_redis().delete(payload_key(imp.id))
     log.info("keyword import %s: %s created, %s duplicates, %s invalid", imp.id, created, imp.duplicates, imp.invalid)
     return imp

@@ -35,12 +35,14 @@ DOMAIN_PATTERN = rf"^(?:{_LABEL}\.)+[A-Za-z]{{2,63}}\.?$"
 EMAIL_PATTERN = rf"^[^@\s\x00]{{1,64}}@(?:{_LABEL}\.)+[A-Za-z]{{2,63}}$"
 
 
+# fullmatch, not match: the patterns' `$` (kept for the OpenAPI document) also matches before a
+# trailing newline in Python, which let "example.com\n" through.
 def is_domain(value):
-    return isinstance(value, str) and len(value) <= DOMAIN_MAX and re.match(DOMAIN_PATTERN, value) is not None
+    return isinstance(value, str) and len(value) <= DOMAIN_MAX and re.fullmatch(DOMAIN_PATTERN, value) is not None
 
 
 def is_email(value):
-    return isinstance(value, str) and len(value) <= EMAIL_MAX and re.match(EMAIL_PATTERN, value) is not None
+    return isinstance(value, str) and len(value) <= EMAIL_MAX and re.fullmatch(EMAIL_PATTERN, value) is not None
 
 
 class InvalidInput(ValueError):

@@ -3,6 +3,7 @@ from flask import request
 from ..auth.tokens import check_credentials
 from ..extensions import db
 from ..models import ApiToken
+from ..quotas import check_tokens
 from ..security import login_throttle
 from . import schemas as s
 from .errors import ApiError, ok
@@ -18,6 +19,8 @@ def ping():
 @endpoint("/auth/token", ["POST"], json=s.TokenRequest, form=s.TokenRequest, status=201,
           ok=s.ok("TokenResponse", s.Token), auth=False,
           errors={401: "Invalid email or password",
+                  400: "Invalid input (`errors` names the fields), or the user has MAX_TOKENS_PER_USER (50) "
+                       "live tokens already (`errors.tokens` names the limit and the count)",
                   429: "Too many failed logins from this address, for this email or in all "
                        "(Retry-After says when)"}, tags=["auth"])
 @login_throttle
@@ -27,6 +30,9 @@ def issue_token():
     user = check_credentials(body.email, body.password)
     if user is None:
         raise ApiError("Invalid email or password.", 401)
+    # The same per-user cap as the Tokens page and POST /auth/tokens/: a login loop must not
+    # pile up live tokens past it.
+    check_tokens(user)
     tok, raw = ApiToken.issue(user, name=(body.name or "api")[:120])
     db.session.commit()
     return ok({"token": raw, "token_id": tok.id}, 201)

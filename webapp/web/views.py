@@ -16,6 +16,7 @@ from ..automation.service import AutomationService
 from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
+from ..storage import StoreError
 from .. import imports
 from ..planner import estimate_rows, import_rows, parse_csv
 from ..validation import REASON_MAX, clean_text
@@ -209,6 +210,9 @@ def control(run_id, action):
 
 
 # -- runs -------------------------------------------------------------------------------------
+LOG_UNAVAILABLE = "Run log unavailable: object storage unreachable. Try again in a moment."
+
+
 @bp.get("/runs/<int:run_id>")
 @login_required
 def run_detail(run_id):
@@ -219,26 +223,35 @@ def run_detail(run_id):
     q = (request.args.get("q") or "").strip()[:200]
     window = None
     pruned = pruned_message(run) if run.files_pruned_at else None
+    unavailable, log_next = None, 0
     if pruned:
         lines, window = [], {"first": 1, "total": 0}
-    elif q:
-        needle = q.lower()
-        lines = [ln for ln in rl.tail(5000) if needle in ln.lower()]
     else:
-        # `?before=N` pages backwards without JavaScript; the page's "Load earlier" button
-        # uses the API's `before` parameter for the same window.
-        before = request.args.get("before", type=int)
-        if before and before > 1:
-            first, lines = rl.read_before(before, RUN_PAGE_LINES)
-            window = {"first": first, "total": rl.count(), "paged": True}
-        else:
-            lines = rl.tail(RUN_PAGE_LINES)
-            window = snapshot.log_window(run, lines, rl)
+        try:
+            if q:
+                needle = q.lower()
+                lines = [ln for ln in rl.tail(5000) if needle in ln.lower()]
+            else:
+                # `?before=N` pages backwards without JavaScript; the page's "Load earlier" button
+                # uses the API's `before` parameter for the same window.
+                before = request.args.get("before", type=int)
+                if before and before > 1:
+                    first, lines = rl.read_before(before, RUN_PAGE_LINES)
+                    window = {"first": first, "total": rl.count(), "paged": True}
+                else:
+                    lines = rl.tail(RUN_PAGE_LINES)
+                    window = snapshot.log_window(run, lines, rl)
+            log_next = rl.count()
+        except StoreError:
+            # Older lines live in object storage: when it is unreachable the run's state (in the
+            # database) is still worth showing; the logs API answers 503 for the same outage.
+            unavailable = LOG_UNAVAILABLE
+            lines, window = [], {"first": 1, "total": 0}
     failed_page = failed_page_arg()
     snap = snapshot.run_snapshot(svc, run)
     return render_template("run.html", snap=snap, run=run, site=site, lines=lines, q=q, window=window, pruned=pruned,
-                           log_next=0 if pruned else rl.count(), live_version=snapshot.version(snap), page_lines=RUN_PAGE_LINES,
-                           **failed_context(svc, run, failed_page))
+                           log_unavailable=unavailable, log_next=log_next, live_version=snapshot.version(snap),
+                           page_lines=RUN_PAGE_LINES, **failed_context(svc, run, failed_page))
 
 
 def failed_page_arg():
