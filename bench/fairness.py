@@ -31,8 +31,12 @@ from common import Env, fresh_database, keywords, stop_all as _stop
 DEFAULT_DB = "postgresql://postgres@127.0.0.1:5432/bench_fair"
 
 
+NO_DELAYS = True  # False with --site-delays: the sites keep their default delays
+
+
 def make_account(app, name, n_sites, n_keywords, seed=1):
-    """An account with n sites of n_keywords each (no delays): (account id, [site ids])."""
+    """An account with n sites of n_keywords each (no delays unless --site-delays):
+    (account id, [site ids])."""
     from webapp.automation.billing import top_up
     from webapp.extensions import db
     from webapp.models import Account, AutomationConfig
@@ -49,7 +53,8 @@ def make_account(app, name, n_sites, n_keywords, seed=1):
             site = create_site(acc.id, f"{name}-{i}")
             import_rows(site, [{"keyword": k} for k in words[i * n_keywords:(i + 1) * n_keywords]])
             cfg = db.session.execute(db.select(AutomationConfig).where(AutomationConfig.site_id == site.id)).scalar_one()
-            cfg.within_stage_delay = cfg.between_stage_delay = 0
+            if NO_DELAYS:
+                cfg.within_stage_delay = cfg.between_stage_delay = 0
             sites.append(site.id)
         db.session.commit()
         out = acc.id, sites
@@ -141,7 +146,11 @@ def main():
     p.add_argument("--burst-accounts", type=int, default=200)
     p.add_argument("--skip", nargs="*", default=[], help="parts to skip: fairness latency drip burst")
     p.add_argument("--database-url", default=DEFAULT_DB)
+    p.add_argument("--site-delays", action="store_true",
+                   help="keep the sites' default delays (3 s between batches, 5 s between stages)")
     args = p.parse_args()
+    global NO_DELAYS
+    NO_DELAYS = not args.site_delays
     fresh_database(args.database_url)
     env = Env(args.database_url, AI_LOCAL_LATENCY_MS=args.latency_ms, WEBHOOK_ALLOW_PRIVATE=1, WEBHOOK_TIMEOUT=10,
               STALE_RUN_SECONDS=60)
@@ -150,7 +159,7 @@ def main():
     procs += [env.spawn(sys.executable, "worker.py", "--notify", log_name=f"notify{i}.log") for i in range(2)]
     procs.append(env.spawn(sys.executable, "worker.py", "--scheduler", log_name="scheduler.log"))
     out = {"workers": args.workers, "keywords": args.keywords, "latency_ms": args.latency_ms,
-           "load": os.getloadavg()}
+           "site_delays": args.site_delays, "load": os.getloadavg()}
     try:
         env.wait_workers(args.workers + 2)
         if "fairness" not in args.skip:

@@ -273,6 +273,9 @@ def load_config(instance_path, env=None):
         # whose X-Forwarded-For is believed for the client address (webapp/security.py).
         "TRUSTED_PROXIES": _networks(env, "TRUSTED_PROXIES", "127.0.0.1,::1"),
         "MAX_CONTENT_LENGTH": _int(env, "MAX_CONTENT_LENGTH", 2 * 1024 * 1024),
+        # Keyword imports only (web paste/upload, POST /planner/keywords/bulk/): 50 000 rows as
+        # JSON with volume and difficulty are ~4 MB.
+        "IMPORT_MAX_BYTES": _int(env, "IMPORT_MAX_BYTES", 8 * 1024 * 1024),
         # Longer URLs / header fields are refused by the app (414 / 431, in the JSON envelope on
         # /api/); gunicorn.conf.py lets through twice these, so the app's answer is the one seen.
         "MAX_URL_LENGTH": _int(env, "MAX_URL_LENGTH", 4096),

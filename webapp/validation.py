@@ -208,6 +208,11 @@ def check_json_body(raw):
 
 
 # -- the request-wide guard ------------------------------------------------------------------------
+# Endpoints whose bodies may be up to IMPORT_MAX_BYTES instead of MAX_CONTENT_LENGTH: the
+# blueprints that own them add their names (keyword imports, web and API).
+BIG_BODY_ENDPOINTS = set()
+
+
 def request_problem():
     """(field, message) for hostile input anywhere in this request, or None: query string and
     form fields with NUL/surrogates, JSON bodies too deep or with unstorable strings."""
@@ -256,6 +261,11 @@ def install(app):
 
     @app.before_request
     def _refuse_oversized_request():
+        # Keyword imports take bodies up to IMPORT_MAX_BYTES (a 50 000-row JSON import with
+        # volume and difficulty is ~4 MB); every other request keeps MAX_CONTENT_LENGTH. Set
+        # before anything reads the body (the hostile-input guard below does).
+        if request.endpoint in BIG_BODY_ENDPOINTS:
+            request.max_content_length = app.config.get("IMPORT_MAX_BYTES", app.config.get("MAX_CONTENT_LENGTH"))
         # The app's own limits, below the server's (gunicorn.conf.py): an over-long URL or header
         # gets the error envelope every other error has, not the server's HTML page.
         from werkzeug.exceptions import RequestHeaderFieldsTooLarge, RequestURITooLarge

@@ -68,12 +68,15 @@ def register(app):
             from flask import current_app, render_template
             message = e.description
             if e.code == 413:  # refused unread: say what to do, not just the status
-                limit = current_app.config.get("MAX_CONTENT_LENGTH") or 0
+                limit = request.max_content_length or 0
                 message = (f"What you sent is larger than the {limit / 1048576:.0f} MB this server takes at once, "
                            "so it was not read and nothing changed. Go back (your browser keeps what you typed) "
                            "and split it into smaller parts, or upload several CSV files.")
             return render_template("error.html", code=e.code, message=message, back=e.code == 413), e.code
         msg = _MESSAGES.get(e.code) or e.description or e.name
+        if e.code == 413 and request.max_content_length:
+            msg = (f"Request body too large: this endpoint takes at most {request.max_content_length:,} bytes; "
+                   "nothing was read or changed.")
         if e.code == 400 and e.description:
             msg = e.description
         resp = error(msg, e.code)

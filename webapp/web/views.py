@@ -17,7 +17,7 @@ from ..errors import AppError, NotFound
 from ..extensions import db
 from ..models import Cluster, Content, ContentIdea, Image, Keyword, Site, Task
 from ..storage import StoreError
-from .. import imports
+from .. import imports, validation
 from ..planner import estimate_rows, import_rows, parse_csv
 from ..validation import REASON_MAX, clean_text
 from . import config_form, snapshot
@@ -297,6 +297,9 @@ def run_log(run_id):
 
 
 # -- keywords and what the pipeline made ------------------------------------------------------------
+validation.BIG_BODY_ENDPOINTS.add("web.keywords")  # a pasted or uploaded import: IMPORT_MAX_BYTES
+
+
 @bp.route("/sites/<int:site_id>/keywords", methods=["GET", "POST"])
 @login_required
 def keywords(site_id):
