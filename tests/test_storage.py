@@ -115,6 +115,23 @@ def test_run_log_tail_paging_download_in_order(app, client, tenant, backend):
                       headers=_bearer(tenant["other_token"])).status_code == 404
 
 
+def test_download_keeps_lines_flushed_while_it_reads(app, tenant, backend):
+    """A download lists the segments, then reads the rest from the stream: a writer flushing a
+    segment (and trimming the stream) in between must not make it skip those lines."""
+    run = _run(tenant["acc"], tenant["site"])
+    logger = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
+    for i in range(1, 2501):
+        logger.log(f"line {i}")
+    chunks = run_log(run).iter_bytes()
+    body = [next(chunks)]  # started: the segments listed (S3), the first one read
+    for i in range(2501, 5001):  # a segment flushed meanwhile: 2001-4000 leave the stream (S3)
+        logger.log(f"line {i}")
+    logger.close()
+    body += list(chunks)
+    numbers = [int(ln.split()[-1]) for ln in b"".join(body).decode().splitlines()]
+    assert numbers == list(range(1, 5001)), f"{5000 - len(numbers)} lines missing"
+
+
 def test_download_while_active_and_after_end(app, client, auth, tenant):
     run = _run(tenant["acc"], tenant["site"])
     logger = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
