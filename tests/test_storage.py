@@ -10,12 +10,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import websocket
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from webapp import metrics
 from webapp.automation.logger import AutomationLogger, run_log
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import AutomationRun, Image
+from webapp.models import AITaskLog, AutomationRun, Image, Site
 from webapp.models.base import utcnow
 from webapp.redis_conn import get_redis
 from webapp.storage import get_store
@@ -148,6 +152,63 @@ def test_download_while_active_and_after_end(app, client, auth, tenant):
     assert len(text) == 302 and "cancel" in text[300].lower() and text[-1].endswith("late line after the end")
     page = client.get(f"/runs/{run.id}").get_data(as_text=True)
     assert "late line after the end" in page
+
+
+class Killed(BaseException):
+    """A SIGKILL at that instant, in this process: nothing after it runs (no except, no cleanup)."""
+
+
+def test_an_item_done_has_its_line_when_the_worker_dies_after_the_commit(app, factory, tenant, monkeypatch):
+    """The item's line is written before its commit: a worker killed right after a stage-4
+    item's commit (here: at the metric that follows it) leaves no item the database shows as
+    done without its line (test_storage_machines kills a real worker, at a random instant)."""
+    factory.fast_config(db.session.get(Site, tenant["site"]), stage_4_batch_size=1)
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    counted = metrics.items_processed
+
+    def killed(n, *args):
+        if n == 4:
+            raise Killed()
+        counted(n, *args)
+    monkeypatch.setattr(metrics, "items_processed", killed)
+    try:
+        drain(app)
+    except Killed:
+        pass
+    db.session.remove()
+    done = db.session.execute(select(AITaskLog.item_type, AITaskLog.item_id)
+                              .where(AITaskLog.run_id == run.id, AITaskLog.stage == 4)).all()
+    lines = run_log(run).tail(10_000)
+    missing = [d for d in done if not any(f"{d.item_type} {d.item_id} " in ln and ": ok" in ln for ln in lines)]
+    assert done and missing == [], (missing, lines)
+
+
+def test_an_item_whose_commit_fails_says_so_after_its_line(app, factory, tenant):
+    """The line written before a commit that then fails is followed by one saying the item was
+    not saved; the item is redone (a second ok line) and done once."""
+    factory.fast_config(db.session.get(Site, tenant["site"]), stage_4_batch_size=1)
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    failed = []
+
+    def fail_first_stage_4_commit(_session):
+        last = run_log(run).tail(1)
+        if not failed and last and "[stage 4]" in last[0] and ": ok" in last[0]:
+            failed.append(last[0])
+            raise IntegrityError("COMMIT", {}, Exception("a commit refused once"))
+    sqlalchemy.event.listen(db.session, "before_commit", fail_first_stage_4_commit)
+    try:
+        drain(app)
+    finally:
+        sqlalchemy.event.remove(db.session, "before_commit", fail_first_stage_4_commit)
+    assert db.session.get(AutomationRun, run.id).status == "completed" and failed
+    lines = run_log(run).tail(10_000)
+    what = failed[0].split("] ", 1)[1].split(": ok")[0]
+    mine = [ln.split("] ", 1)[1] for ln in lines if f"] {what}: " in ln]
+    assert mine[0].endswith(failed[0].split(": ok")[1]) and "not saved (IntegrityError)" in mine[1]
+    assert ": ok" in mine[-1] and len(mine) >= 3, mine
+    item_type, item_id = what.split()[:2]
+    assert db.session.execute(select(sqlalchemy.func.count()).where(
+        AITaskLog.run_id == run.id, AITaskLog.item_type == item_type, AITaskLog.item_id == int(item_id))).scalar() == 1
 
 
 def test_two_writers_share_one_numbering(app, tenant):
