@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from webapp import metrics
 from webapp.automation.logger import AutomationLogger, run_log
+from webapp.automation.retention import prune
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
 from webapp.models import AITaskLog, AutomationRun, Image, Site
@@ -346,6 +347,31 @@ def test_prune_deletes_files_keeps_records_and_answers_410(app, client, auth, ru
     assert client.get(f"/runs/{run.id}/log.txt").status_code == 410
     # Pruning again finds nothing more.
     assert "Runs ended more than 30 days ago: 0" in runner.invoke(args=["prune", "--older-than", "30"]).output
+
+
+def test_websocket_on_a_pruned_log_closes_with_4410(app, live_server, tenant):
+    """A socket opened on a run whose log retention deleted is told so (4410, as the API's 410),
+    not left waiting on a log that will never have a line."""
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    AutomationService(tenant["acc"]).cancel(run.id)
+    db.session.execute(db.update(AutomationRun).where(AutomationRun.id == run.id)
+                       .values(ended_at=utcnow() - timedelta(days=40)))
+    db.session.commit()
+    url = f"ws://{live_server.removeprefix('http://')}/ws/runs/{run.id}/logs"
+    header = [f"Authorization: Bearer {tenant['token']}"]
+    ws = websocket.create_connection(url, header=header, timeout=10)
+    try:
+        assert "Run started" in ws.recv()  # before the prune: the log
+    finally:
+        ws.close()
+    assert prune(30)["runs"] == 1
+    ws = websocket.create_connection(url, header=header, timeout=10)
+    try:
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == 4410 and b"retention" in data[2:]
+    finally:
+        ws.close()
 
 
 def test_retention_days_periodic_job(app, tenant):
