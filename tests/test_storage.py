@@ -29,7 +29,8 @@ from webapp.storage.keys import image_key, site_prefixes
 from conftest import drain
 
 
-@pytest.fixture(params=["file", "s3"])
+# The s3 cases start moto's server (a process of its own): `make test-quick` leaves them out.
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.processes)])
 def backend(request):
     return request.param
 
