@@ -10,12 +10,17 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy
 import websocket
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
+from webapp import metrics
 from webapp.automation.logger import AutomationLogger, run_log
+from webapp.automation.retention import prune
 from webapp.automation.service import AutomationService
 from webapp.extensions import db
-from webapp.models import AutomationRun, Image
+from webapp.models import AITaskLog, AutomationRun, Image, Site
 from webapp.models.base import utcnow
 from webapp.redis_conn import get_redis
 from webapp.storage import get_store
@@ -24,7 +29,8 @@ from webapp.storage.keys import image_key, site_prefixes
 from conftest import drain
 
 
-@pytest.fixture(params=["file", "s3"])
+# The s3 cases start moto's server (a process of its own): `make test-quick` leaves them out.
+@pytest.fixture(params=["file", pytest.param("s3", marks=pytest.mark.processes)])
 def backend(request):
     return request.param
 
@@ -115,6 +121,23 @@ def test_run_log_tail_paging_download_in_order(app, client, tenant, backend):
                       headers=_bearer(tenant["other_token"])).status_code == 404
 
 
+def test_download_keeps_lines_flushed_while_it_reads(app, tenant, backend):
+    """A download lists the segments, then reads the rest from the stream: a writer flushing a
+    segment (and trimming the stream) in between must not make it skip those lines."""
+    run = _run(tenant["acc"], tenant["site"])
+    logger = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
+    for i in range(1, 2501):
+        logger.log(f"line {i}")
+    chunks = run_log(run).iter_bytes()
+    body = [next(chunks)]  # started: the segments listed (S3), the first one read
+    for i in range(2501, 5001):  # a segment flushed meanwhile: 2001-4000 leave the stream (S3)
+        logger.log(f"line {i}")
+    logger.close()
+    body += list(chunks)
+    numbers = [int(ln.split()[-1]) for ln in b"".join(body).decode().splitlines()]
+    assert numbers == list(range(1, 5001)), f"{5000 - len(numbers)} lines missing"
+
+
 def test_download_while_active_and_after_end(app, client, auth, tenant):
     run = _run(tenant["acc"], tenant["site"])
     logger = AutomationLogger(app.config["LOG_DIR"], run, get_redis())
@@ -131,6 +154,63 @@ def test_download_while_active_and_after_end(app, client, auth, tenant):
     assert len(text) == 302 and "cancel" in text[300].lower() and text[-1].endswith("late line after the end")
     page = client.get(f"/runs/{run.id}").get_data(as_text=True)
     assert "late line after the end" in page
+
+
+class Killed(BaseException):
+    """A SIGKILL at that instant, in this process: nothing after it runs (no except, no cleanup)."""
+
+
+def test_an_item_done_has_its_line_when_the_worker_dies_after_the_commit(app, factory, tenant, monkeypatch):
+    """The item's line is written before its commit: a worker killed right after a stage-4
+    item's commit (here: at the metric that follows it) leaves no item the database shows as
+    done without its line (test_storage_machines kills a real worker, at a random instant)."""
+    factory.fast_config(db.session.get(Site, tenant["site"]), stage_4_batch_size=1)
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    counted = metrics.items_processed
+
+    def killed(n, *args):
+        if n == 4:
+            raise Killed()
+        counted(n, *args)
+    monkeypatch.setattr(metrics, "items_processed", killed)
+    try:
+        drain(app)
+    except Killed:
+        pass
+    db.session.remove()
+    done = db.session.execute(select(AITaskLog.item_type, AITaskLog.item_id)
+                              .where(AITaskLog.run_id == run.id, AITaskLog.stage == 4)).all()
+    lines = run_log(run).tail(10_000)
+    missing = [d for d in done if not any(f"{d.item_type} {d.item_id} " in ln and ": ok" in ln for ln in lines)]
+    assert done and missing == [], (missing, lines)
+
+
+def test_an_item_whose_commit_fails_says_so_after_its_line(app, factory, tenant):
+    """The line written before a commit that then fails is followed by one saying the item was
+    not saved; the item is redone (a second ok line) and done once."""
+    factory.fast_config(db.session.get(Site, tenant["site"]), stage_4_batch_size=1)
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    failed = []
+
+    def fail_first_stage_4_commit(_session):
+        last = run_log(run).tail(1)
+        if not failed and last and "[stage 4]" in last[0] and ": ok" in last[0]:
+            failed.append(last[0])
+            raise IntegrityError("COMMIT", {}, Exception("a commit refused once"))
+    sqlalchemy.event.listen(db.session, "before_commit", fail_first_stage_4_commit)
+    try:
+        drain(app)
+    finally:
+        sqlalchemy.event.remove(db.session, "before_commit", fail_first_stage_4_commit)
+    assert db.session.get(AutomationRun, run.id).status == "completed" and failed
+    lines = run_log(run).tail(10_000)
+    what = failed[0].split("] ", 1)[1].split(": ok")[0]
+    mine = [ln.split("] ", 1)[1] for ln in lines if f"] {what}: " in ln]
+    assert mine[0].endswith(failed[0].split(": ok")[1]) and "not saved (IntegrityError)" in mine[1]
+    assert ": ok" in mine[-1] and len(mine) >= 3, mine
+    item_type, item_id = what.split()[:2]
+    assert db.session.execute(select(sqlalchemy.func.count()).where(
+        AITaskLog.run_id == run.id, AITaskLog.item_type == item_type, AITaskLog.item_id == int(item_id))).scalar() == 1
 
 
 def test_two_writers_share_one_numbering(app, tenant):
@@ -268,6 +348,31 @@ def test_prune_deletes_files_keeps_records_and_answers_410(app, client, auth, ru
     assert client.get(f"/runs/{run.id}/log.txt").status_code == 410
     # Pruning again finds nothing more.
     assert "Runs ended more than 30 days ago: 0" in runner.invoke(args=["prune", "--older-than", "30"]).output
+
+
+def test_websocket_on_a_pruned_log_closes_with_4410(app, live_server, tenant):
+    """A socket opened on a run whose log retention deleted is told so (4410, as the API's 410),
+    not left waiting on a log that will never have a line."""
+    run = _run(tenant["acc"], tenant["site"], empty_log=False)
+    AutomationService(tenant["acc"]).cancel(run.id)
+    db.session.execute(db.update(AutomationRun).where(AutomationRun.id == run.id)
+                       .values(ended_at=utcnow() - timedelta(days=40)))
+    db.session.commit()
+    url = f"ws://{live_server.removeprefix('http://')}/ws/runs/{run.id}/logs"
+    header = [f"Authorization: Bearer {tenant['token']}"]
+    ws = websocket.create_connection(url, header=header, timeout=10)
+    try:
+        assert "Run started" in ws.recv()  # before the prune: the log
+    finally:
+        ws.close()
+    assert prune(30)["runs"] == 1
+    ws = websocket.create_connection(url, header=header, timeout=10)
+    try:
+        opcode, data = ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == 4410 and b"retention" in data[2:]
+    finally:
+        ws.close()
 
 
 def test_retention_days_periodic_job(app, tenant):

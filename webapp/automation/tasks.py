@@ -445,7 +445,18 @@ class RunExecutor:
                 db.session.rollback()  # the run was cancelled or taken over: no trace
                 self.stop.set()
                 return concurrency.DROP
-            db.session.commit()
+            # The line before the commit: a worker killed between the two then leaves an item
+            # not done with a line (it is redone and logged again), never a done item without one.
+            labels = [stage.label(i) for i in unit]
+            what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
+                    else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
+            self.logger.log(f"{what}: ok, {created} created, {ctx.unit_credits} credits", stage=n)
+            try:
+                db.session.commit()
+            except Exception as e:
+                self.logger.log(f"{what}: not saved ({e.__class__.__name__}), the ok above does not count: "
+                                f"it will be redone", stage=n)
+                raise
             metrics.items_processed(n, len(unit), ctx.unit_credits)
         except AlreadyDone:
             db.session.rollback()
@@ -473,10 +484,6 @@ class RunExecutor:
             return self._attempt_failed(n, stage, slot, attempt, e)
         self.res = new
         self._remaining = max(0, self._remaining - len(unit))
-        labels = [stage.label(i) for i in unit]
-        what = (f"{len(ids)} {stage.item_type}s from '{labels[0][:60]}'" if len(ids) > 1
-                else f"{stage.item_type} {ids[0]} '{labels[0][:80]}'")
-        self.logger.log(f"{what}: ok, {created} created, {ctx.unit_credits} credits", stage=n)
         return concurrency.NEXT
 
     def _attempt_failed(self, n, stage, slot, attempt, e, reason=None):

@@ -692,8 +692,8 @@ class SegmentedRunLog(RunLog):
             covered = out[-1][0] if out else covered
         return out
 
-    def _lines(self, lo, hi):
-        """[(number, str)] for lo..hi (hi None: to the end), oldest first, no gaps."""
+    def _raw_lines(self, lo, hi):
+        """[(number, bytes)] for lo..hi (hi None: to the end), oldest first, no gaps."""
         lo = max(1, lo)
         if hi is not None and hi < lo:
             return []
@@ -706,7 +706,11 @@ class SegmentedRunLog(RunLog):
                 got = self._segments(lo, upto) + got
             if hi is None and len(got) > READ_BATCH:
                 got = got[:READ_BATCH]
-        return [(n, b.decode("utf-8", errors="replace")) for n, b in got]
+        return got
+
+    def _lines(self, lo, hi):
+        """[(number, str)] for lo..hi (hi None: to the end), oldest first, no gaps."""
+        return [(n, b.decode("utf-8", errors="replace")) for n, b in self._raw_lines(lo, hi)]
 
     def tail(self, n):
         return self.tail_with_total(n)[1]
@@ -747,7 +751,9 @@ class SegmentedRunLog(RunLog):
             yield b"".join(ln + b"\n" for ln in lines[max(0, covered + 1 - first):])
             covered = first + len(lines) - 1
         while True:
-            got = self._stream(covered + 1, None)
+            # Not the stream alone: a writer may have flushed and trimmed lines after `covered`
+            # since the segments were listed above; _raw_lines reads such a gap from the store.
+            got = self._raw_lines(covered + 1, None)
             if not got:
                 return
             yield b"".join(b + b"\n" for _n, b in got)
