@@ -26,6 +26,31 @@ def test_dashboard_lists_sites_with_state(client, logged_in):
     assert f'/sites/{logged_in["site_id"]}/automation' in page
 
 
+def test_dashboard_pages_its_sites(app, client, logged_in, factory):
+    """Kills: a dashboard that loads and counts every site of the account per load and poll
+    (its cost was the account's size, not the page's). 52 sites: 50 on page 1, 2 on page 2,
+    in name order; the page's live refresh stays on its page; a bad or too big page number
+    is the first or the last page, never an error."""
+    import re
+    from webapp.models import Account
+    acc = db.session.get(Account, logged_in["account_id"])
+    for i in range(51):
+        factory.site(acc, name=f"Site {i:02d}")
+    html = client.get("/").get_data(as_text=True)
+    rows = re.findall(r'id="site-row-(\d+)"', html)
+    assert len(rows) == 50 and "sites 1–50 of 52" in html and "page=2" in html
+    assert "Blog" in html and "Site 48" in html and "Site 49" not in html  # "Blog" sorts first
+    page2 = client.get("/?page=2").get_data(as_text=True)
+    rows2 = re.findall(r'id="site-row-(\d+)"', page2)
+    assert len(rows2) == 2 and not set(rows) & set(rows2) and "Site 49" in page2 and "Site 50" in page2
+    assert 'data-live-url="/live/dashboard?page=2"' in page2
+    live = client.get("/live/dashboard?page=2").get_json()
+    assert set(re.findall(r'id="site-row-(\d+)"', live["regions"]["dashboard-rows"])) == set(rows2)
+    for bad, same_as in (("abc", rows), ("-1", rows), ("99", rows2), ("١", rows)):
+        r = client.get(f"/?page={bad}")
+        assert r.status_code == 200 and re.findall(r'id="site-row-(\d+)"', r.get_data(as_text=True)) == same_as, bad
+
+
 def test_automation_page_sections(client, logged_in):
     r = client.get(f'/sites/{logged_in["site_id"]}/automation')
     html = r.get_data(as_text=True)

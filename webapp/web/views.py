@@ -68,8 +68,14 @@ def is_htmx():
 @bp.get("/")
 @login_required
 def dashboard():
-    snap = snapshot.dashboard_snapshot(service())
+    snap = snapshot.dashboard_snapshot(service(), page=dashboard_page())
     return render_template("dashboard.html", snap=snap, live_version=snapshot.version(snap))
+
+
+def dashboard_page():
+    """?page= of the dashboard: anything but a page number is the first page (past the end: the last)."""
+    raw = request.args.get("page", "")
+    return min(int(raw), 100_000) if raw.isascii() and raw.isdigit() else 1
 
 
 # -- site automation page ----------------------------------------------------------------------
@@ -151,7 +157,7 @@ def live_run(run_id):
 @bp.get("/live/dashboard")
 @login_required
 def live_dashboard():
-    snap = snapshot.dashboard_snapshot(service())
+    snap = snapshot.dashboard_snapshot(service(), page=dashboard_page())
     return live_regions(snap, {"dashboard-rows": ("partials/dashboard_rows.html", {}),
                                "credit-balance": ("partials/credits.html", {})})
 
