@@ -433,3 +433,43 @@ def test_a_delay_between_batches_holds_no_worker(app, app_env, factory):
                  message="the resumed run went on without waiting out the delay")
     finally:
         stop_process(w)
+
+
+@pytest.mark.processes
+def test_limit_2_on_real_workers_starts_queued_runs_in_order_never_more_than_2(app, app_env, factory):
+    """Real workers: with max_active_runs 2, five starts give two running and three queued;
+    the queued ones start by themselves in order as slots free, never more than two active
+    at once; the first of them, cancelled once it has started, is charged exactly its AI
+    calls, and the next queued run takes its slot."""
+    acc, _ = factory.account(credits=1_000_000)
+    sites = [factory.site(acc, name=f"S{i}", keywords=12 if i == 2 else 6) for i in range(5)]
+    for s in sites:
+        factory.fast_config(s, stage_4_batch_size=1)
+    db.session.get(Account, acc.id).max_active_runs = 2
+    db.session.commit()
+    svc = AutomationService(acc.id, actor="t")
+    runs = [svc.start(s.id).id for s in sites]
+    assert [fresh_run(r).status for r in runs] == ["running", "running", "queued", "queued", "queued"]
+    assert [limits.queue_info(fresh_run(r))[0] for r in runs[2:]] == [1, 2, 3]
+    workers = [start_worker(app_env, extra_env={"AI_LOCAL_LATENCY_MS": "40"}) for _ in range(2)]
+    try:
+        wait_for(lambda: fresh_run(runs[2]).status == "running"
+                 and (fresh_run(runs[2]).stage_1_result or {}).get("items_processed"), timeout=120,
+                 interval=0.05, message="the first queued run started and processed items")
+        svc.cancel(runs[2])
+        wait_for(lambda: all(fresh_run(r).status == "completed" for r in runs[:2] + runs[3:]), timeout=240,
+                 message="every other run completed")
+    finally:
+        for w in workers:
+            stop_process(w)
+    rows = [fresh_run(r) for r in runs]
+    assert rows[2].status == "cancelled"
+    assert rows[2].started_at <= rows[3].started_at <= rows[4].started_at
+    for r in rows:  # at each start, at most one other run was active
+        others = [o for o in rows if o.id != r.id and o.started_at <= r.started_at < o.ended_at]
+        assert len(others) <= 1, [(o.id, o.started_at, o.ended_at) for o in rows]
+    ai = db.session.execute(select(func.coalesce(func.sum(AITaskLog.credits), 0)).where(
+        AITaskLog.run_id == runs[2])).scalar()
+    ledger = db.session.execute(select(func.coalesce(func.sum(CreditTransaction.amount), 0)).where(
+        CreditTransaction.run_id == runs[2])).scalar()
+    assert ai == -ledger == rows[2].total_credits_used > 0
