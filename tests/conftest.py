@@ -100,6 +100,26 @@ def worker_redis_url(url, number):
     return urlunsplit(parts._replace(path=f"/{base - number}"))
 
 
+# What starts a process of its own: a test using one of these fixtures or calling one of these
+# is a `processes` test even when nobody wrote the marker on it (`make test-quick` leaves it
+# out). Helpers of a test module that start processes are named in that test's source too.
+_PROCESS_FIXTURES = {"gunicorn_web", "live_server", "s3_server", "s3_env", "browser", "web_server", "moto"}
+_PROCESS_CALLS = ("start_worker(", "subprocess.", "Popen(", "start_moto(", "worker.py", "_workers(")
+
+
+def pytest_collection_modifyitems(config, items):
+    import inspect
+    for item in items:
+        if item.get_closest_marker("processes"):
+            continue
+        try:
+            src = inspect.getsource(item.function)
+        except (AttributeError, OSError, TypeError):
+            continue
+        if set(getattr(item, "fixturenames", ())) & _PROCESS_FIXTURES or any(c in src for c in _PROCESS_CALLS):
+            item.add_marker(pytest.mark.processes)
+
+
 def pytest_configure(config):
     global PG_URL
     worker = getattr(config, "workerinput", {}).get("workerid")  # only in an xdist worker itself

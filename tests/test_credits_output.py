@@ -192,6 +192,38 @@ def test_pause_or_cancel_with_calls_in_flight_keeps_every_billed_answer(app, app
         AITaskLog.run_id == run_id)).scalar()
 
 
+def test_sigterm_with_calls_in_flight_keeps_every_billed_answer(app, app_env, factory, stub):
+    """A worker stopped with SIGTERM while calls are on the wire: it sends nothing more, its
+    answers are committed and charged before it lets go, and the next worker goes on without
+    asking any of them again."""
+    import signal
+    acc_id, site_id = _site_with_topics(factory)
+    run_id = AutomationService(acc_id, actor="user:t").start(site_id).id
+    w = start_worker(app_env, extra_env=_env(app))
+    try:
+        wait_for(lambda: _logs(site_id, "generate_content") >= 2, timeout=120, interval=0.05, message="stage 4")
+        latency = stub.latency
+        stub.latency = 1.0
+        wait_for(lambda: stub.in_flight >= 4, timeout=30, interval=0.02, message="calls in flight")
+        w.send_signal(signal.SIGTERM)
+        at = time.monotonic()
+        w.wait(timeout=60)
+        assert max(t for t, _ in stub.starts) < at + 1.0, "a call was sent after SIGTERM"
+        logs, debits = _books(site_id, [run_id])
+        assert _answers(stub) == logs == debits > 0
+        assert _count(Content, site_id) == _logs(site_id, "generate_content")
+        assert fresh_run(run_id).status == "running"  # handed back, not lost
+        stub.latency = latency
+        w = start_worker(app_env, extra_env=_env(app))
+        wait_for(lambda: fresh_run(run_id).status == "completed", timeout=180, message="completed on the next worker")
+    finally:
+        stop_process(w)
+    logs, debits = _books(site_id, [run_id])
+    assert _answers(stub) == logs == debits
+    assert fresh_run(run_id).total_credits_used == db.session.execute(select(func.sum(AITaskLog.credits)).where(
+        AITaskLog.run_id == run_id)).scalar()
+
+
 def test_automatic_pause_keeps_the_answers_behind_the_failing_call(app, app_env, factory, stub):
     """A burst of 5xx for one cluster's call pauses the run; the answers of the calls in flight
     with it are committed and charged, not thrown away and asked again after the resume."""
