@@ -524,7 +524,13 @@ class RunExecutor:
         """Write stage n's result (and the heartbeat) inside the current transaction.
         Guarded by the job's token: False (nothing written) once the run was cancelled or
         taken over by another job, so that job's work is never overwritten; `answer` (an AI
-        answer's output and charge) is still written to a cancelled run: it was billed."""
+        answer's output and charge) is still written to a cancelled run: it was billed.
+
+        An answer is also written after a pause and resume gave the run a new token while its
+        call was out, as long as this job still holds the run's exec lock and the run has not
+        ended: the resumed job cannot start (it waits for that lock, and reads the pending
+        items only once it holds it), so the item is done once, by this job, and the
+        provider is not billed for it a second time."""
         values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
         if credits:
             values["total_credits_used"] = AutomationRun.total_credits_used + credits
@@ -536,7 +542,26 @@ class RunExecutor:
             # provider billed are kept and charged. Nothing else works on a cancelled run.
             q = q.where(or_(AutomationRun.job_token == self.token,
                             and_(AutomationRun.status == "cancelled", AutomationRun.job_token.is_(None))))
+        saved = db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
+        if saved or not answer or self.token is None or not self._holds_exec_lock_strictly():
+            return saved
+        # Paused and resumed (new token) while the call was out: the exec lock, renewed just
+        # now with a whole lease (and kept by the heartbeat until this job's threads are
+        # done), keeps the resumed job from starting until this answer is committed.
+        q = update(AutomationRun).where(AutomationRun.id == self.run_id,
+                                        AutomationRun.status.in_(("running", "paused")))
         return db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
+
+    def _holds_exec_lock_strictly(self):
+        """True only when Redis confirms this job holds the run's exec lock (renewed, or taken
+        back because it lapsed free): an unreachable Redis proves nothing here."""
+        lock = getattr(self, "exec_lock", None)
+        if lock is None:
+            return False
+        try:
+            return bool(lock.renew() or lock.acquire())
+        except redis.RedisError:
+            return False
 
     def _pause(self, reason, message):
         self._paused_here = True
