@@ -96,10 +96,15 @@ class StageContext:
         self.article_words = app.config["AI_ARTICLE_WORDS"]
         self.unit_credits = 0
         self.accept_stale = False
+        self.budget_reached = None  # a monthly budget this unit's charge went past (kept: it was billed)
 
     def charge(self, stage, item_id, credits, result):
-        charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model)
+        charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model,
+               on_budget_reached=self._budget_reached)
         self.unit_credits += credits
+
+    def _budget_reached(self, e):
+        self.budget_reached = e
 
 
 class RunExecutor:
@@ -428,7 +433,15 @@ class RunExecutor:
         ctx = StageContext(self.run, self.provider, self.app)
         # Stopping: an answer that arrived is applied as it is (it was billed), never asked again.
         ctx.accept_stale = self.stop.is_set()
-        return self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+        verdict = self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+        if verdict == concurrency.NEXT and ctx.budget_reached is not None:
+            # The answer was billed, so it was kept and charged past the budget; the pause
+            # applies to the calls not yet sent (those in flight are still finished and kept).
+            if not self._paused_here:
+                e = ctx.budget_reached
+                self._pause(e.reason, f"Paused: {e}. Raise or remove the budget to resume.")
+            return concurrency.STOP
+        return verdict
 
     def _call_failed(self, n, stage, slot, attempt, e):
         if isinstance(e, Interrupted):
@@ -576,6 +589,27 @@ class RunExecutor:
         if res.rowcount:
             db.session.refresh(self.run)
             hooks.emit("run.paused", self.run, "system", reason)
+            if "budget" in reason:
+                self._resume_if_budget_raised()
+
+    def _resume_if_budget_raised(self):
+        """An owner who raised the budget between the charge that reached it and the pause's
+        commit found the run still running, so the raise resumed nothing: the budget is
+        checked again now that the pause is committed (whichever of the two reads the other's
+        commit resumes it; a second resume is refused as the run is no longer paused)."""
+        from ..errors import AppError
+        from .budgets import over_budget
+        from .service import AutomationService
+        try:
+            db.session.refresh(self.run)
+            if self.run.status != "paused" or over_budget(self.run):
+                db.session.commit()
+                return
+            db.session.commit()
+            AutomationService(self.run.account_id, actor="system").resume(self.run_id, reason="monthly budget raised")
+        except AppError as e:  # resumed by the owner's raise meanwhile, or changed state
+            db.session.rollback()
+            log.info("run %s: not resumed after its budget pause: %s", self.run_id, e)
 
     def _finish_stage(self, n, stage, res):
         res = dict(res)
