@@ -332,9 +332,43 @@ def test_pages_say_why_a_run_waits(app, factory, client, auth):
     from flask import g
     g.pop("_login_user", None)  # fresh_run ended the session the test client's user was loaded in
     html = client.get(f"/sites/{site_ids[1]}/automation").get_data(as_text=True)
-    # Now it waits for a worker (none runs in this test), behind the cancelled run's stale job.
-    assert "</strong> waiting for a worker: 1 job ahead." in html
+    # Now it waits for a worker (none runs in this test): the cancelled run's leftover job
+    # (its own account's, and of a run that ended) is nobody ahead of it.
+    assert "</strong> waiting for a worker: 0 runs of other accounts ahead." in html
     assert "</strong> account limit" not in html
+
+
+def test_waiting_for_a_worker_counts_other_accounts_active_runs_only(app, factory):
+    """Kills: the reason counting the run's own account's jobs, a cancelled run's leftover job
+    (in RQ's list or its ready list) and jobs rather than runs; and a cancel leaving its run's
+    job in the account's ready list. No worker runs: every job waits."""
+    from webapp.automation import jobs
+    accounts = {}
+    for name, n_sites in (("X", 1), ("Y", 2), ("Z", 2)):
+        acc, _ = factory.account(name=name, credits=1_000_000)
+        accounts[name] = (acc.id, [factory.site(acc, name=f"{name}{i}", keywords=3).id for i in range(n_sites)])
+    runs = {}
+    for name in ("X", "Y", "Z"):  # X's job goes to RQ's list (one deep), the others to ready lists
+        acc_id, sites = accounts[name]
+        svc = AutomationService(acc_id, actor="t")
+        runs[name] = [svc.start(site_id).id for site_id in sites]
+
+    def reason(run_id):
+        return limits.queue_info(fresh_run(run_id))[1]
+
+    # Z's second run: X's run (RQ's list) and Y's two runs take a worker first; Z's first is
+    # its own account's and does not count.
+    assert reason(runs["Z"][1]) == "waiting for a worker: 3 runs of other accounts ahead"
+    assert reason(runs["Z"][0]) == "waiting for a worker: 2 runs of other accounts ahead"
+    r = get_redis()
+    y0_job = jobs.latest_job_id(r, runs["Y"][0])
+    AutomationService(accounts["Y"][0], actor="t").cancel(runs["Y"][0])
+    assert y0_job.encode() not in r.lrange(dispatch.ready_key(accounts["Y"][0]), 0, -1)
+    assert not Job.exists(y0_job, connection=r)
+    AutomationService(accounts["X"][0], actor="t").cancel(runs["X"][0])  # its job stays in RQ's list
+    assert reason(runs["Z"][1]) == "waiting for a worker: 1 run of other accounts ahead"
+    # Y's last run: only Z's first (Z's turn ties with Y's); X's leftover job does not count.
+    assert reason(runs["Y"][1]) == "waiting for a worker: 1 run of other accounts ahead"
 
 
 @pytest.mark.processes
