@@ -275,6 +275,129 @@ def test_a_dripping_receiver_attempt_ends_at_the_webhook_timeout(app):
     assert took < 30
 
 
+class SlowConnect:
+    """An https receiver slow to connect, then dripping: its listen queue is full when the
+    attempt begins (the kernel drops the SYN; the client sends it again a second later), its
+    TLS handshake answers after `handshake` s, and then it answers one byte every `every` s.
+    So the connection is made only after the attempt's deadline, inside its connect timeouts
+    (TCP, then the handshake's own), while urllib3 has not yet set the connection's socket."""
+
+    def __init__(self, tmp_path, handshake=0.8, every=0.3):
+        import ssl
+        import subprocess
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        self.cert = str(cert)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.handshake, self.every = handshake, every
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}/hook"
+        self.filler = socket.create_connection(("127.0.0.1", self.port))  # the queue is full now
+        self.closed = False
+
+    def start(self):
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import ssl
+        try:
+            time.sleep(0.3)
+            self.sock.accept()[0].close()  # room for the attempt's SYN, sent again at ~1 s
+            c, _ = self.sock.accept()
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = self.ctx.wrap_bio(inc, out, server_side=True)
+            first = True
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pending = out.read()
+                    if pending:
+                        if first:
+                            time.sleep(self.handshake)
+                            first = False
+                        c.sendall(pending)
+                    data = c.recv(65536)
+                    if not data:
+                        return
+                    inc.write(data)
+            c.sendall(out.read())
+            for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 600:
+                if self.closed:
+                    return
+                tls.write(bytes([ch]))
+                c.sendall(out.read())
+                time.sleep(self.every)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.closed = True
+        self.filler.close()
+        self.sock.close()
+
+
+def test_an_attempt_connected_after_its_deadline_ends_at_the_webhook_timeout(app, tmp_path):
+    """Kills: the deadline's watchdog finding no socket while the connection is being made
+    (urllib3 sets it once the TLS handshake is done), and no check of the time left once
+    connected: the attempt then drips on, each read within its timeout. Bounded: the
+    attempt runs on a thread joined with a timeout."""
+    from webapp.notify import targets
+    slow = SlowConnect(tmp_path)
+    outcome = {}
+
+    def attempt():
+        t0 = time.monotonic()
+        try:
+            targets.post(slow.url, b"{}", {}, 1.5, allow_private=True, ca_certs=slow.cert)
+            outcome["error"] = None
+        except Exception as e:
+            outcome["error"] = e
+        outcome["took"] = time.monotonic() - t0
+    t = threading.Thread(target=attempt, daemon=True)
+    try:
+        slow.start()
+        t.start()
+        t.join(15)
+    finally:
+        slow.close()
+    assert not t.is_alive(), "the attempt was still going 15 s after its 1.5 s deadline"
+    assert isinstance(outcome["error"], targets.DeadlineExceeded), outcome
+    assert outcome["took"] < 4, outcome
+
+
+def test_a_slow_name_resolution_counts_against_the_webhook_timeout(app, monkeypatch):
+    """Kills: the deadline starting after the name was resolved (a resolver answering after
+    1.2 s gave a 1 s attempt 2.2 s). The receiver drips, so only the deadline ends it."""
+    from webapp.notify import targets
+    drip = Drip(every=0.5)
+    port = drip.sock.getsockname()[1]
+    real = socket.getaddrinfo
+
+    def slow_dns(host, *a, **kw):
+        if host == "hooks.example.test":
+            time.sleep(1.2)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(targets.DeadlineExceeded, match="within 1 s"):
+            targets.post(f"http://hooks.example.test:{port}/hook", b"{}", {}, 1.0, allow_private=True)
+        took = time.monotonic() - t0
+    finally:
+        drip.close()
+    assert took < 1.9, took
+    assert drip.accepted == 0  # nothing was sent: the resolution used the whole attempt
+
+
 @pytest.mark.processes
 def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, client):
     """A dripping receiver's test deliveries hold notify workers only: another account's run on
