@@ -52,8 +52,8 @@ def withdraw(client, run_id, account_id):
     job_id = latest_job_id(client, run_id)
     client.delete(job_key(run_id))
     if job_id and account_id is not None and dispatch.withdraw(client, account_id, job_id):
-        from rq.job import Job
         from rq.exceptions import NoSuchJobError
+        from rq.job import Job
         try:
             Job.fetch(job_id, connection=client).delete()
         except NoSuchJobError:
