@@ -248,7 +248,7 @@ def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
         except DeadlineExceeded:
             raise
         except Exception as e:
-            if expired.is_set():
+            if expired.is_set() or left() <= 0:  # a timeout of the time left is the deadline's
                 raise too_late() from None
             raise DeliveryError(describe(e, timeout)) from e
         if expired.is_set() or time.monotonic() > deadline:
