@@ -255,6 +255,47 @@ def test_resume_during_slow_item_continues_when_it_ends_and_never_overlaps(app, 
     assert _credits(run_id) == _credits(ref) == _run(run_id).total_credits_used
 
 
+def _debits(run_id):
+    from webapp.models import CreditTransaction
+    n = db.session.execute(select(func.count()).select_from(CreditTransaction).where(
+        CreditTransaction.run_id == run_id, CreditTransaction.amount < 0)).scalar()
+    db.session.remove()
+    return n
+
+
+@pytest.mark.processes
+def test_an_answer_that_arrives_after_pause_and_resume_is_kept_not_asked_again(app, app_env, factory, timed_stub):
+    """Kills: the old job's answer refused because the resume gave the run a new token (its
+    item rolled back and asked again by the resumed job: the provider billed twice). The
+    stub's answers must equal the run's AI log rows and its ledger debits, and the outputs
+    an uninterrupted twin's."""
+    (ref_acc, ref_site), (acc_id, site_id) = _twin_sites(factory, n_keywords=4, stage_6_batch_size=100)
+    serial(site_id)
+    ref = AutomationService(ref_acc).start(ref_site).id
+    drain(app)
+    TimedStub.reset()
+    slow = ("generations", 2)
+    TimedStub.slow = {slow: 3.0}
+    env = {**timed_stub, "STALE_RUN_SECONDS": "8"}
+    svc = AutomationService(acc_id, actor="user:t")
+    run_id = svc.start(site_id).id
+    workers = [start_worker(app_env, extra_env=env) for _ in range(2)]
+    try:
+        ev = TimedStub.started.setdefault(slow, threading.Event())
+        assert ev.wait(60), "the slow call never started"
+        svc.pause(run_id)
+        svc.resume(run_id)
+        wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")
+    finally:
+        for w in workers:
+            _stop(w)
+    answers = sum(1 for _s, e in TimedStub.times if e is not None)
+    assert answers == _ai_calls(run_id) == _debits(run_id), \
+        f"stub answers {answers}, AI log rows {_ai_calls(run_id)}, debits {_debits(run_id)}"
+    assert outputs(site_id) == outputs(ref_site)
+    assert _credits(run_id) == _credits(ref) == _run(run_id).total_credits_used
+
+
 # -- cancel while an item is in flight, then start again ------------------------------------------
 
 @pytest.mark.processes

@@ -284,6 +284,129 @@ def test_a_dripping_receiver_attempt_ends_at_the_webhook_timeout(app):
     assert took < 30
 
 
+class SlowConnect:
+    """An https receiver slow to connect, then dripping: its listen queue is full when the
+    attempt begins (the kernel drops the SYN; the client sends it again a second later), its
+    TLS handshake answers after `handshake` s, and then it answers one byte every `every` s.
+    So the connection is made only after the attempt's deadline, inside its connect timeouts
+    (TCP, then the handshake's own), while urllib3 has not yet set the connection's socket."""
+
+    def __init__(self, tmp_path, handshake=0.8, every=0.3):
+        import ssl
+        import subprocess
+        cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+                        "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+        self.cert = str(cert)
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.handshake, self.every = handshake, every
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(0)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"https://127.0.0.1:{self.port}/hook"
+        self.filler = socket.create_connection(("127.0.0.1", self.port))  # the queue is full now
+        self.closed = False
+
+    def start(self):
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        import ssl
+        try:
+            time.sleep(0.3)
+            self.sock.accept()[0].close()  # room for the attempt's SYN, sent again at ~1 s
+            c, _ = self.sock.accept()
+            inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+            tls = self.ctx.wrap_bio(inc, out, server_side=True)
+            first = True
+            while True:
+                try:
+                    tls.do_handshake()
+                    break
+                except ssl.SSLWantReadError:
+                    pending = out.read()
+                    if pending:
+                        if first:
+                            time.sleep(self.handshake)
+                            first = False
+                        c.sendall(pending)
+                    data = c.recv(65536)
+                    if not data:
+                        return
+                    inc.write(data)
+            c.sendall(out.read())
+            for ch in b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 600:
+                if self.closed:
+                    return
+                tls.write(bytes([ch]))
+                c.sendall(out.read())
+                time.sleep(self.every)
+        except (OSError, ssl.SSLError):
+            pass
+
+    def close(self):
+        self.closed = True
+        self.filler.close()
+        self.sock.close()
+
+
+def test_an_attempt_connected_after_its_deadline_ends_at_the_webhook_timeout(app, tmp_path):
+    """Kills: the deadline's watchdog finding no socket while the connection is being made
+    (urllib3 sets it once the TLS handshake is done), and no check of the time left once
+    connected: the attempt then drips on, each read within its timeout. Bounded: the
+    attempt runs on a thread joined with a timeout."""
+    from webapp.notify import targets
+    slow = SlowConnect(tmp_path)
+    outcome = {}
+
+    def attempt():
+        t0 = time.monotonic()
+        try:
+            targets.post(slow.url, b"{}", {}, 1.5, allow_private=True, ca_certs=slow.cert)
+            outcome["error"] = None
+        except Exception as e:
+            outcome["error"] = e
+        outcome["took"] = time.monotonic() - t0
+    t = threading.Thread(target=attempt, daemon=True)
+    try:
+        slow.start()
+        t.start()
+        t.join(15)
+    finally:
+        slow.close()
+    assert not t.is_alive(), "the attempt was still going 15 s after its 1.5 s deadline"
+    assert isinstance(outcome["error"], targets.DeadlineExceeded), outcome
+    assert outcome["took"] < 4, outcome
+
+
+def test_a_slow_name_resolution_counts_against_the_webhook_timeout(app, monkeypatch):
+    """Kills: the deadline starting after the name was resolved (a resolver answering after
+    1.2 s gave a 1 s attempt 2.2 s). The receiver drips, so only the deadline ends it."""
+    from webapp.notify import targets
+    drip = Drip(every=0.5)
+    port = drip.sock.getsockname()[1]
+    real = socket.getaddrinfo
+
+    def slow_dns(host, *a, **kw):
+        if host == "hooks.example.test":
+            time.sleep(1.2)
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+        return real(host, *a, **kw)
+    monkeypatch.setattr(socket, "getaddrinfo", slow_dns)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(targets.DeadlineExceeded, match="within 1 s"):
+            targets.post(f"http://hooks.example.test:{port}/hook", b"{}", {}, 1.0, allow_private=True)
+        took = time.monotonic() - t0
+    finally:
+        drip.close()
+    assert took < 1.9, took
+    assert drip.accepted == 0  # nothing was sent: the resolution used the whole attempt
+
+
 @pytest.mark.processes
 def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, client):
     """A dripping receiver's test deliveries hold notify workers only: another account's run on
@@ -341,9 +464,43 @@ def test_pages_say_why_a_run_waits(app, factory, client, auth):
     from flask import g
     g.pop("_login_user", None)  # fresh_run ended the session the test client's user was loaded in
     html = client.get(f"/sites/{site_ids[1]}/automation").get_data(as_text=True)
-    # Now it waits for a worker (none runs in this test), behind the cancelled run's stale job.
-    assert "</strong> waiting for a worker: 1 job ahead." in html
+    # Now it waits for a worker (none runs in this test): the cancelled run's leftover job
+    # (its own account's, and of a run that ended) is nobody ahead of it.
+    assert "</strong> waiting for a worker: 0 runs of other accounts ahead." in html
     assert "</strong> account limit" not in html
+
+
+def test_waiting_for_a_worker_counts_other_accounts_active_runs_only(app, factory):
+    """Kills: the reason counting the run's own account's jobs, a cancelled run's leftover job
+    (in RQ's list or its ready list) and jobs rather than runs; and a cancel leaving its run's
+    job in the account's ready list. No worker runs: every job waits."""
+    from webapp.automation import jobs
+    accounts = {}
+    for name, n_sites in (("X", 1), ("Y", 2), ("Z", 2)):
+        acc, _ = factory.account(name=name, credits=1_000_000)
+        accounts[name] = (acc.id, [factory.site(acc, name=f"{name}{i}", keywords=3).id for i in range(n_sites)])
+    runs = {}
+    for name in ("X", "Y", "Z"):  # X's job goes to RQ's list (one deep), the others to ready lists
+        acc_id, sites = accounts[name]
+        svc = AutomationService(acc_id, actor="t")
+        runs[name] = [svc.start(site_id).id for site_id in sites]
+
+    def reason(run_id):
+        return limits.queue_info(fresh_run(run_id))[1]
+
+    # Z's second run: X's run (RQ's list) and Y's two runs take a worker first; Z's first is
+    # its own account's and does not count.
+    assert reason(runs["Z"][1]) == "waiting for a worker: 3 runs of other accounts ahead"
+    assert reason(runs["Z"][0]) == "waiting for a worker: 2 runs of other accounts ahead"
+    r = get_redis()
+    y0_job = jobs.latest_job_id(r, runs["Y"][0])
+    AutomationService(accounts["Y"][0], actor="t").cancel(runs["Y"][0])
+    assert y0_job.encode() not in r.lrange(dispatch.ready_key(accounts["Y"][0]), 0, -1)
+    assert not Job.exists(y0_job, connection=r)
+    AutomationService(accounts["X"][0], actor="t").cancel(runs["X"][0])  # its job stays in RQ's list
+    assert reason(runs["Z"][1]) == "waiting for a worker: 1 run of other accounts ahead"
+    # Y's last run: only Z's first (Z's turn ties with Y's); X's leftover job does not count.
+    assert reason(runs["Y"][1]) == "waiting for a worker: 1 run of other accounts ahead"
 
 
 @pytest.mark.processes

@@ -179,3 +179,64 @@ def test_real_scheduler_process_registers_once_and_starts_one_run(app, app_env, 
         for proc in (p, w):
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(20)
+
+
+def _perform_scheduled_starts(app):
+    """Run the queued scheduled starts in this process; the errors they raised."""
+    from rq import Queue
+    from rq.job import Job
+    from webapp.automation import dispatch
+    from webapp.redis_conn import get_redis
+    r = get_redis()
+    errors = []
+    for job in Job.fetch_many(dispatch.waiting_jobs(r, app.config["RQ_QUEUE"]), connection=r):
+        if job and job.func_name.endswith("start_scheduled_run"):
+            # Taken as a worker takes it: out of the lists, then performed once.
+            dispatch.withdraw(r, dispatch.account_of(job.id), job.id)
+            r.lrem(Queue(app.config["RQ_QUEUE"], connection=r).key, 0, job.id)
+            try:
+                job.perform()
+            except Exception as e:
+                errors.append(e)
+    return errors
+
+
+def test_a_start_failing_on_a_database_error_is_retried_at_the_next_tick(app, factory):
+    """Kills: the slot's claim kept after an unexpected error (here SQLite's write lock held by
+    another process past the busy timeout): no run, no skip, and no retry ever. The next
+    tick queues the start again and it starts the run."""
+    import sqlite3
+    from sqlalchemy.exc import OperationalError
+    acc, _ = factory.account(credits=100_000)
+    site = factory.site(acc, "Locked out", keywords=6)
+    site_id, account_id = site.id, acc.id
+    enable(site_id, account_id)
+    set_next(site_id, datetime(2026, 6, 1, 3, 0))
+    assert len(check_scheduled_automations(now=datetime(2026, 6, 1, 3, 1))) == 1
+    # Another process holds the database's write lock longer than this process waits for it.
+    path = db.engine.url.database
+    db.session.remove()
+    db.engine.dispose()
+
+    def short_wait(dbapi_conn, _record):
+        dbapi_conn.execute("PRAGMA busy_timeout=200")
+    event.listen(db.engine, "connect", short_wait)
+    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        errors = _perform_scheduled_starts(app)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        db.session.remove()
+        event.remove(db.engine, "connect", short_wait)
+        db.engine.dispose()
+    assert len(errors) == 1 and isinstance(errors[0], OperationalError), errors
+    assert runs(site_id) == []
+    # The next tick (the site's next slot is tomorrow) queues the failed start again.
+    check_scheduled_automations(now=datetime(2026, 6, 1, 3, 2))
+    assert _perform_scheduled_starts(app) == []
+    (run,) = runs(site_id)
+    assert run.trigger_type == "scheduled"
+    assert "scheduled slot 2026-06-01T03:00:00Z" in db.session.execute(select(RunEvent.reason).where(
+        RunEvent.run_id == run.id, RunEvent.action == "start")).scalar()

@@ -228,7 +228,7 @@ class Run(RunSummary):
                                                             "account's queued runs, a running run whose next job "
                                                             "waits for a free worker; null otherwise")
     queued_reason: Optional[str] = Field(None, description="why it waits, e.g. \"account limit: 2 of 2 runs active\" "
-                                                           "or \"waiting for a worker: 3 jobs ahead\"")
+                                                           "or \"waiting for a worker: 3 runs of other accounts ahead\"")
 
 
 class RunEventOut(Model):

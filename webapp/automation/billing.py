@@ -19,9 +19,11 @@ class InsufficientCredits(Exception):
         self.needed, self.available = needed, available
 
 
-def charge(run, stage, function, item_type, item_id, credits, tokens, model):
+def charge(run, stage, function, item_type, item_id, credits, tokens, model, on_budget_reached=None):
     # Atomic conditional debit: the balance can never go negative, even with many workers.
     # It also returns the monthly budgets that apply (no extra round trip for spend.py).
+    # With on_budget_reached (an AI answer already billed by the provider), a charge past a
+    # monthly budget is kept and on_budget_reached(BudgetReached) called; else it raises.
     site_budget = select(Site.monthly_budget).where(Site.id == run.site_id).scalar_subquery()
     row = db.session.execute(
         update(Account).where(Account.id == run.account_id, Account.credits >= credits)
@@ -34,7 +36,8 @@ def charge(run, stage, function, item_type, item_id, credits, tokens, model):
     # Monthly budgets, under the row lock the debit just took (spend.BudgetReached refuses).
     # One timestamp for the counter's month and both rows: they fall in the same month.
     now = utcnow()
-    spend.record_charge(run.account_id, run.site_id, credits, now, budgets=(row[1], row[2]))
+    reached = spend.record_charge(run.account_id, run.site_id, credits, now, budgets=(row[1], row[2]),
+                                  keep=on_budget_reached is not None)
     log = AITaskLog(account_id=run.account_id, site_id=run.site_id, run_id=run.id, stage=stage,
                     function=function, item_type=item_type, item_id=item_id, credits=credits,
                     tokens=tokens, model=model, created_at=now)
@@ -42,6 +45,8 @@ def charge(run, stage, function, item_type, item_id, credits, tokens, model):
     db.session.add(CreditTransaction(account_id=run.account_id, amount=-credits, balance_after=row[0],
                                      reason=f"{function} run {run.id} stage {stage} {item_type} {item_id}",
                                      run_id=run.id, ai_task_log=log, created_at=now))
+    if reached is not None:
+        on_budget_reached(reached)
     return log
 
 

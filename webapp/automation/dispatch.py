@@ -38,6 +38,8 @@ DEPTH = 1                      # jobs waiting in RQ's own list (the rest wait in
 ESTIMATE = 1.0                 # worker seconds charged when a job is handed out (corrected at its end)
 
 _JOB_ACCOUNT = re.compile(r"-a(\d+)-")
+# A run's latest job id lives at RUN_JOB_PREFIX + run id + RUN_JOB_SUFFIX (jobs.job_key).
+RUN_JOB_PREFIX, RUN_JOB_SUFFIX = "automation:run:", ":job"
 
 
 def ready_key(account_id):
@@ -142,20 +144,42 @@ end
 return 0
 """
 
-# KEYS: waiting, rq list. ARGV: ready prefix, account, job id.
-# Returns {where, jobs ahead}: where 0 = not waiting (running or gone), 1 = in RQ's list,
-# 2 = in its account's ready list.
+# KEYS: waiting, rq list. ARGV: ready prefix, account, job id, run-key prefix, run-key suffix.
+# Returns {where, runs ahead}: where 0 = not waiting (running or gone), 1 = in RQ's list,
+# 2 = in its account's ready list. Ahead counts the jobs of *other accounts' active runs*
+# that a worker takes first, one per run: a job is its run's only if it is the run's latest
+# (`automation:run:<id>:job`, which a cancel deletes), so leftovers of cancelled runs and a
+# run's superseded duplicates do not count, nor do this account's own runs.
 _POSITION = """
+local mine_acct = ARGV[2]
+local function counts(id)
+  local a = string.match(id, '%-a(%d+)%-')
+  if a == mine_acct then return false end
+  local run = string.match(id, '^automation%-run%-(%d+)%-')
+  if not run then return true end
+  return redis.call('GET', ARGV[4] .. run .. ARGV[5]) == id
+end
+local function live(ids, cap)
+  local n = 0
+  for _, id in ipairs(ids) do
+    if n >= cap then break end
+    if counts(id) then n = n + 1 end
+  end
+  return n
+end
 local pos = redis.call('LPOS', KEYS[2], ARGV[3])
-if pos then return {1, pos} end
-local mine = ARGV[1] .. ARGV[2]
+if pos then
+  if pos == 0 then return {1, 0} end
+  return {1, live(redis.call('LRANGE', KEYS[2], 0, pos - 1), pos)}
+end
+local mine = ARGV[1] .. mine_acct
 pos = redis.call('LPOS', mine, ARGV[3])
 if not pos then return {0, 0} end
-local ahead = redis.call('LLEN', KEYS[2]) + pos
-local score = redis.call('ZSCORE', KEYS[1], ARGV[2])
+local ahead = live(redis.call('LRANGE', KEYS[2], 0, -1), 1e9)
+local score = redis.call('ZSCORE', KEYS[1], mine_acct)
 if score then
   for _, a in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', score)) do
-    if a ~= ARGV[2] then ahead = ahead + math.min(redis.call('LLEN', ARGV[1] .. a), pos + 1) end
+    if a ~= mine_acct then ahead = ahead + live(redis.call('LRANGE', ARGV[1] .. a, 0, -1), pos + 1) end
   end
 end
 return {2, ahead}
@@ -216,11 +240,17 @@ def contended(client, queue_name, account_id):
 
 
 def position(client, queue_name, account_id, job_id_):
-    """(waiting, jobs ahead) of a job: waiting False once a worker has it."""
+    """(waiting, runs of other accounts ahead) of a job: waiting False once a worker has it."""
     where, ahead = _script(client, "position", _POSITION)(
         keys=[WAITING, Queue(queue_name, connection=client).key],
-        args=[PREFIX + "ready:", int(account_id), job_id_])
+        args=[PREFIX + "ready:", int(account_id), job_id_, RUN_JOB_PREFIX, RUN_JOB_SUFFIX])
     return bool(where), int(ahead)
+
+
+def withdraw(client, account_id, job_id_):
+    """Take a job out of its account's ready list (its run was cancelled): True when it was
+    still there. One LREM: a job already handed to RQ's list stays (it finds its run ended)."""
+    return bool(client.lrem(ready_key(account_id), 0, job_id_))
 
 
 def set_weight(client, account_id, weight):

@@ -15,7 +15,7 @@ RESULT_TTL = 3600
 
 
 def job_key(run_id):
-    return f"automation:run:{int(run_id)}:job"
+    return f"{dispatch.RUN_JOB_PREFIX}{int(run_id)}{dispatch.RUN_JOB_SUFFIX}"
 
 
 def queue(client):
@@ -46,3 +46,17 @@ def enqueue_step(client, run_id, token, first=False, delay=0, account_id=None, w
 def latest_job_id(client, run_id):
     raw = client.get(job_key(run_id))
     return raw.decode() if raw else None
+
+
+def withdraw(client, run_id, account_id):
+    """A cancelled run: forget its latest job (so nothing counts it as waiting) and take that
+    job out of its account's ready list if no worker was handed it yet."""
+    job_id = latest_job_id(client, run_id)
+    client.delete(job_key(run_id))
+    if job_id and account_id is not None and dispatch.withdraw(client, account_id, job_id):
+        from rq.exceptions import NoSuchJobError
+        from rq.job import Job
+        try:
+            Job.fetch(job_id, connection=client).delete()
+        except NoSuchJobError:
+            pass

@@ -122,7 +122,8 @@ def promote_all():
 def queue_info(run, account=None):
     """(queue_position, queued_reason) of a run: its place among its account's queued runs and
     the limit it waits for; for a running run whose job waits for a free worker, its place in
-    fair dispatch ("waiting for a worker: N jobs ahead"); (None, None) otherwise."""
+    fair dispatch ("waiting for a worker: N runs of other accounts ahead": the jobs a worker
+    takes before it, one per active run of another account); (None, None) otherwise."""
     if run.status == "queued":
         account = account or db.session.get(Account, run.account_id)
         ahead = db.session.execute(select(func.count(AutomationRun.id)).where(
@@ -144,4 +145,4 @@ def queue_info(run, account=None):
         return None, None
     if not waiting:
         return None, None
-    return ahead + 1, f"waiting for a worker: {ahead} job{'s' if ahead != 1 else ''} ahead"
+    return ahead + 1, f"waiting for a worker: {ahead} run{'s' if ahead != 1 else ''} of other accounts ahead"

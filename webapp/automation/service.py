@@ -486,6 +486,10 @@ class AutomationService:
         run = self._transition(run_id, "cancel", ACTIVE_STATUSES,
                                lambda run: end_values(run, "cancelled", now, cancelled_at=now), reason)
         finish_side_effects(run)
+        try:  # its job waiting for a worker is of no use now: out of the account's ready list
+            jobs.withdraw(get_redis(), run.id, run.account_id)
+        except redis.RedisError:  # the job finds its run cancelled and leaves
+            current_app.logger.warning("could not withdraw the waiting job of cancelled run %s", run.id)
         return run
 
     # -- logs and live state ----------------------------------------------------------------

@@ -8,8 +8,11 @@ counter is written in the debit's own transaction, under the account's row lock 
 debit already holds (billing.charge), so it always equals the ledger's sum and two workers
 charging the same account cannot both take the last of a budget.
 
-A charge that would take a scope past its budget raises BudgetReached: the caller rolls the
-whole item back (output, ledger, counter) and the engine pauses the run ("… budget reached").
+A charge that would take a scope past its budget raises BudgetReached (the caller rolls the
+whole item back: output, ledger, counter), except the charge of an AI answer that arrived
+(`keep`): the provider billed it already, so it is kept and charged past the budget, and the
+engine pauses the run ("… budget reached") before any call not yet sent. A budget can so be
+exceeded by at most the calls that were in flight when it was reached.
 Crossing 80 % or 100 % of a budget records a BudgetAlert (unique per scope, month and
 threshold) in the same transaction; once it commits, the alert listeners (notifications) are
 called with its id. This module sits below billing.py: it imports nothing of the engine.
@@ -94,12 +97,14 @@ def _add(account_id, site_id, month, credits):
     return tuple(out)
 
 
-def record_charge(account_id, site_id, credits, now, budgets=None):
+def record_charge(account_id, site_id, credits, now, budgets=None, keep=False):
     """Count one debit against this month's budgets; called by billing.charge right after the
     balance debit (which holds the account's row lock, and returned `budgets`: the account's
-    and the site's). Raises BudgetReached to refuse it."""
+    and the site's). Raises BudgetReached to refuse it; with `keep` (an AI answer the
+    provider already billed) the debit is counted even past the budget and the
+    BudgetReached is returned instead, for the caller to pause on. Else returns None."""
     if credits <= 0:
-        return
+        return None
     month = month_key(now)
     if budgets is None:
         budgets = db.session.execute(select(Account.monthly_budget, Site.monthly_budget)
@@ -107,16 +112,22 @@ def record_charge(account_id, site_id, credits, now, budgets=None):
                                      .where(Account.id == account_id, Site.id == site_id)).one()
     acc_budget, site_budget = budgets
     acc_after, site_after = _add(account_id, site_id, month, credits)
+    # Kept: "spent" includes this debit (the next item needs as much room as this one took).
+    before = 0 if keep else credits
+    reached = None
     if acc_budget is not None and acc_after > acc_budget:
-        raise BudgetReached("account", acc_budget, acc_after - credits, credits)
-    if site_budget is not None and site_after > site_budget:
+        reached = BudgetReached("account", acc_budget, acc_after - before, credits)
+    elif site_budget is not None and site_after > site_budget:
         site_name = db.session.execute(select(Site.name).where(Site.id == site_id)).scalar()
-        raise BudgetReached("site", site_budget, site_after - credits, credits, site_name)
+        reached = BudgetReached("site", site_budget, site_after - before, credits, site_name)
+    if reached is not None and not keep:
+        raise reached
     for scope_id, budget, after in ((ACCOUNT_SCOPE, acc_budget, acc_after), (site_id, site_budget, site_after)):
         if budget:
             for t in THRESHOLDS:
                 if after - credits < math.ceil(budget * t / 100) <= after:
                     record_alert(account_id, scope_id, month, t, after, budget, trigger_site_id=site_id)
+    return reached
 
 
 def check_thresholds(account_id, site_id, budget, month=None, trigger_site_id=None):

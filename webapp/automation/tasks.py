@@ -97,10 +97,15 @@ class StageContext:
         self.article_words = app.config["AI_ARTICLE_WORDS"]
         self.unit_credits = 0
         self.accept_stale = False
+        self.budget_reached = None  # a monthly budget this unit's charge went past (kept: it was billed)
 
     def charge(self, stage, item_id, credits, result):
-        charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model)
+        charge(self.run, stage.number, stage.function, stage.item_type, item_id, credits, result.tokens, result.model,
+               on_budget_reached=self._budget_reached)
         self.unit_credits += credits
+
+    def _budget_reached(self, e):
+        self.budget_reached = e
 
 
 class RunExecutor:
@@ -421,7 +426,15 @@ class RunExecutor:
         ctx = StageContext(self.run, self.provider, self.app)
         # Stopping: an answer that arrived is applied as it is (it was billed), never asked again.
         ctx.accept_stale = self.stop.is_set()
-        return self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+        verdict = self._apply(n, stage, slot, attempt, ids, unit, ctx, slot.future.result())
+        if verdict == concurrency.NEXT and ctx.budget_reached is not None:
+            # The answer was billed, so it was kept and charged past the budget; the pause
+            # applies to the calls not yet sent (those in flight are still finished and kept).
+            if not self._paused_here:
+                e = ctx.budget_reached
+                self._pause(e.reason, f"Paused: {e}. Raise or remove the budget to resume.")
+            return concurrency.STOP
+        return verdict
 
     def _call_failed(self, n, stage, slot, attempt, e):
         if isinstance(e, Interrupted):
@@ -524,7 +537,13 @@ class RunExecutor:
         """Write stage n's result (and the heartbeat) inside the current transaction.
         Guarded by the job's token: False (nothing written) once the run was cancelled or
         taken over by another job, so that job's work is never overwritten; `answer` (an AI
-        answer's output and charge) is still written to a cancelled run: it was billed."""
+        answer's output and charge) is still written to a cancelled run: it was billed.
+
+        An answer is also written after a pause and resume gave the run a new token while its
+        call was out, as long as this job still holds the run's exec lock and the run has not
+        ended: the resumed job cannot start (it waits for that lock, and reads the pending
+        items only once it holds it), so the item is done once, by this job, and the
+        provider is not billed for it a second time."""
         values = {f"stage_{n}_result": res, "heartbeat_at": utcnow(), "recovery_attempts": 0, **extra}
         if credits:
             values["total_credits_used"] = AutomationRun.total_credits_used + credits
@@ -536,7 +555,26 @@ class RunExecutor:
             # provider billed are kept and charged. Nothing else works on a cancelled run.
             q = q.where(or_(AutomationRun.job_token == self.token,
                             and_(AutomationRun.status == "cancelled", AutomationRun.job_token.is_(None))))
+        saved = db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
+        if saved or not answer or self.token is None or not self._holds_exec_lock_strictly():
+            return saved
+        # Paused and resumed (new token) while the call was out: the exec lock, renewed just
+        # now with a whole lease (and kept by the heartbeat until this job's threads are
+        # done), keeps the resumed job from starting until this answer is committed.
+        q = update(AutomationRun).where(AutomationRun.id == self.run_id,
+                                        AutomationRun.status.in_(("running", "paused")))
         return db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
+
+    def _holds_exec_lock_strictly(self):
+        """True only when Redis confirms this job holds the run's exec lock (renewed, or taken
+        back because it lapsed free): an unreachable Redis proves nothing here."""
+        lock = getattr(self, "exec_lock", None)
+        if lock is None:
+            return False
+        try:
+            return bool(lock.renew() or lock.acquire())
+        except redis.RedisError:
+            return False
 
     def _pause(self, reason, message):
         self._paused_here = True
@@ -551,6 +589,27 @@ class RunExecutor:
         if res.rowcount:
             db.session.refresh(self.run)
             hooks.emit("run.paused", self.run, "system", reason)
+            if "budget" in reason:
+                self._resume_if_budget_raised()
+
+    def _resume_if_budget_raised(self):
+        """An owner who raised the budget between the charge that reached it and the pause's
+        commit found the run still running, so the raise resumed nothing: the budget is
+        checked again now that the pause is committed (whichever of the two reads the other's
+        commit resumes it; a second resume is refused as the run is no longer paused)."""
+        from ..errors import AppError
+        from .budgets import over_budget
+        from .service import AutomationService
+        try:
+            db.session.refresh(self.run)
+            if self.run.status != "paused" or over_budget(self.run):
+                db.session.commit()
+                return
+            db.session.commit()
+            AutomationService(self.run.account_id, actor="system").resume(self.run_id, reason="monthly budget raised")
+        except AppError as e:  # resumed by the owner's raise meanwhile, or changed state
+            db.session.rollback()
+            log.info("run %s: not resumed after its budget pause: %s", self.run_id, e)
 
     def _finish_stage(self, n, stage, res):
         res = dict(res)

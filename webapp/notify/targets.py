@@ -163,38 +163,48 @@ class DeadlineExceeded(DeliveryError):
     """The receiver did not answer completely within WEBHOOK_TIMEOUT (however slowly it dripped)."""
 
 
+class _Watched:
+    """A connection that keeps its TCP socket as soon as it is connected, so the deadline's
+    watchdog can shut it down during the TLS handshake too (urllib3 sets `sock` only once
+    the handshake is done: a receiver dripping its handshake would otherwise never be cut)."""
+    raw_sock = None
+
+    def _new_conn(self):
+        sock = super()._new_conn()
+        self.raw_sock = sock
+        return sock
+
+
+class _HTTPConnection(_Watched, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, urllib3.connection.HTTPSConnection):
+    pass
+
+
 def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
     """POST `body` to `url` pinned to the checked address; returns (status, first 500 bytes).
     HTTPS verifies the certificate for the URL's host name (SNI too), not for the address."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UnsafeTarget("refused: not an http(s) URL")
-    host = parts.hostname
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    ip = resolve(host, port, allow_private)
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    host_header = f"[{host}]" if ":" in host else host
-    if parts.port:
-        host_header += f":{parts.port}"
-    # A hard deadline for the whole attempt: connect, send and the complete answer. urllib3's
-    # timeouts apply per socket operation, so a receiver dripping one byte every few seconds
-    # would never trip them; a watchdog shuts the socket down at the deadline instead.
+    # A hard deadline for the whole attempt: resolution, connect (TLS handshake included),
+    # send and the complete answer. urllib3's timeouts apply per socket operation, so a
+    # receiver dripping one byte every few seconds would never trip them; a watchdog shuts
+    # the socket down at the deadline instead, and every step gets only the time left.
     deadline = time.monotonic() + timeout
-    t = urllib3.Timeout(connect=timeout, read=timeout)
-    if https:
-        import certifi
-        conn = urllib3.connection.HTTPSConnection(ip, port, timeout=t.connect_timeout, cert_reqs="CERT_REQUIRED",
-                                                  ca_certs=ca_certs or certifi.where(), server_hostname=host,
-                                                  assert_hostname=host)
-    else:
-        conn = urllib3.connection.HTTPConnection(ip, port, timeout=t.connect_timeout)
     expired = threading.Event()
+    conn = None
+
+    def too_late():
+        return DeadlineExceeded(f"no complete answer within {timeout:g} s")
+
+    def left():
+        return deadline - time.monotonic()
 
     def cut():
         expired.set()
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
+        c = conn
+        sock = c is not None and (getattr(c, "sock", None) or c.raw_sock)
+        if sock:
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
@@ -203,19 +213,51 @@ def post(url, body, headers, timeout, allow_private=False, ca_certs=None):
     watchdog.daemon = True
     watchdog.start()
     try:
-        conn.request("POST", path, body=body, headers={**headers, "Host": host_header})
-        resp = conn.getresponse()
-        excerpt = resp.read(500, decode_content=False)
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise UnsafeTarget("refused: not an http(s) URL")
+        host = parts.hostname
+        https = parts.scheme == "https"
+        port = parts.port or (443 if https else 80)
+        ip = resolve(host, port, allow_private)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = f"[{host}]" if ":" in host else host
+        if parts.port:
+            host_header += f":{parts.port}"
+        if expired.is_set() or left() <= 0:  # the resolution took the whole attempt
+            raise too_late()
+        if https:
+            import certifi
+            conn = _HTTPSConnection(ip, port, timeout=left(), cert_reqs="CERT_REQUIRED",
+                                    ca_certs=ca_certs or certifi.where(), server_hostname=host,
+                                    assert_hostname=host)
+        else:
+            conn = _HTTPConnection(ip, port, timeout=left())
+        try:
+            conn.connect()
+            # Connected just as the deadline passed (the watchdog may have found no socket
+            # yet): fail now; else every later socket operation gets at most the time left.
+            remaining = left()
+            if expired.is_set() or remaining <= 0:
+                raise too_late()
+            conn.timeout = remaining  # getresponse() applies it to the socket again
+            conn.sock.settimeout(remaining)
+            conn.request("POST", path, body=body, headers={**headers, "Host": host_header})
+            resp = conn.getresponse()
+            excerpt = resp.read(500, decode_content=False)
+        except DeadlineExceeded:
+            raise
+        except Exception as e:
+            if expired.is_set() or left() <= 0:  # a timeout of the time left is the deadline's
+                raise too_late() from None
+            raise DeliveryError(describe(e, timeout)) from e
         if expired.is_set() or time.monotonic() > deadline:
-            raise DeadlineExceeded(f"no complete answer within {timeout:g} s")
+            raise too_late()
         return resp.status, excerpt
-    except Exception as e:
-        if expired.is_set():
-            raise DeadlineExceeded(f"no complete answer within {timeout:g} s") from None
-        raise DeliveryError(describe(e, timeout)) from e
     finally:
         watchdog.cancel()
-        conn.close()
+        if conn is not None:
+            conn.close()
 
 
 def describe(e, timeout):

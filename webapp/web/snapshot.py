@@ -101,7 +101,7 @@ def run_view(run, with_events=False, svc=None):
         "pause_reason": run.pause_reason, "actions": ACTIONS.get(run.status, []),
         "stages": stage_rows(run), "processing": processing,
     }
-    # Why it waits: its account's limit (queued) or other accounts' jobs ahead (fair dispatch).
+    # Why it waits: its account's limit (queued) or other accounts' runs ahead (fair dispatch).
     view["queue_position"], view["queued_reason"] = (
         limits.queue_info(run) if run.status in ACTIVE_STATUSES else (None, None))
     events = None
