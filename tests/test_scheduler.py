@@ -213,20 +213,32 @@ def test_a_start_failing_on_a_database_error_is_retried_at_the_next_tick(app, fa
     enable(site_id, account_id)
     set_next(site_id, datetime(2026, 6, 1, 3, 0))
     assert len(check_scheduled_automations(now=datetime(2026, 6, 1, 3, 1))) == 1
-    # Another process holds the database's write lock longer than this process waits for it.
-    path = db.engine.url.database
+    # Another connection holds a lock on the runs longer than this process waits for it: SQLite's
+    # write lock past a 200 ms busy timeout, or on PostgreSQL the runs table past a 200 ms
+    # lock_timeout.
+    url = db.engine.url
+    pg = url.get_backend_name() == "postgresql"
     db.session.remove()
     db.engine.dispose()
 
     def short_wait(dbapi_conn, _record):
-        dbapi_conn.execute("PRAGMA busy_timeout=200")
+        cur = dbapi_conn.cursor()
+        cur.execute("SET lock_timeout = '200ms'" if pg else "PRAGMA busy_timeout=200")
+        cur.close()
+        if pg:
+            dbapi_conn.commit()
     event.listen(db.engine, "connect", short_wait)
-    holder = sqlite3.connect(path, isolation_level=None, timeout=5)
-    try:
+    if pg:
+        import psycopg2
+        holder = psycopg2.connect(url.render_as_string(hide_password=False).replace("postgresql+psycopg2", "postgresql"))
+        holder.cursor().execute(f"LOCK TABLE {AutomationRun.__tablename__} IN EXCLUSIVE MODE")
+    else:
+        holder = sqlite3.connect(url.database, isolation_level=None, timeout=5)
         holder.execute("BEGIN IMMEDIATE")
+    try:
         errors = _perform_scheduled_starts(app)
     finally:
-        holder.execute("ROLLBACK")
+        holder.rollback() if pg else holder.execute("ROLLBACK")
         holder.close()
         db.session.remove()
         event.remove(db.engine, "connect", short_wait)
