@@ -478,7 +478,8 @@ class RunExecutor:
         except Stale:
             db.session.rollback()
             return concurrency.REDO
-        except BudgetReached as e:  # the item is rolled back whole; it is redone on resume
+        except BudgetReached as e:  # a charge made without on_budget_reached (StageContext always
+            # passes it, keeping a billed answer past the budget): rolled back whole, redone on resume
             db.session.rollback()
             self._pause(e.reason, f"Paused: {e}. Raise or remove the budget to resume.")
             return concurrency.STOP
