@@ -71,7 +71,7 @@ class Heartbeat(threading.Thread):
 
     def renew_exec_lock(self):
         try:
-            if self.exec_lock.renew() or self.exec_lock.acquire():
+            if self.exec_lock.hold():
                 return True
             log.warning("run %s: exec lock taken by another job; stopping", self.run_id)
             return False

@@ -38,6 +38,11 @@ class TTLLock:
     def renew(self):
         return bool(self.r.eval(_RENEW, 1, self.key, self.token, self.ttl_ms))
 
+    def hold(self):
+        """Renew the lease, or take the lock back if it lapsed and nobody took it: False only
+        when another holder has it."""
+        return self.renew() or self.acquire()
+
     def release(self):
         return bool(self.r.eval(_RELEASE, 1, self.key, self.token))
 

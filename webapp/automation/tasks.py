@@ -150,22 +150,27 @@ class RunExecutor:
             return False
         return self.ok_to_continue()
 
-    def holds_exec_lock(self):
+    def holds_exec_lock(self, strict=False):
         """Renew the run's exec lock (or take it back if it lapsed and nobody took it): False
         when another job holds it. Asked with every status read before calls start, so a call
         is only ever started within STATUS_EVERY of a renewal that gave the lock a whole lease;
         the heartbeat alone would notice a lapsed lease (a job stalled for longer than its TTL
         before its heartbeat began, a stopped process) only at its next beat, and in between
-        this job's calls could overlap the next job's."""
+        this job's calls could overlap the next job's.
+
+        Not `strict`, an unreachable Redis (or a job without the lock) does not stop the job:
+        its token-guarded writes still decide, as with the heartbeat. `strict` (before writing
+        what only the lock's holder may write) answers True only when Redis confirms it."""
         lock = getattr(self, "exec_lock", None)
         if lock is None:
-            return True
+            return not strict
         try:
-            if lock.renew() or lock.acquire():
+            if lock.hold():
                 return True
         except redis.RedisError:
-            return True  # Redis unreachable: the token-guarded writes still decide (as the heartbeat)
-        log.warning("run %s: exec lock held by another job; this job stops", self.run_id)
+            return not strict
+        if not strict:
+            log.warning("run %s: exec lock held by another job; this job stops", self.run_id)
         return False
 
     def _lost(self):
@@ -557,7 +562,7 @@ class RunExecutor:
             q = q.where(or_(AutomationRun.job_token == self.token,
                             and_(AutomationRun.status == "cancelled", AutomationRun.job_token.is_(None))))
         saved = db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
-        if saved or not answer or self.token is None or not self._holds_exec_lock_strictly():
+        if saved or not answer or self.token is None or not self.holds_exec_lock(strict=True):
             return saved
         # Paused and resumed (new token) while the call was out: the exec lock, renewed just
         # now with a whole lease (and kept by the heartbeat until this job's threads are
@@ -565,17 +570,6 @@ class RunExecutor:
         q = update(AutomationRun).where(AutomationRun.id == self.run_id,
                                         AutomationRun.status.in_(("running", "paused")))
         return db.session.execute(q.values(**values), execution_options={"synchronize_session": False}).rowcount == 1
-
-    def _holds_exec_lock_strictly(self):
-        """True only when Redis confirms this job holds the run's exec lock (renewed, or taken
-        back because it lapsed free): an unreachable Redis proves nothing here."""
-        lock = getattr(self, "exec_lock", None)
-        if lock is None:
-            return False
-        try:
-            return bool(lock.renew() or lock.acquire())
-        except redis.RedisError:
-            return False
 
     def _pause(self, reason, message):
         self._paused_here = True

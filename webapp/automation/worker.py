@@ -42,20 +42,19 @@ class AutomationWorker(SimpleWorker):
         # sleeps while an account's job waits in its ready list.
         if not self.pipeline_queue:
             return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-        self._top_up()
-        if timeout is None:  # burst: one look, no wait
-            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
         # Waiting, it looks again every IDLE_POLL seconds: a run's delayed job (its pause
         # between batches or stages, dispatch.LATER) comes due without any job starting or
         # ending to top the list up, and an idle worker is what hands it out on time.
         idle_since = time.monotonic()
         while True:
+            self._top_up()
+            if timeout is None:  # burst: one look, no wait
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
             result = super().dequeue_job_and_maintain_ttl(IDLE_POLL, max_idle_time=IDLE_POLL)
             if result is not None:
                 return result
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
-            self._top_up()
 
     def execute_job(self, job, queue):
         # job_id and the request_id that queued it (job.meta) on every line the job logs,
