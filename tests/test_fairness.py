@@ -588,6 +588,13 @@ def test_a_delay_between_batches_holds_no_worker(app, app_env, factory):
         a_svc.resume(a_run)
         wait_for(lambda: fresh_run(a_run).stage_1_result["items_processed"] > done_before, timeout=20,
                  message="the resumed run went on without waiting out the delay")
+        # A cancel during a delay takes the run's delayed job out of fair dispatch.
+        from webapp.automation import jobs
+        wait_for(lambda: jobs.latest_job_id(r, a_run) in dispatch.waiting_jobs(r, app.config["RQ_QUEUE"]),
+                 timeout=30, message="the resumed run's next job delayed")
+        delayed = jobs.latest_job_id(r, a_run)
+        a_svc.cancel(a_run)
+        assert delayed not in dispatch.waiting_jobs(r, app.config["RQ_QUEUE"])
     finally:
         stop_process(w)
 

@@ -248,9 +248,13 @@ def position(client, queue_name, account_id, job_id_):
 
 
 def withdraw(client, account_id, job_id_):
-    """Take a job out of its account's ready list (its run was cancelled): True when it was
-    still there. One LREM: a job already handed to RQ's list stays (it finds its run ended)."""
-    return bool(client.lrem(ready_key(account_id), 0, job_id_))
+    """Take a job out of its account's ready list or the delayed set (its run was cancelled):
+    True when it was still in one. A job already handed to RQ's list stays (it finds its run
+    ended)."""
+    pipe = client.pipeline()
+    pipe.lrem(ready_key(account_id), 0, job_id_)
+    pipe.zrem(LATER, f"{int(account_id)}|{job_id_}")
+    return any(pipe.execute())
 
 
 def set_weight(client, account_id, weight):
