@@ -4,6 +4,7 @@ does nothing, two workers never run one run at once, a resume during a slow item
 as soon as it ends, and a cancelled run's leftover site lock never blocks the next start.
 
 Each test names the mutant of the engine it kills (docs/TESTING.md)."""
+import contextlib
 import threading
 import time
 from http.server import ThreadingHTTPServer
@@ -213,39 +214,48 @@ def timed_stub(app):
     server.shutdown()
 
 
+@contextlib.contextmanager
+def _paused_and_resumed_in_a_slow_call(app, app_env, factory, timed_stub, seconds, stale):
+    """Twin sites, the first run to its end here as the reference; the second's run on two
+    real workers (STALE_RUN_SECONDS `stale`), paused and resumed while its 2nd image's AI call
+    takes `seconds` (stage 6, mid-batch; its AI call comes before its write, so on SQLite the
+    pause is not queued behind the worker's transaction). Yields (reference run, reference
+    site, site, run); the workers are stopped at the block's end."""
+    (ref_acc, ref_site), (acc_id, site_id) = _twin_sites(factory, n_keywords=4, stage_6_batch_size=100)
+    serial(site_id)
+    ref = AutomationService(ref_acc).start(ref_site).id
+    drain(app)
+    TimedStub.reset()
+    slow = ("generations", 2)
+    TimedStub.slow = {slow: seconds}
+    svc = AutomationService(acc_id, actor="user:t")
+    run_id = svc.start(site_id).id
+    workers = [start_worker(app_env, extra_env={**timed_stub, "STALE_RUN_SECONDS": str(stale)}) for _ in range(2)]
+    try:
+        ev = TimedStub.started.setdefault(slow, threading.Event())
+        assert ev.wait(60), "the slow call never started"
+        svc.pause(run_id)
+        svc.resume(run_id)
+        yield ref, ref_site, site_id, run_id
+    finally:
+        for w in workers:
+            _stop(w)
+
+
 @pytest.mark.processes
 def test_resume_during_slow_item_continues_when_it_ends_and_never_overlaps(app, app_env, factory, timed_stub):
     """Kills: (a) the job giving up on a busy exec lock (the stalled resume: nothing queued,
     the run sits `running` until the stale check); (b) no exec lock at all (the resumed job
     starts AI calls while the old one is still in its item). Two workers; the call the pause
     and resume land in takes longer than a job waits for the lock."""
-    (ref_acc, ref_site), (acc_id, site_id) = _twin_sites(factory, n_keywords=4, stage_6_batch_size=100)
-    serial(site_id)
-    ref = AutomationService(ref_acc).start(ref_site).id
-    drain(app)
-    TimedStub.reset()
-    stale = 6  # a job waits stale/2 = 3 s for the lock; the exec lock's TTL (6 s) outlives the slow call
-    # The 2nd image (stage 6, mid-batch; its AI call comes before its write, so on SQLite the
-    # pause is not queued behind the worker's transaction).
-    slow = ("generations", 2)
-    TimedStub.slow = {slow: 4.0}
-    env = {**timed_stub, "STALE_RUN_SECONDS": str(stale)}
-    svc = AutomationService(acc_id, actor="user:t")
-    run_id = svc.start(site_id).id
-    workers = [start_worker(app_env, extra_env=env) for _ in range(2)]
-    try:
-        ev = TimedStub.started.setdefault(slow, threading.Event())
-        assert ev.wait(60), "the slow call never started"
-        svc.pause(run_id)
-        svc.resume(run_id)
+    # stale 6: a job waits stale/2 = 3 s for the lock; the exec lock's TTL (6 s) outlives the slow call
+    with _paused_and_resumed_in_a_slow_call(app, app_env, factory, timed_stub, seconds=4.0, stale=6) as (
+            ref, ref_site, site_id, run_id):
         slow_call = TimedStub.slow_call
         wait_for(lambda: len(TimedStub.times) > slow_call + 1, timeout=45, interval=0.05,
                  message="the resumed run's next AI call")
         assert TimedStub.max_in_flight == 1, f"two AI calls of one run in flight at once: {TimedStub.overlaps()}"
         wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")
-    finally:
-        for w in workers:
-            _stop(w)
     slow_end = TimedStub.times[slow_call][1]
     next_start = TimedStub.times[slow_call + 1][0]
     assert TimedStub.max_in_flight == 1, \
@@ -269,26 +279,9 @@ def test_an_answer_that_arrives_after_pause_and_resume_is_kept_not_asked_again(a
     item rolled back and asked again by the resumed job: the provider billed twice). The
     stub's answers must equal the run's AI log rows and its ledger debits, and the outputs
     an uninterrupted twin's."""
-    (ref_acc, ref_site), (acc_id, site_id) = _twin_sites(factory, n_keywords=4, stage_6_batch_size=100)
-    serial(site_id)
-    ref = AutomationService(ref_acc).start(ref_site).id
-    drain(app)
-    TimedStub.reset()
-    slow = ("generations", 2)
-    TimedStub.slow = {slow: 3.0}
-    env = {**timed_stub, "STALE_RUN_SECONDS": "8"}
-    svc = AutomationService(acc_id, actor="user:t")
-    run_id = svc.start(site_id).id
-    workers = [start_worker(app_env, extra_env=env) for _ in range(2)]
-    try:
-        ev = TimedStub.started.setdefault(slow, threading.Event())
-        assert ev.wait(60), "the slow call never started"
-        svc.pause(run_id)
-        svc.resume(run_id)
+    with _paused_and_resumed_in_a_slow_call(app, app_env, factory, timed_stub, seconds=3.0, stale=8) as (
+            ref, ref_site, site_id, run_id):
         wait_for(lambda: _run(run_id).status == "completed", timeout=90, message="run completed")
-    finally:
-        for w in workers:
-            _stop(w)
     answers = sum(1 for _s, e in TimedStub.times if e is not None)
     assert answers == _ai_calls(run_id) == _debits(run_id), \
         f"stub answers {answers}, AI log rows {_ai_calls(run_id)}, debits {_debits(run_id)}"
