@@ -4,7 +4,7 @@ from sqlalchemy import update
 
 from ..extensions import db
 from ..models import ApiToken, User
-from ..models.accounts import DUMMY_PASSWORD_HASH
+from ..models.accounts import dummy_password_hash
 from ..models.base import utcnow
 from ..security import parse_bearer  # noqa: F401  (the header's form; also named here for the API)
 from werkzeug.security import check_password_hash
@@ -45,7 +45,7 @@ def check_credentials(email, password):
         db.select(User).where(User.email == (email or "").strip().lower())
     ).scalar_one_or_none()
     if user is None:
-        check_password_hash(DUMMY_PASSWORD_HASH, password or "")
+        check_password_hash(dummy_password_hash(), password or "")
         return None
     if not user.check_password(password or "") or not user.active:
         return None

@@ -1,3 +1,4 @@
+import functools
 import hashlib
 import secrets
 
@@ -60,8 +61,12 @@ class User(UserMixin, db.Model):
         return self.active
 
 
-# A well-formed hash that matches no password, so an unknown email costs the same time.
-DUMMY_PASSWORD_HASH = generate_password_hash(secrets.token_hex(8))
+@functools.cache
+def dummy_password_hash():
+    """A well-formed hash that matches no password, so an unknown email costs the same time.
+    Made on first use, not at import: every worker, CLI and web process imports this module
+    and only a login needs it (scrypt: ~0.1 s of CPU a process)."""
+    return generate_password_hash(secrets.token_hex(8))
 
 
 class ApiToken(db.Model):
