@@ -242,7 +242,7 @@ class Drip:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
-        self.every, self.accepted = every, 0
+        self.every, self.accepted, self.conns = every, 0, []
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hook"
         threading.Thread(target=self._serve, daemon=True).start()
 
@@ -253,6 +253,7 @@ class Drip:
             except OSError:
                 return
             self.accepted += 1
+            self.conns.append(c)
             threading.Thread(target=self._drip, args=(c,), daemon=True).start()
 
     def _drip(self, c):
@@ -267,7 +268,15 @@ class Drip:
             c.close()
 
     def close(self):
+        """Stop listening and drop the connections held: an attempt in flight ends at once (a
+        connection error) instead of at the webhook timeout, so a worker stopped after this
+        does not wait it out."""
         self.sock.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 def test_a_dripping_receiver_attempt_ends_at_the_webhook_timeout(app):
@@ -436,9 +445,9 @@ def test_notifications_never_take_a_pipeline_worker(app, app_env, factory, clien
         # One attempt to that webhook at a time: the other test deliveries wait for it.
         assert drip.accepted == 1
     finally:
+        drip.close()
         stop_process(pipeline)
         stop_process(notifier)
-        drip.close()
 
 
 def test_pages_say_why_a_run_waits(app, factory, client, auth):
