@@ -271,6 +271,12 @@ class Drip:
         """Stop listening and drop the connections held: an attempt in flight ends at once (a
         connection error) instead of at the webhook timeout, so a worker stopped after this
         does not wait it out."""
+        try:
+            # A thread blocked in accept() keeps a closed socket listening (Linux): shut it
+            # down first, which wakes the accept, so no attempt connects after this.
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for c in self.conns:
             try:
