@@ -1,6 +1,8 @@
 """/healthz and /status against the real services, and with Redis unreachable."""
 import os
 import signal
+import socket
+import threading
 
 import pytest
 import redis as redis_lib
@@ -20,6 +22,36 @@ def test_healthz_503_when_redis_unreachable(app, client):
     r = client.get("/healthz")
     assert r.status_code == 503 and r.json["redis"].startswith("error") and r.json["database"] == "ok"
     assert client.get("/status").status_code == 503
+
+
+def test_healthz_tries_redis_once_per_probe(app, client):
+    """A Redis that takes the connection and hangs up (a restarting server, a proxy with no
+    backend): the probe tries once and answers 503. The app's own client retries with backoff
+    (3 retries, ~3.5 s to the answer), longer than a load balancer waits for its probe."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                return
+            accepted.append(c)
+            c.close()
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        app.extensions["redis_client"] = redis_lib.Redis(host="127.0.0.1", port=srv.getsockname()[1])
+        r = client.get("/healthz")
+        assert r.status_code == 503 and r.json["redis"].startswith("error") and r.json["database"] == "ok"
+        assert len(accepted) == 1, f"{len(accepted)} connections for one probe"
+        assert client.get("/status").status_code == 503
+        assert len(accepted) == 2
+    finally:
+        srv.shutdown(socket.SHUT_RDWR)
+        srv.close()
 
 
 @pytest.mark.processes

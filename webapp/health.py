@@ -10,7 +10,7 @@ from sqlalchemy import func, select, text
 from .extensions import db
 from .models import AutomationRun
 from .models.base import utcnow
-from .redis_conn import get_redis
+from .redis_conn import get_redis, ping_once
 from .security import status_details_allowed
 
 
@@ -25,7 +25,7 @@ def _check_db():
 
 def _check_redis():
     try:
-        get_redis().ping()
+        ping_once(get_redis())  # one try, 2 s at most: a probe must answer before its caller gives up
         return "ok"
     except Exception as e:
         return f"error: {e.__class__.__name__}"

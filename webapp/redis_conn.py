@@ -180,6 +180,26 @@ def get_redis():
     return client
 
 
+def ping_once(client, timeout=2.0):
+    """PING through a one-connection side pool of `client`'s settings with no retry and short
+    timeouts: what a probe (/healthz, /status) needs. The app's own client retries with backoff
+    (redis-py's default: 3 retries), which made /healthz take ~3.5 s to say Redis is down when
+    the port refused, and ~20 s when the host did not answer: longer than a load balancer
+    waits for its probe, so it saw a timeout rather than the 503."""
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "retry": Retry(NoBackoff(), 0),
+              "socket_timeout": timeout, "socket_connect_timeout": timeout}
+    probe = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class,
+                                                             max_connections=1, **kwargs))
+    try:
+        return probe.ping()
+    finally:
+        probe.close()
+        probe.connection_pool.disconnect()
+
+
 def channel_namespace(app=None):
     """The prefix of this installation's pub/sub channels. Keys live in the numbered database of
     REDIS_URL, but pub/sub is one space for the whole server: two installations (or two test
