@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test test-quick install install-dev browser-deps mutate
+.PHONY: run test durations test-quick install install-dev browser-deps mutate
 
 run: $(VENV)/.deps
 	$(PY) scripts/run.py
@@ -15,6 +15,11 @@ run: $(VENV)/.deps
 TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 1)
 test: $(VENV)/.deps-dev browser-deps
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+
+# The suite with each test's seconds written to tests/durations.json, which `make test` reads to
+# give every xdist worker an equal share of the long tests (tests/conftest.py: balanced_order).
+durations: $(VENV)/.deps-dev browser-deps
+	WRITE_DURATIONS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The tests that start no process of their own (no worker.py, gunicorn, scheduler, Chromium,
 # make run, child pytest): the `processes` marker (pytest.ini) leaves those out.

@@ -107,6 +107,30 @@ _PROCESS_FIXTURES = {"gunicorn_web", "live_server", "s3_server", "s3_env", "brow
 _PROCESS_CALLS = ("start_worker(", "subprocess.", "Popen(", "start_moto(", "worker.py", "_workers(")
 
 
+def _process_helpers(module, _cache={}):
+    """The calls ("name(") of `module`'s own functions that start a process, directly or through
+    another of its functions (`_start_gunicorn(`, `_create_app_stderr(`, ...)."""
+    import inspect
+    if module not in _cache:
+        sources = {}
+        quick = getattr(module, "QUICK_LOOP_HELPERS", ())  # short runs the module keeps in the quick loop
+        for name, fn in vars(module).items():
+            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not name.startswith("test_") \
+                    and name not in quick:
+                try:
+                    sources[f"{name}("] = inspect.getsource(fn)
+                except (OSError, TypeError):
+                    pass
+        calls = set(_PROCESS_CALLS)
+        while True:  # to a fixed point: a helper calling a helper that starts a process
+            more = {call for call, src in sources.items() if call not in calls and any(c in src for c in calls)}
+            if not more:
+                break
+            calls |= more
+        _cache[module] = tuple(calls)
+    return _cache[module]
+
+
 def pytest_collection_modifyitems(config, items):
     import inspect
     for item in items:
@@ -116,8 +140,82 @@ def pytest_collection_modifyitems(config, items):
             src = inspect.getsource(item.function)
         except (AttributeError, OSError, TypeError):
             continue
-        if set(getattr(item, "fixturenames", ())) & _PROCESS_FIXTURES or any(c in src for c in _PROCESS_CALLS):
+        calls = _process_helpers(item.module) if getattr(item, "module", None) else _PROCESS_CALLS
+        if set(getattr(item, "fixturenames", ())) & _PROCESS_FIXTURES or any(c in src for c in calls):
             item.add_marker(pytest.mark.processes)
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if workers and workers > 1 and getattr(config.option, "dist", "") == "worksteal":
+        items[:] = balanced_order(items, workers, _known_durations())
+
+
+# Seconds each test took in a recent run (`make durations` writes it): the order below gives
+# every xdist worker an equal share of the long tests, longest first, so the run does not end
+# with one worker alone on a 30 s test while the others wait.
+DURATIONS_FILE = ROOT / "tests" / "durations.json"
+
+
+_measured = {}
+
+
+def pytest_runtest_logreport(report):
+    """With WRITE_DURATIONS=1 (`make durations`): each test's setup + call + teardown seconds,
+    written to DURATIONS_FILE at the end of a run that passed."""
+    if os.environ.get("WRITE_DURATIONS") == "1":
+        _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import json
+    if _measured and exitstatus == 0 and not hasattr(session.config, "workerinput"):
+        DURATIONS_FILE.write_text(json.dumps({k: round(v, 2) for k, v in sorted(_measured.items())}, indent=0) + "\n")
+
+
+def _known_durations():
+    import json
+    try:
+        return json.loads(DURATIONS_FILE.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def balanced_order(items, workers, durations, long_s=2.0):
+    """`items` reordered for xdist's first split (`--dist worksteal` hands each worker one
+    contiguous, equal-count slice, then idle workers steal from the busiest one's tail): slices
+    of equal count, the long tests (>= `long_s`) dealt longest first to the slice with the least
+    expected time (LPT), the others filling the slices by the same rule; in each slice the long
+    tests first, spread among the short ones, so its tail (what others steal) is short tests.
+    Tests missing from `durations` count as short. The same on every worker: xdist checks that
+    all collected the same order."""
+    known = sorted(durations.values())
+    default = known[len(known) // 2] if known else 0.5
+
+    def cost(item):
+        return durations.get(item.nodeid, default)
+    long_tests = sorted((i for i in items if cost(i) >= long_s), key=lambda i: (-cost(i), i.nodeid))
+    short = [i for i in items if cost(i) < long_s]
+    size = [len(items) // workers + (1 if w < len(items) % workers else 0) for w in range(workers)]
+    # xdist gives the first node len // n, the next what is left // (n - 1), ...: the larger slices last.
+    size.sort()
+    slices = [{"long": [], "short": [], "load": 0.0} for _ in range(workers)]
+
+    def place(item, kind):
+        open_ = [s for s, n in zip(slices, size) if len(s["long"]) + len(s["short"]) < n]
+        target = min(open_, key=lambda s: s["load"])
+        target[kind].append(item)
+        target["load"] += cost(item)
+    for item in long_tests:
+        place(item, "long")
+    for item in short:
+        place(item, "short")
+    ordered = []
+    for s in slices:
+        n_long, shorts = len(s["long"]), s["short"]
+        step = len(shorts) // (n_long + 1) if n_long else 0
+        for k, item in enumerate(s["long"]):
+            ordered.append(item)
+            ordered.extend(shorts[k * step:(k + 1) * step])
+        ordered.extend(shorts[n_long * step:])
+    return ordered
 
 
 def pytest_configure(config):

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.processes  # real processes (see pytest.ini)
 
 def test_short_chaos_run(app, db_url, tmp_path):
     # Faults are placed by progress (shares of the AI calls the twins needed), not by time.
-    cfg = ChaosConfig(database_url=db_url, sites=4, keywords=40, accounts=2, workers=2, latency_ms=25,
+    cfg = ChaosConfig(database_url=db_url, sites=4, keywords=24, accounts=2, workers=2, latency_ms=25,
                       kill_every=0.15, max_kills=3, web_restart_at=0.2, redis_restart_at=0.4, pause_at=0.1,
                       resume_after=0.1, pauses=1, cancel_at=0.12, cancels=1, stale_seconds=4, deadline=300,
                       work_dir=str(tmp_path))

@@ -10,6 +10,10 @@ ROOT = Path(__file__).resolve().parent.parent
 LINT = str(Path(sys.executable).parent / "lint-imports")
 
 
+# import-linter's one-second run stays in `make test-quick` (conftest's `processes` marking).
+QUICK_LOOP_HELPERS = {"_lint"}
+
+
 def _lint(where):
     return subprocess.run([LINT, str(where / ".importlinter"), "--no-cache"], cwd=where,
                           capture_output=True, text=True, timeout=120)
