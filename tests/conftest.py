@@ -155,12 +155,14 @@ DURATIONS_FILE = ROOT / "tests" / "durations.json"
 
 
 _measured = {}
+# Read once and taken out of the environment: a child pytest a test starts must not write the file.
+_WRITE_DURATIONS = os.environ.pop("WRITE_DURATIONS", "") == "1"
 
 
 def pytest_runtest_logreport(report):
     """With WRITE_DURATIONS=1 (`make durations`): each test's setup + call + teardown seconds,
     written to DURATIONS_FILE at the end of a run that passed."""
-    if os.environ.get("WRITE_DURATIONS") == "1":
+    if _WRITE_DURATIONS:
         _measured[report.nodeid] = _measured.get(report.nodeid, 0.0) + report.duration
 
 
