@@ -13,18 +13,23 @@ run: $(VENV)/.deps
 # the processes they start (2 cores: 3 workers 287 s, 2 workers 307 s; docs/TESTING.md).
 # TEST_WORKERS=0 runs it in this one process, as before.
 TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 1)
+# Only the plugin the suite uses (xdist): pytest's automatic loading of every installed plugin
+# (schemathesis', hypothesis', anyio's) cost ~1.8 s of CPU in each pytest process (the
+# controller, each worker, each child pytest a test starts); schemathesis is used as a
+# library and a command, not as a pytest plugin.
+PYTEST := PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 $(PY) -m pytest -p xdist.plugin
 test: $(VENV)/.deps-dev browser-deps
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The suite with each test's seconds written to tests/durations.json, which `make test` reads to
 # give every xdist worker an equal share of the long tests (tests/conftest.py: balanced_order).
 durations: $(VENV)/.deps-dev browser-deps
-	WRITE_DURATIONS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
+	WRITE_DURATIONS=1 $(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 # The tests that start no process of their own (no worker.py, gunicorn, scheduler, Chromium,
 # make run, child pytest): the `processes` marker (pytest.ini) leaves those out.
 test-quick: $(VENV)/.deps-dev
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal -m "not processes" $(PYTEST_ARGS)
+	$(PYTEST) -q -n $(TEST_WORKERS) --dist worksteal -m "not processes" $(PYTEST_ARGS)
 
 # Mutation testing of the engine's control, locking, billing and recovery code (slow: not part
 # of `make test` or CI). MUTANTS narrows it (mutmut globs); results: `$(VENV)/bin/mutmut results`.

@@ -22,6 +22,7 @@ INNER = "tests/test_foundation.py::test_credits_cannot_go_negative"
 
 def _pytest(env, *args):
     base = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "TEST_DATABASE_URL")}
+    base["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"  # none is needed: ~1.8 s less per child run
     return subprocess.run([sys.executable, "-m", "pytest", "-q", *args], cwd=ROOT,
                           env={**base, **env}, capture_output=True, text=True, timeout=300)
 
