@@ -79,6 +79,35 @@ def test_log_tail_live_in_order_and_resume(app, server, setup):
     ws.close()
 
 
+def _hub_subscriptions():
+    """Pattern subscriptions on this test's Redis database: the live hub's connection."""
+    r = get_redis()
+    number = int(r.connection_pool.connection_kwargs.get("db") or 0)
+    return sum(1 for c in r.client_list() if int(c.get("psub", 0)) > 0 and int(c.get("db", -1)) == number)
+
+
+def test_the_live_hub_is_subscribed_only_while_a_socket_waits(app, server, setup):
+    """A web process with no live page open receives no log line: the hub's subscription ends
+    with its last socket and comes back with the next one (it stayed for the life of the
+    process and received every line of every run)."""
+    from conftest import wait_for
+    logger = AutomationLogger(app.config["LOG_DIR"], setup["run"], get_redis())
+    url = f"ws://{server}/ws/runs/{setup['run_id']}/logs"
+    auth = [f"Authorization: Bearer {setup['token']}"]
+    wait_for(lambda: _hub_subscriptions() == 0, timeout=10, message="no subscription before a socket")
+    for round_ in range(2):
+        ws = websocket.create_connection(url, header=auth)
+        wait_for(lambda: _hub_subscriptions() == 1, timeout=10, message="the hub subscribed")
+        logger.log(f"while open {round_}", stage=4)
+        ws.settimeout(10)
+        seen = []
+        while not (seen and seen[-1].endswith(f"while open {round_}")):
+            seen.append(ws.recv())  # the replayed lines first, then the new one
+        ws.close()
+        if round_ == 0:  # then a new socket subscribes it again
+            wait_for(lambda: _hub_subscriptions() == 0, timeout=10, message="the hub's subscription closed")
+
+
 def test_session_cookie_and_processing_state(app, server, setup):
     cookie = session_cookie(server)
     run_id = setup["run_id"]

@@ -33,6 +33,7 @@ bp = Blueprint("live", __name__)
 # after this long. Every socket polling each second cost ~2 % of a core per 100 idle sockets;
 # every 3 s a third of that, and pub/sub still delivers lines at once.
 POLL = 3.0
+IDLE_CHECK = 1.0  # how often the hub's listener looks whether any socket still waits
 # Set by the gunicorn hook (gunicorn.conf.py) on SIGTERM: open sockets close with 1001
 # ("going away") at once instead of being cut at the graceful timeout; clients reconnect.
 SHUTDOWN = threading.Event()
@@ -96,13 +97,35 @@ class Hub:
                     del self.waiters[channel]
 
     def _listen(self):
+        """Subscribed only while some socket of this process waits: with none left the thread
+        ends and its connection closes (the next socket starts it again). Subscribed for good,
+        a web process with no live page open still received and decoded every log line of
+        every run on the installation; and in the test suite each test's app left one such
+        listener behind."""
         while True:
+            with self.lock:
+                if not self.waiters:
+                    self.thread = None
+                    return
+            ps = None
             try:
                 with self.app.app_context():
-                    ps = get_redis().pubsub(ignore_subscribe_messages=True)
+                    ps = get_redis().pubsub()
                     pattern = channel_namespace() + self.PATTERN
                 ps.psubscribe(pattern)
-                for msg in ps.listen():
+                while True:
+                    msg = ps.get_message(timeout=IDLE_CHECK)
+                    with self.lock:
+                        if not self.waiters:
+                            self.thread = None
+                            return
+                    if msg is None:
+                        continue
+                    if msg.get("type") == "psubscribe":
+                        # Lines published before the subscription took were not heard: every
+                        # waiting socket reads again now rather than at its next poll.
+                        self.wake_all()
+                        continue
                     if msg.get("type") != "pmessage":
                         continue
                     channel = msg["channel"].decode() if isinstance(msg["channel"], bytes) else msg["channel"]
@@ -112,6 +135,12 @@ class Hub:
                         ev.set()
             except redis.RedisError:
                 time.sleep(1)  # Redis away: sockets fall back to polling the file meanwhile
+            finally:
+                if ps is not None:
+                    try:
+                        ps.close()
+                    except redis.RedisError:
+                        pass
 
 
 def hub():
