@@ -203,5 +203,7 @@ class LocalProvider(Provider):
             line += word + " "
         d.text((20, y), line, fill=(255, 255, 255))
         buf = io.BytesIO()
-        img.save(buf, format="PNG", optimize=False)
+        # zlib's fastest level: a stand-in image is made for every item, and level 6 took 5.2 of
+        # its 6.4 ms of CPU for a file a third smaller (9 KB vs 13 KB).
+        img.save(buf, format="PNG", optimize=False, compress_level=1)
         return AIResult(buf.getvalue(), tokens=count_tokens(prompt), model=MODEL)
