@@ -9,10 +9,10 @@ run: $(VENV)/.deps
 	$(PY) scripts/run.py
 
 # The suite in parallel (pytest-xdist), each worker with a database and a Redis of its own
-# (tests/conftest.py). One worker more than cores: the tests spend much of their time waiting on
-# the processes they start (2 cores: 3 workers 287 s, 2 workers 307 s; docs/TESTING.md).
+# (tests/conftest.py). Two workers more than cores: many tests spend much of their time waiting
+# on the processes they start (2 cores: 4 workers 292 s, 3 workers 305 s; docs/TESTING.md).
 # TEST_WORKERS=0 runs it in this one process, as before.
-TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 1)
+TEST_WORKERS ?= $(shell expr $$(nproc 2>/dev/null || echo 1) + 2)
 # Only the plugin the suite uses (xdist): pytest's automatic loading of every installed plugin
 # (schemathesis', hypothesis', anyio's) cost ~1.8 s of CPU in each pytest process (the
 # controller, each worker, each child pytest a test starts); schemathesis is used as a
