@@ -96,6 +96,15 @@ class Hub:
                 if not evs:
                     del self.waiters[channel]
 
+    def _stop_if_idle(self):
+        """True when no socket waits: the listener ends (under the lock register takes, so a
+        socket registering now starts a new one)."""
+        with self.lock:
+            if self.waiters:
+                return False
+            self.thread = None
+            return True
+
     def _listen(self):
         """Subscribed only while some socket of this process waits: with none left the thread
         ends and its connection closes (the next socket starts it again). Subscribed for good,
@@ -103,10 +112,8 @@ class Hub:
         every run on the installation; and in the test suite each test's app left one such
         listener behind."""
         while True:
-            with self.lock:
-                if not self.waiters:
-                    self.thread = None
-                    return
+            if self._stop_if_idle():
+                return
             ps = None
             try:
                 with self.app.app_context():
@@ -115,10 +122,8 @@ class Hub:
                 ps.psubscribe(pattern)
                 while True:
                     msg = ps.get_message(timeout=IDLE_CHECK)
-                    with self.lock:
-                        if not self.waiters:
-                            self.thread = None
-                            return
+                    if self._stop_if_idle():
+                        return
                     if msg is None:
                         continue
                     if msg.get("type") == "psubscribe":
