@@ -107,28 +107,27 @@ _PROCESS_FIXTURES = {"gunicorn_web", "live_server", "s3_server", "s3_env", "brow
 _PROCESS_CALLS = ("start_worker(", "subprocess.", "Popen(", "start_moto(", "worker.py", "_workers(")
 
 
-def _process_helpers(module, _cache={}):
+@functools.lru_cache(maxsize=None)
+def _process_helpers(module):
     """The calls ("name(") of `module`'s own functions that start a process, directly or through
     another of its functions (`_start_gunicorn(`, `_create_app_stderr(`, ...)."""
     import inspect
-    if module not in _cache:
-        sources = {}
-        quick = getattr(module, "QUICK_LOOP_HELPERS", ())  # short runs the module keeps in the quick loop
-        for name, fn in vars(module).items():
-            if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not name.startswith("test_") \
-                    and name not in quick:
-                try:
-                    sources[f"{name}("] = inspect.getsource(fn)
-                except (OSError, TypeError):
-                    pass
-        calls = set(_PROCESS_CALLS)
-        while True:  # to a fixed point: a helper calling a helper that starts a process
-            more = {call for call, src in sources.items() if call not in calls and any(c in src for c in calls)}
-            if not more:
-                break
-            calls |= more
-        _cache[module] = tuple(calls)
-    return _cache[module]
+    sources = {}
+    quick = getattr(module, "QUICK_LOOP_HELPERS", ())  # short runs the module keeps in the quick loop
+    for name, fn in vars(module).items():
+        if inspect.isfunction(fn) and fn.__module__ == module.__name__ and not name.startswith("test_") \
+                and name not in quick:
+            try:
+                sources[f"{name}("] = inspect.getsource(fn)
+            except (OSError, TypeError):
+                pass
+    calls = set(_PROCESS_CALLS)
+    while True:  # to a fixed point: a helper calling a helper that starts a process
+        more = {call for call, src in sources.items() if call not in calls and any(c in src for c in calls)}
+        if not more:
+            break
+        calls |= more
+    return tuple(calls)
 
 
 def pytest_collection_modifyitems(config, items):
